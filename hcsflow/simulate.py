@@ -32,6 +32,7 @@ index, site))``, so a plate is byte-identical with any number of worker processe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -135,10 +136,29 @@ MOA_PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Standard deviation of the random per-well shift of each phenotype key (replicate noise).
+WELL_NOISE = {
+    "nucleus_size": 0.025,
+    "dna_intensity": 0.04,
+    "dna_texture": 0.05,
+    "cell_size": 0.035,
+    "cell_elongation": 0.05,
+    "cell_irregularity": 0.01,
+    "er_intensity": 0.05,
+    "er_texture": 0.04,
+    "rna_intensity": 0.05,
+    "nucleoli": 0.06,
+    "agp_intensity": 0.05,
+    "actin_fibres": 0.08,
+    "mito_intensity": 0.05,
+    "mito_spread": 0.05,
+    "mitotic_arrest": 0.005,
+}
+
 #: MoA label of compounds without any phenotype.
 INACTIVE_MOA = "inactive"
 
-_ZLIB_LEVEL = 6
+_ZLIB_LEVEL = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -1214,13 +1234,20 @@ def _well_rc(well: str) -> tuple[int, int]:
     return ord(well[0]) - 65, int(well[1:]) - 1
 
 
+@functools.lru_cache(maxsize=2)
+def _load_illumination(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-field and dark-field of a simulated plate (cached per worker process)."""
+    with np.load(path) as z:
+        return z["flatfield"], z["darkfield"]
+
+
 def _field_task(task: dict[str, Any]) -> dict[str, Any]:
     """Simulate one field and write its images and masks (runs in a worker process)."""
     t0 = time.process_time()
     ss = np.random.SeedSequence(task["entropy"])
     g = _child(ss, 30)
     oof = bool(g.random() < task["out_of_focus_fraction"])
-    illum = np.load(task["illumination"])
+    flat, dark = _load_illumination(task["illumination"])
     f = simulate_field(
         ss,
         (task["size"], task["size"]),
@@ -1228,8 +1255,8 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
         density=task["density"],
         phenotype=task["phenotype"],
         appearance=task["appearance"],
-        flatfield=illum["flatfield"],
-        darkfield=illum["darkfield"],
+        flatfield=flat,
+        darkfield=dark,
         out_of_focus=oof,
     )
     import tifffile
@@ -1239,7 +1266,11 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
         path = images_dir / f"{task['plate']}_{task['well']}_s{task['site']}_w{c + 1}.tif"
         with atomic_path(path) as tmp:
             tifffile.imwrite(
-                tmp, f.image[c], compression="zlib", compressionargs={"level": _ZLIB_LEVEL}
+                tmp,
+                f.image[c],
+                compression="zlib",
+                predictor=True,
+                compressionargs={"level": _ZLIB_LEVEL},
             )
     mpath = Path(task["masks_dir"]) / f"{task['well']}_s{task['site']}.npz"
     with atomic_path(mpath) as tmp, open(tmp, "wb") as fh:
@@ -1377,14 +1408,15 @@ def simulate_plate(
             dens, ph = 0.0, {}
         else:
             dens = density * float(np.exp(wrng.normal(0, 0.12)))
-            ph = {}
+            # biological well-to-well variation, present in every well (DMSO included)
+            ph = {k: float(wrng.normal(0, sd)) for k, sd in WELL_NOISE.items()}
             if r.moa in MOA_PROFILES and r.compound in cpar.index:
                 p = cpar.loc[r.compound]
                 f = effect_fraction(r.dose_um, p["ec50_um"], p["hill"], p["max_effect"])
                 for k, v in MOA_PROFILES[r.moa]["phenotype"].items():
-                    ph[k] = float(v * f * np.exp(wrng.normal(0, 0.1)))
-                if "toxicity" in ph:
-                    ph["toxicity"] = float(min(ph["toxicity"], 0.95))
+                    ph[k] = ph.get(k, 0.0) + float(v * f * np.exp(wrng.normal(0, 0.1)))
+            ph["toxicity"] = float(np.clip(ph.get("toxicity", 0.0), 0.0, 0.95))
+            ph["mitotic_arrest"] = float(max(ph.get("mitotic_arrest", 0.0), -0.02))
         cbr = np.exp(wrng.normal(0, 0.03, len(CHANNELS)))
         if plate_effects:
             cbr = cbr * np.exp(row_eff[ri] + col_eff[cj] + col_grad[cj])
@@ -1453,6 +1485,7 @@ def simulate_plate(
         "appearance": DEFAULT_APPEARANCE,
         "moa_profiles": MOA_PROFILES,
         "phenotype_keys": PHENOTYPE_KEYS,
+        "well_noise": WELL_NOISE,
     }
     with atomic_path(truth_dir / "simulation.json") as tmp:
         tmp.write_text(json.dumps(params, indent=2, sort_keys=True, default=list) + "\n")
@@ -1478,8 +1511,7 @@ def _measure_field(args: tuple[str, str, str, int]) -> pd.DataFrame:
 
     plate_dir, plate, well, site = args
     root = Path(plate_dir)
-    illum = np.load(root / "truth" / "illumination.npz")
-    flat, dark = illum["flatfield"], illum["darkfield"]
+    flat, dark = _load_illumination(str(root / "truth" / "illumination.npz"))
     masks = np.load(root / "truth" / "masks" / f"{well}_s{site}.npz")
     nuclei, cells = masks["nuclei"], masks["cells"]
     n = int(cells.max())
