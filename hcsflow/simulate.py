@@ -332,7 +332,8 @@ def make_illumination(
     Returns
     -------
     flatfield : ndarray of shape (n_channels, H, W), float32
-        Mean 1 per channel; corners fall to about 55-80 % of the brightest point.
+        Mean 1 per channel; for the radial kinds the corners of a square field fall to
+        about 60-80 % of the brightest point.
     darkfield : ndarray of shape (n_channels, H, W), float32
         Additive offset in raw units.
     """
@@ -348,7 +349,7 @@ def make_illumination(
     flats = np.empty((n_channels, h, w), np.float32)
     darks = np.zeros((n_channels, h, w), np.float32)
     for c in range(n_channels):
-        strength = rng.uniform(0.25, 0.45)
+        strength = rng.uniform(0.06, 0.15)
         cy, cx = 0.0, 0.0
         if vignetting in ("offcenter", "tilted"):
             ang = rng.uniform(0, 2 * np.pi)
