@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -1212,6 +1213,12 @@ def _validate_platemap(pm: pd.DataFrame, n_wells: int) -> pd.DataFrame:
     pm["moa"] = pm["moa"].fillna("").astype(str)
     pm["target"] = pm["target"].fillna("").astype(str)
     pm["dose_um"] = pd.to_numeric(pm["dose_um"], errors="raise").fillna(0.0).astype(float)
+
+    def norm(well: Any) -> str:
+        m = re.fullmatch(r"\s*([A-Pa-p])0*(\d{1,2})\s*", str(well))
+        return f"{m.group(1).upper()}{int(m.group(2)):02d}" if m else str(well)
+
+    pm["well"] = pm["well"].map(norm)
     valid = set(well_names(n_wells))
     bad = sorted(set(pm["well"]) - valid)
     if bad:

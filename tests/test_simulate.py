@@ -267,3 +267,16 @@ def test_truth_cell_table(plate_dir):
         assert col in df.columns, col
     by_role = df.groupby("Metadata_MoA")["Nuclei_AreaShape_Area"].mean()
     assert by_role["topoisomerase inhibitor"] > 1.3 * by_role["control"]
+
+
+def test_bad_platemap_names_the_well(tmp_path):
+    pm = default_platemap(96).head(2).copy()
+    pm.loc[1, "well"] = "Q01"
+    with pytest.raises(ValueError, match="Q01"):
+        simulate_plate(tmp_path, platemap=pm, sites=1, size=32)
+    pm.loc[1, "well"] = pm.loc[0, "well"]
+    with pytest.raises(ValueError, match="more than once"):
+        simulate_plate(tmp_path, platemap=pm, sites=1, size=32)
+    pm = default_platemap(96).head(1).assign(well="a1")
+    simulate_plate(tmp_path, platemap=pm, sites=1, size=32, n_workers=1)
+    assert (tmp_path / "images" / "SIM-P1_A01_s1_w5.tif").exists()
