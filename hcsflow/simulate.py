@@ -424,32 +424,40 @@ def _place_centres(
     sep: np.ndarray,
     cluster_sigma: float,
     clustering: float,
-) -> np.ndarray:
-    """Clustered points with pairwise hard-core ``(sep_i + sep_j)``; returns (m, 2) and index."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered points (Thomas process) with a pairwise hard core.
+
+    Candidate ``i`` carries the hard-core radius ``sep[i]``; two accepted points are at least
+    ``sep_i + sep_j`` apart. Candidates are visited in random order until ``n`` are accepted.
+
+    Returns
+    -------
+    pos : ndarray of shape (m, 2)
+        Accepted (row, column) positions, ``m <= n``.
+    idx : ndarray of shape (m,)
+        Index of each accepted candidate into ``sep``.
+    """
     h, w = shape
-    if n == 0:
+    n_cand = len(sep)
+    if n == 0 or n_cand == 0:
         return np.zeros((0, 2)), np.zeros(0, int)
-    n_cand = 4 * n + 20
     n_cl = int(round(n_cand * clustering))
     n_par = max(1, int(round(n_cl / 14)))
     parents = rng.uniform((0, 0), (h, w), size=(n_par, 2))
     off = parents[rng.integers(0, n_par, n_cl)] + rng.normal(0, cluster_sigma, (n_cl, 2))
     uni = rng.uniform((0, 0), (h, w), size=(n_cand - n_cl, 2))
-    cand = np.concatenate([off, uni])
-    cand = cand[rng.permutation(len(cand))]
+    cand = np.concatenate([off, uni])[rng.permutation(n_cand)]
     inside = (cand[:, 0] >= 0) & (cand[:, 0] < h) & (cand[:, 1] >= 0) & (cand[:, 1] < w)
-    cand = cand[inside]
-    cand_sep = sep[np.arange(len(cand)) % len(sep)]
     acc_pos = np.empty((n, 2))
+    acc_sep = np.empty(n)
     acc_idx = np.empty(n, int)
     m = 0
-    for i in range(len(cand)):
+    for i in np.flatnonzero(inside):
         if m:
             d2 = ((acc_pos[:m] - cand[i]) ** 2).sum(1)
-            if np.any(d2 < (cand_sep[acc_idx[:m]] + cand_sep[i]) ** 2):
+            if np.any(d2 < (acc_sep[:m] + sep[i]) ** 2):
                 continue
-        acc_pos[m] = cand[i]
-        acc_idx[m] = i % len(sep)
+        acc_pos[m], acc_sep[m], acc_idx[m] = cand[i], sep[i], i
         m += 1
         if m == n:
             break
@@ -622,7 +630,9 @@ def _simulate(
     # ---- cell population ----------------------------------------------------------------
     area_mm2 = h * w * (image_mpp * 1e-3) ** 2
     lam = CELLS_PER_MM2 * density * area_mm2 * (1.0 - ph["toxicity"]) / scale**1.5
-    n = int(g_geo.poisson(lam)) if lam > 0 else 0
+    n_target = int(g_geo.poisson(lam)) if lam > 0 else 0
+    # properties for a pool of candidates; the point process keeps n_target of them
+    n = 4 * n_target + 20 if n_target else 0
     p_mit = min(0.9, 0.025 + ph["mitotic_arrest"])
     p_apo = min(0.9, 0.012 + 0.15 * ph["toxicity"])
     u = g_geo.random(n)
@@ -650,7 +660,12 @@ def _simulate(
     a_nuc = r_nuc * np.sqrt(asp_nuc)
     sep = a_nuc * 1.02 + 1.0
     pos, idx = _place_centres(
-        g_geo, (h, w), n, sep, cluster_sigma=1.4 * 17.5 * scale * px, clustering=app["clustering"]
+        g_geo,
+        (h, w),
+        n_target,
+        sep,
+        cluster_sigma=1.4 * 17.5 * scale * px,
+        clustering=app["clustering"],
     )
     sel = lambda a: a[idx]  # noqa: E731
     state, r_nuc, r_cell, asp_nuc, asp_cell, metaphase, g2 = map(
