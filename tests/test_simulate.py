@@ -48,7 +48,18 @@ def test_same_seed_identical_different_seed_differs(field):
     assert other.image.tobytes() != field.image.tobytes()
 
 
-def test_one_nucleus_per_cell_same_label(field):
+def _varied_field(case: int):
+    if case == 0:
+        return simulate_field(3, SHAPE, density=2.0)
+    if case == 4:
+        return simulate_field(9, (128, 128), phenotype={"mitotic_arrest": 0.5, "toxicity": 0.3})
+    app = random_appearance(np.random.default_rng(case))
+    return simulate_field(case, (128, 128), density=1.5, appearance=app)
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_one_nucleus_per_cell_same_label(case):
+    field = _varied_field(case)
     nuc, cells = field.nuclei, field.cells
     n = int(cells.max())
     assert set(np.unique(nuc)) == set(range(n + 1))
