@@ -787,6 +787,7 @@ def _simulate(
         nucleoli = ndi.gaussian_filter(nucleoli, s_nl, truncate=3.0) * (2 * np.pi * s_nl**2)
         nucleoli = np.clip(nucleoli, 0, 1.2) * nuc_mask
 
+    debris, n_debris = _debris_image(ss, (h, w), cells, px)
     for ci, c in enumerate(channels):
         name = CHANNELS[c]
         gch = _child(ss, 10 + c)
@@ -867,7 +868,7 @@ def _simulate(
                     * (0.12 * fill + 0.9 * organelles + 0.8 * puncta)
                 )
         # debris and background
-        s += _debris_layer(ss, (h, w), cells, name, px)
+        s += debris * _DEBRIS_LEVEL[name]
         bgl = np.float32(45.0 * bg)
         s += bgl * (1.0 + 0.15 * _smooth_noise(gch, (h, w), 20 * px))
         signal[ci] = s * (bright * cb[c])
@@ -888,7 +889,6 @@ def _simulate(
         cnt += darkfield[c] + g_cam.normal(0, float(app["read_noise"]), (h, w)).astype(np.float32)
         image[ci] = np.clip(np.rint(cnt), 0, 65535).astype(np.uint16)
 
-    n_debris = _debris_count(ss, (h, w), cells, px)
     nuc_area = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
     cell_area = np.bincount(cells.ravel(), minlength=n + 1)[1:]
     info = {
@@ -997,20 +997,15 @@ def _debris_points(
     return np.stack([yy[keep], xx[keep]], 1), size[keep], amp[keep]
 
 
-def _debris_count(ss: np.random.SeedSequence, shape, cells, px) -> int:
-    return len(_debris_points(ss, shape, cells, px)[0])
-
-
 _DEBRIS_LEVEL = {"DNA": 2500.0, "ER": 300.0, "RNA": 500.0, "AGP": 400.0, "Mito": 200.0}
 
 
-def _debris_layer(
-    ss: np.random.SeedSequence, shape: tuple[int, int], cells: np.ndarray, name: str, px: float
-) -> np.ndarray:
+def _debris_image(
+    ss: np.random.SeedSequence, shape: tuple[int, int], cells: np.ndarray, px: float
+) -> tuple[np.ndarray, int]:
+    """Debris blobs of unit brightness (scaled per channel by ``_DEBRIS_LEVEL``) and their count."""
     pts, size, amp = _debris_points(ss, shape, cells, px)
     img = np.zeros(shape, np.float32)
-    if len(pts) == 0:
-        return img
     # two size classes keep it to two filters
     small = size < px
     for m, s in ((small, 0.7 * px), (~small, 1.4 * px)):
@@ -1018,7 +1013,7 @@ def _debris_layer(
             tmp = np.zeros(shape, np.float32)
             np.add.at(tmp, (pts[m, 0], pts[m, 1]), amp[m].astype(np.float32))
             img += ndi.gaussian_filter(tmp, s, truncate=3.0) * (2 * np.pi * s * s)
-    return img * _DEBRIS_LEVEL[name]
+    return img, len(pts)
 
 
 # --------------------------------------------------------------------------------------------
