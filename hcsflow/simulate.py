@@ -659,7 +659,7 @@ def _simulate(
     asp_cell = np.clip(asp_cell, 1.0, 4.5)
     r_cell = np.maximum(r_cell, r_nuc * 1.35)
     a_nuc = r_nuc * np.sqrt(asp_nuc)
-    sep = a_nuc * 1.02 + 1.0
+    sep = a_nuc * 0.95 + 0.5  # nuclei in colonies may touch
     pos, idx = _place_centres(
         g_geo,
         (h, w),
