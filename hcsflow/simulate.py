@@ -52,6 +52,23 @@ from scipy import ndimage as ndi
 from hcsflow import __version__
 from hcsflow.io import atomic_path
 
+__all__ = [
+    "CHANNELS",
+    "MOA_PROFILES",
+    "PHENOTYPE_KEYS",
+    "VIGNETTING",
+    "SimulatedField",
+    "SimulatedPlate",
+    "default_platemap",
+    "make_illumination",
+    "random_appearance",
+    "simulate_field",
+    "simulate_illumination_stack",
+    "simulate_plate",
+    "truth_cell_table",
+    "well_names",
+]
+
 #: Channel names in file order: ``w1`` .. ``w5``.
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 
@@ -878,8 +895,8 @@ def _simulate(
     blur_px = float(app["blur_um"]) * px
     if out_of_focus:
         blur_px = float(g_cam.uniform(2.5, 4.5)) * px
-    for ci in range(len(channels)):
-        signal[ci] = ndi.gaussian_filter(signal[ci], blur_px * (1.0 + 0.08 * ci), truncate=3.0)
+    for ci, c in enumerate(channels):  # longer wavelengths blur a little more
+        signal[ci] = ndi.gaussian_filter(signal[ci], blur_px * (1.0 + 0.08 * c), truncate=3.0)
 
     # camera
     gain = float(app["gain"])
