@@ -1062,7 +1062,8 @@ def simulate_illumination_stack(
     dark_offset : bool
         Whether the camera adds an offset.
     density : float
-        Cell density (0.2 mimics sparse wells, where most pixels are background).
+        Mean cell density (0.2 mimics sparse wells, where most pixels are background); each
+        field varies around it (15 % SD), and so does its brightness (10 % SD).
     seed : int
         Seed of the illumination and of every field.
     channel : str
@@ -1083,13 +1084,18 @@ def simulate_illumination_stack(
     flat, dark = make_illumination(shape, vignetting=vignetting, dark_offset=dark_offset, seed=seed)
     stack = np.empty((n_fields, *shape), np.uint16)
     for i in range(n_fields):
+        ss = np.random.SeedSequence([int(seed), 0x57AC, i])
+        # fields differ in brightness and density from well to well, as on a plate
+        g = _child(ss, 40)
+        app = dict(DEFAULT_APPEARANCE)
+        app["brightness"] = float(np.exp(g.normal(0, 0.1)))
         f = _simulate(
-            np.random.SeedSequence([int(seed), 0x57AC, i]),
+            ss,
             shape,
             0.65,
-            density=density,
+            density=density * float(np.exp(g.normal(0, 0.15))),
             phenotype=None,
-            appearance=None,
+            appearance=app,
             flatfield=flat,
             darkfield=dark,
             out_of_focus=False,

@@ -291,3 +291,18 @@ def test_bad_platemap_names_the_well(tmp_path):
     pm = default_platemap(96).head(1).assign(well="a1")
     simulate_plate(tmp_path, platemap=pm, sites=1, size=32, n_workers=1)
     assert (tmp_path / "images" / "SIM-P1_A01_s1_w5.tif").exists()
+
+
+def test_replicate_plates_share_compounds(tmp_path):
+    pm = default_platemap(96)
+    pm = pm[pm["moa"].isin(["SERCA inhibitor", "control"])].head(4)
+    for seed in (1, 2):
+        simulate_plate(tmp_path / str(seed), platemap=pm, sites=1, size=48, seed=seed, n_workers=1)
+    a, b = (pd.read_csv(tmp_path / s / "truth" / "compounds.csv") for s in ("1", "2"))
+    assert len(a) and a.equals(b)
+    ta, tb = (pd.read_csv(tmp_path / s / "truth" / "treatments.csv") for s in ("1", "2"))
+    assert ta.equals(tb)
+    name = sorted((tmp_path / "1" / "images").iterdir())[0].name
+    assert (tmp_path / "1" / "images" / name).read_bytes() != (
+        tmp_path / "2" / "images" / name
+    ).read_bytes()
