@@ -306,3 +306,10 @@ def test_replicate_plates_share_compounds(tmp_path):
     assert (tmp_path / "1" / "images" / name).read_bytes() != (
         tmp_path / "2" / "images" / name
     ).read_bytes()
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys):
+    code = cli.main(["simulate", str(tmp_path), "--platemap", str(tmp_path / "nope.csv")])
+    assert code == 2 and "nope.csv" in capsys.readouterr().err
+    code = cli.main(["simulate", str(tmp_path), "--sites", "0"])
+    assert code == 2 and "sites" in capsys.readouterr().err
