@@ -83,7 +83,7 @@ CELLS_PER_MM2 = 450.0
 #: An effect fraction (Hill response times maximal effect) at or above this value is called
 #: truly active in ``truth/treatments.csv``. Measured on the default 96-well plate (540 px,
 #: 4 sites; ``benchmarks/simulate_stats.py``), wells at effect 0.25-0.5 move their MoA's own
-#: features by 2.4-7.4 standard deviations of the DMSO well medians, wells below 0.1 by < 2.
+#: features by 2.6-7.4 standard deviations of the DMSO well medians, wells below 0.1 by < 2.
 ACTIVE_THRESHOLD = 0.25
 
 #: Phenotype keys understood by :func:`simulate_field`; every value is 0 in DMSO. Log-scale
