@@ -699,15 +699,46 @@ def _simulate(
     cpos = pos + np.stack([np.sin(off_ang), np.cos(off_ang)], 1) * off_mag[:, None]
     irr = 0.14 + ph["cell_irregularity"]
 
+    # outline coefficients, drawn per cell in a fixed order
+    coefs, coefs_n = [], []
+    for k in range(n):
+        coefs.append(_fourier_radius(g_geo, irr if state[k] == 0 else 0.04, 7))
+        coefs_n.append(_fourier_radius(g_geo, 0.05 if state[k] == 0 else 0.02, 4))
+
     nuclei = np.zeros((h, w), np.int32)
     rho_n = np.ones((h, w), np.float32)  # normalised radius inside nuclei (dome profile)
-    rmin = np.full((h, w), np.inf, np.float32)
     for k in range(n):
-        lab = k + 1
-        # cell outline (normalised distance; < 1 inside)
+        an = r_nuc[k] * np.sqrt(asp_nuc[k])
+        bn = r_nuc[k] / np.sqrt(asp_nuc[k])
+        coef_n = coefs_n[k]
+        ext = an * (1.0 + coef_n[:, 1].sum()) + 2
+        ny, nx = pos[k]
+        y0, y1 = max(0, int(ny - ext)), min(h, int(ny + ext) + 1)
+        x0, x1 = max(0, int(nx - ext)), min(w, int(nx + ext) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy - ny, xx - nx
+        ct, st = np.cos(theta_n[k]), np.sin(theta_n[k])
+        r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, an, bn, coef_n)
+        sub = nuclei[y0:y1, x0:x1]
+        put = (r < 1.0) & (sub == 0)
+        sub[put] = k + 1
+        rho_n[y0:y1, x0:x1][put] = r[put]
+
+    # drop nuclei mostly hidden by earlier ones or by the image border, relabel 1..n
+    expected = np.pi * r_nuc**2
+    counts = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
+    keep = counts >= np.maximum(0.5 * expected, 4)
+    lut = np.zeros(n + 1, np.int32)
+    lut[1:][keep] = np.arange(1, keep.sum() + 1)
+    nuclei = lut[nuclei]
+    kept = np.flatnonzero(keep)
+
+    # cell outlines of the kept cells (normalised distance; < 1 inside)
+    rmin = np.full((h, w), np.inf, np.float32)
+    for k in kept:
         ac = r_cell[k] * np.sqrt(asp_cell[k])
         bc = r_cell[k] / np.sqrt(asp_cell[k])
-        coef = _fourier_radius(g_geo, irr if state[k] == 0 else 0.04, 7)
+        coef = coefs[k]
         ext = ac * (1.0 + coef[:, 1].sum()) * 1.25 + 3
         cy, cx = cpos[k]
         y0, y1 = max(0, int(cy - ext)), min(h, int(cy + ext) + 1)
@@ -719,31 +750,7 @@ def _simulate(
             r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, ac, bc, coef)
             sub = rmin[y0:y1, x0:x1]
             np.minimum(sub, r, out=sub)
-        # nucleus
-        an = r_nuc[k] * np.sqrt(asp_nuc[k])
-        bn = r_nuc[k] / np.sqrt(asp_nuc[k])
-        coef_n = _fourier_radius(g_geo, 0.05 if state[k] == 0 else 0.02, 4)
-        ext = an * (1.0 + coef_n[:, 1].sum()) + 2
-        ny, nx = pos[k]
-        y0, y1 = max(0, int(ny - ext)), min(h, int(ny + ext) + 1)
-        x0, x1 = max(0, int(nx - ext)), min(w, int(nx + ext) + 1)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dy, dx = yy - ny, xx - nx
-        ct, st = np.cos(theta_n[k]), np.sin(theta_n[k])
-        r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, an, bn, coef_n)
-        sub = nuclei[y0:y1, x0:x1]
-        put = (r < 1.0) & (sub == 0)
-        sub[put] = lab
-        rho_n[y0:y1, x0:x1][put] = r[put]
 
-    # drop nuclei mostly hidden by earlier ones, relabel 1..n
-    expected = np.pi * r_nuc**2
-    counts = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
-    keep = counts >= np.maximum(0.5 * expected, 4)
-    lut = np.zeros(n + 1, np.int32)
-    lut[1:][keep] = np.arange(1, keep.sum() + 1)
-    nuclei = lut[nuclei]
-    kept = np.flatnonzero(keep)
     state, r_nuc, r_cell, theta_c, pos, asp_cell = (
         a[kept] for a in (state, r_nuc, r_cell, theta_c, pos, asp_cell)
     )
@@ -893,7 +900,7 @@ def _simulate(
         signal[ci] = s * (bright * cb[c])
 
     # optics: PSF blur, out of focus
-    blur_px = float(app["blur_um"]) * px
+    blur_px = float(app["blur_um"]) * px * float(np.exp(g_cam.normal(0, 0.12)))  # focus jitter
     if out_of_focus:
         blur_px = float(g_cam.uniform(2.5, 4.5)) * px
     for ci, c in enumerate(channels):  # longer wavelengths blur a little more
