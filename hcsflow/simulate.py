@@ -1504,9 +1504,6 @@ def simulate_plate(
     fields = pd.DataFrame(rows)
     field_seconds = fields.pop("cpu_seconds")
 
-    pm_path = out / "platemap.csv"
-    with atomic_path(pm_path) as tmp:
-        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
     for df, name in (
         (fields, "fields.csv"),
         (compounds, "compounds.csv"),
@@ -1539,6 +1536,10 @@ def simulate_plate(
     }
     with atomic_path(truth_dir / "simulation.json") as tmp:
         tmp.write_text(json.dumps(params, indent=2, sort_keys=True, default=list) + "\n")
+    # the plate map comes last: its presence marks a complete plate folder
+    pm_path = out / "platemap.csv"
+    with atomic_path(pm_path) as tmp:
+        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
     elapsed = time.perf_counter() - t_start
     print(
         f"simulated plate {plate}: {len(tasks)} fields of {size}x{size} in {elapsed:.1f} s "
