@@ -9,19 +9,17 @@ corrected in memory as ``(raw - darkfield) / flatfield``.
 Methods
 -------
 ``basic``
-    Our implementation of the BaSiC model (Peng et al. 2017, Nat Commun 8:14836): the stack of
-    fields, downsampled to a working grid, is decomposed into a low-rank part
-    ``b_n * S(x) + D(x)`` (one brightness per field, one flat-field ``S`` and one dark-field
-    ``D`` shared by all fields) plus a sparse residual (the specimen). The decomposition is fitted
-    by iteratively reweighted least squares with L1-type weights (a robust, median-like fit that
-    ignores the cells as outliers), alternating a per-pixel regression for ``S`` and ``D``, a
-    projection of both onto smooth surfaces (low-frequency cosine series) and a per-field update
-    of ``b``. The split between dark-field and field brightness is not identifiable from the data
-    alone (``b - c, S, D + c S`` fits equally well); like BaSiC we take the dark-field that carries
-    no component of the flat-field's shading pattern (zero covariance with ``S``).
+    Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
+    8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
+    split into a low-rank part shared by all fields and a sparse part (the bright specimen).
+    The per-pixel median across fields is the robust low-rank surface ``a S(x) + D(x)``; it is
+    projected onto smooth surfaces (cosine series up to ``max_frequency`` cycles per field).
+    With a dark-field, its level comes, as in BaSiC, from the fields' own variation (the
+    shading contrast of a field grows linearly with its brightness above the dark level),
+    bounded by the darkest value of the stack. The dark-field is modelled as a constant offset.
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
-    (each field scaled by its median; the brightest and darkest 10% of the fields at each pixel
+    (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
     trimmed), smoothed by the same low-frequency projection. No dark-field (zeros).
 ``none``
     Flat-field of ones and dark-field of zeros.
@@ -293,9 +291,7 @@ def downsample(
     return small, stats, shape
 
 
-def screen_fields(
-    stats: FieldStats, params: ScreeningParams = ScreeningParams()
-) -> dict[int, str]:
+def screen_fields(stats: FieldStats, params: ScreeningParams = ScreeningParams()) -> dict[int, str]:
     """Decide which fields to leave out of the estimate.
 
     Parameters
@@ -389,103 +385,71 @@ def _fit_basic(
     *,
     darkfield: bool,
     max_frequency: float,
-    dark_frequency: float,
-    dark_penalty: float,
-    max_iterations: int,
-    tol: float,
-    epsilon: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Robust low-rank fit ``X_n(x) = b_n S(x) + D(x) + E_n(x)`` on the working grid.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
 
-    Block-coordinate descent on a reweighted least-squares objective: ``S`` given ``b, D``
-    (per-pixel weighted regression through the origin, then projected onto the smooth
-    surfaces), ``D = D_0 + D_R`` given ``b, S`` (a constant offset plus a smooth residual with
-    a ridge penalty and no component along ``S``), ``b`` given ``S, D`` (per field), and L1-type
-    weights ``1 / (|E| / b + epsilon)`` from the residual.
+    Model (BaSiC): ``X_n(x) = b_n(x) S(x) + D(x)``, the specimen ``b_n(x)`` being a smooth
+    background plus sparse bright objects whose distribution over fields is the same at every
+    pixel. Then the per-pixel quantile across fields ``Q_q(x) = a_q S(x) + D(x)`` (rank 1 plus
+    offset: the low-rank part) and the lower quantiles ignore the sparse objects (the sparse
+    part). Steps:
 
-    Returns the DCT coefficients of ``S`` (mean 1) and of ``D`` (raw units), and the number of
-    iterations run.
+    1. ``M`` = the median across fields at each pixel, projected onto smooth surfaces
+       (cosine series up to ``max_frequency`` cycles per field): ``M = a S + D``.
+    2. Without a dark-field, ``S = M / mean(M)``.
+    3. With a dark-field (modelled as a constant offset ``d0``), the offset comes from the
+       fields' own variation, as in BaSiC's regression of shading contrast on brightness: the
+       contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with its
+       mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
+       that regression (iterated with ``S = (M - d0) / mean(M - d0)``), bounded to ``[0, min X]``
+       because the dark level cannot exceed the darkest value of the stack.
+
+    Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw units).
     """
     n, h, w = small.shape
     p = h * w
-    scale = float(small.mean(dtype=np.float64))
-    if not scale > 0:
-        raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
     X = torch.from_numpy(np.ascontiguousarray(small.reshape(n, p), dtype=np.float32))
-    X = X / np.float32(scale)
+    median = X.median(dim=0).values.double().numpy()
     mask = _lowpass_mask((h, w), max_frequency)
-    dmask = _lowpass_mask((h, w), dark_frequency)
-    dmask[0, 0] = False  # the constant offset is fitted separately, without penalty
-    b = X.mean(dim=1)
-    W = torch.ones_like(X)
-    WX = X.clone()
-    S = np.ones(p)
-    D = np.zeros(p)
-    d0 = 0.0
-    d_coef = np.zeros((h, w))
-    s_coef = _coeffs(S.reshape(h, w), mask)
-    ones = torch.ones(n, dtype=torch.float32)
-    it = 0
-    for it in range(1, max_iterations + 1):
-        S_prev = S
-        # per-pixel sums over the fields: one pass over W and one over W*X
-        sw, swb, swbb = (torch.stack([ones, b, b * b]) @ W).double().numpy()
-        swx, swbx = (torch.stack([ones, b]) @ WX).double().numpy()
-        swbb_c = np.maximum(swbb, 1e-12)
-        if darkfield:
-            # S (per pixel) and the constant offset d0 (shared) jointly, given b and weights
-            d0 = float(np.sum(swx - swb * swbx / swbb_c) / np.sum(sw - swb * swb / swbb_c))
-            D = np.full(p, d0)
-            if dark_frequency > 0:
-                # smooth, shrunk per-pixel intercept beyond the offset, free of S's pattern
-                det = np.maximum(sw * swbb - swb * swb, 1e-12)
-                icpt = (swbb * swx - swb * swbx) / det
-                d_coef = _coeffs((icpt - d0).reshape(h, w), dmask) / (1.0 + dark_penalty)
-                DR = _surface(d_coef).ravel()
-                sc = _surface(s_coef).ravel()
-                sc = sc / sc.mean() - 1.0
-                c = float(np.dot(DR, sc) / max(np.dot(sc, sc), 1e-30))
-                d_coef = _coeffs((DR - c * sc).reshape(h, w), dmask)
-                D = d0 + _surface(d_coef).ravel()
-        S_raw = (swbx - swb * D) / swbb_c
-        s_coef = _coeffs(S_raw.reshape(h, w), mask)
-        S = _surface(s_coef).ravel()
-        s_mean = float(S.mean())
-        if not s_mean > 0:
-            raise ValueError("flat-field estimate collapsed to zero; the fields hold no signal")
-        S /= s_mean
-        s_coef /= s_mean
-        St = torch.from_numpy(S.astype(np.float32))
-        DR = D - d0
-        # per-field brightness given S and the dark residual, jointly with the offset d0
-        # (solving d0 in both blocks avoids the slow zig-zag between offset and brightness)
-        a_n, c_n, w_n, rs_n, r_n = (
-            W @ torch.from_numpy(np.stack([S * S, S, np.ones(p), DR * S, DR]).T.astype(np.float32))
-        ).double().numpy().T
-        y_n, z_n = (WX @ torch.from_numpy(np.stack([S, np.ones(p)]).T.astype(np.float32))).double().numpy().T
-        y_n = y_n - rs_n
-        z_n = z_n - r_n
-        a_n = np.maximum(a_n, 1e-12)
-        if darkfield:
-            d0 = float(np.sum(z_n - c_n * y_n / a_n) / np.sum(w_n - c_n * c_n / a_n))
-            D = d0 + DR
-        b_np = np.maximum((y_n - d0 * c_n) / a_n, 0.0)
-        b = torch.from_numpy(b_np.astype(np.float32))
-        Dt = torch.from_numpy(D.astype(np.float32))
-        # residual and L1-type weights, in preallocated buffers
-        W.copy_(X).addr_(b, St, alpha=-1).sub_(Dt).abs_()
-        W.div_(b.clamp_min(1e-6)[:, None]).add_(epsilon).reciprocal_()
-        torch.mul(W, X, out=WX)
-        if np.abs(S - S_prev).mean() < tol:
+    sqrt_p = np.sqrt(p)
+    m_coef = _coeffs(median.reshape(h, w), mask)
+    if not darkfield:
+        if not m_coef[0, 0] > 0:
+            raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
+        return m_coef / (m_coef[0, 0] / sqrt_p), np.zeros_like(m_coef)
+    # offset from the fields' own variation: the shading contrast of a field grows with its
+    # brightness above the dark level (BaSiC's regression of contrast on brightness)
+    Xd = X.double()
+    m_n = Xd.mean(dim=1).numpy()
+    # the dark level cannot exceed the darkest value of the (downsampled) stack
+    upper = float(X.min())
+    d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
+    for _ in range(10):
+        u = _surface(m_coef).ravel() - d0
+        if not u.mean() > 0:
             break
-    d_full = np.zeros((h, w))
-    d_full[0, 0] = d0 * np.sqrt(p)
-    d_full += d_coef
-    return s_coef, d_full * scale, it
+        u = u / u.mean() - 1.0
+        c_n = (Xd @ torch.from_numpy(u)).numpy() / p
+        A = np.stack([m_n, np.ones_like(m_n)], axis=1)
+        (slope, icpt), *_ = np.linalg.lstsq(A, c_n, rcond=None)
+        if not slope > 0:
+            break
+        new = float(np.clip(-icpt / slope, 0.0, upper))
+        if abs(new - d0) < 1e-3 * max(1.0, abs(d0)):
+            d0 = new
+            break
+        d0 = new
+    d_coef = np.zeros_like(m_coef)
+    d_coef[0, 0] = d0 * sqrt_p
+    s_coef = m_coef - d_coef
+    if not s_coef[0, 0] > 0:
+        raise ValueError("the fields have no signal above the dark level")
+    s_coef = s_coef / (s_coef[0, 0] / sqrt_p)
+    return s_coef, d_coef
 
 
 def _fit_mean_smooth(
-    small: np.ndarray, *, max_frequency: float, trim: float = 0.1
+    small: np.ndarray, *, max_frequency: float, trim: float = 0.25
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trimmed per-pixel mean of median-scaled fields, projected onto a smooth surface."""
     n, h, w = small.shape
@@ -512,16 +476,12 @@ def fit(
     method: str = "basic",
     *,
     darkfield: bool = True,
-    working_size: int = 128,
-    max_frequency: float = 5.0,
-    dark_frequency: float = 2.0,
-    dark_penalty: float = 1.0,
+    working_size: int = 64,
+    max_frequency: float = 4.0,
     min_fields: int = 10,
     fallback: str = "mean_smooth",
     screen: bool = True,
     screening: ScreeningParams = ScreeningParams(),
-    max_iterations: int = 100,
-    tol: float = 1e-4,
     names: Sequence[str] | None = None,
 ) -> IlluminationResult:
     """Estimate flat-field and dark-field from many fields, with screening and fallback.
@@ -540,11 +500,6 @@ def fit(
     max_frequency : float
         Highest spatial frequency kept in the surfaces, in cycles per field (radial cutoff of
         the cosine series); lower is smoother.
-    dark_frequency : float
-        Highest spatial frequency of the dark-field's non-constant part, in cycles per field.
-    dark_penalty : float
-        Ridge penalty on the dark-field's non-constant part, relative to the data weight; it
-        keeps the dark-field close to a constant offset unless the fields clearly say otherwise.
     min_fields : int
         Fewest usable fields for ``method``; below it, warn and use ``fallback``.
     fallback : {"mean_smooth", "none"}
@@ -553,8 +508,6 @@ def fit(
         Leave blank, saturated and out-of-focus fields out (see :func:`screen_fields`).
     screening : ScreeningParams
         Screening thresholds.
-    max_iterations, tol : int, float
-        Stopping rule of the ``basic`` fit (mean absolute change of the flat-field).
     names : sequence of str, optional
         Name (file path) of each field, used in error and warning messages.
 
@@ -601,14 +554,10 @@ def fit(
         )
     sub = small[used]
     if chosen == "basic":
-        s_coef, d_coef, _ = _fit_basic(
+        s_coef, d_coef = _fit_basic(
             sub,
             darkfield=darkfield,
             max_frequency=max_frequency,
-            dark_frequency=dark_frequency,
-            dark_penalty=dark_penalty,
-            max_iterations=max_iterations,
-            tol=tol,
         )
     else:
         s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)
