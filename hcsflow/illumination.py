@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import fft as sfft
@@ -778,3 +779,117 @@ def _count(excluded: Mapping[int, str]) -> str:
     for r in excluded.values():
         reasons[r] = reasons.get(r, 0) + 1
     return ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())) or "none"
+
+
+# --------------------------------------------------------------------------------------------
+# manifests
+
+
+def sample_fields(manifest: pd.DataFrame, max_fields: int, seed: int = 0) -> pd.DataFrame:
+    """A deterministic sample of up to ``max_fields`` fields of a manifest.
+
+    Rows are first put in plate, well, site order, so the sample does not depend on the order
+    of the manifest; then ``max_fields`` of them are drawn uniformly without replacement with a
+    seeded generator and returned in that order.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        One row per field (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ...).
+    max_fields : int
+        Largest sample size (>= 1).
+    seed : int
+        Seed of the draw.
+    """
+    if max_fields < 1:
+        raise ValueError(f"illumination.max_fields must be >= 1, got {max_fields}")
+    keys = [k for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if k in manifest]
+    ordered = manifest.sort_values(keys, kind="stable").reset_index(drop=True)
+    if len(ordered) <= max_fields:
+        return ordered
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(ordered), size=max_fields, replace=False))
+    return ordered.iloc[idx].reset_index(drop=True)
+
+
+def estimate_from_manifest(
+    manifest: pd.DataFrame,
+    channel: str,
+    method: str = "basic",
+    *,
+    max_fields: int = 200,
+    seed: int = 0,
+    read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+    **kwargs: Any,
+) -> IlluminationResult:
+    """Estimate one channel's flat-field and dark-field from a sample of a manifest's fields.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Manifest rows (one plate, or several plates of a batch) with ``PathName_<channel>``
+        and ``FileName_<channel>``.
+    channel : str
+        Channel name.
+    method : str
+        As in :func:`fit`.
+    max_fields, seed : int
+        Sample size and seed (:func:`sample_fields`).
+    read : callable, optional
+        Image reader; default :func:`hcsflow.io.read_image`.
+    **kwargs
+        Options of :func:`fit`.
+    """
+    cols = [f"PathName_{channel}", f"FileName_{channel}"]
+    missing = [c for c in cols if c not in manifest]
+    if missing:
+        raise ValueError(f"the manifest has no column {missing[0]} for channel {channel!r}")
+    if len(manifest) == 0:
+        raise ValueError(f"the manifest has no fields to estimate channel {channel!r} from")
+    rows = sample_fields(manifest, max_fields, seed)
+    paths = [Path(p) / f for p, f in zip(rows[cols[0]], rows[cols[1]], strict=True)]
+    return estimate_from_files(paths, method, read=read, **kwargs)
+
+
+def write_corrected(
+    manifest: pd.DataFrame,
+    profiles: Mapping[str, str | os.PathLike[str]],
+    folder: str | os.PathLike[str],
+    read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+) -> int:
+    """Write a corrected float32 TIFF of every field and channel of a manifest.
+
+    Files are named like the raw ones (suffix replaced by ``.tif``) inside ``folder``, each
+    written atomically. Returns the number of images written.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Manifest rows with ``PathName_<ch>`` and ``FileName_<ch>``.
+    profiles : mapping of str to path
+        Channel name -> npz file written by :func:`save`.
+    folder : path
+        Output folder (created).
+    read : callable, optional
+        Image reader; default :func:`hcsflow.io.read_image`.
+    """
+    import tifffile
+
+    if read is None:
+        from hcsflow.io import read_image as read
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for ch, path in sorted(profiles.items()):
+        flat, dark = load(path)
+        for pn, fn in zip(manifest[f"PathName_{ch}"], manifest[f"FileName_{ch}"], strict=True):
+            img = read(Path(pn) / fn)
+            if img.shape != flat.shape:
+                raise ValueError(
+                    f"image {Path(pn) / fn} has shape {img.shape}, but the {ch} flat-field "
+                    f"{path} has {flat.shape}"
+                )
+            with atomic_path(folder / (Path(fn).stem + ".tif")) as tmp:
+                tifffile.imwrite(tmp, correct(img, flat, dark), compression="zlib")
+            n += 1
+    return n
