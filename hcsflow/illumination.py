@@ -442,11 +442,55 @@ def _fit_basic(
         d0 = new
     d_coef = np.zeros_like(m_coef)
     d_coef[0, 0] = d0 * sqrt_p
-    s_coef = m_coef - d_coef
-    if not s_coef[0, 0] > 0:
-        raise ValueError("the fields have no signal above the dark level")
-    s_coef = s_coef / (s_coef[0, 0] / sqrt_p)
+    s_coef = _combine_surfaces(X, d0, mask, (h, w), uncertainty=max(2.0, 0.02 * d0))
     return s_coef, d_coef
+
+
+def _robust_mean(X: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean across fields without the brightest 2% (debris, saturated spots)."""
+    n = X.shape[0]
+    k = max(1, n - int(np.ceil(0.02 * n)))
+    return X.sort(dim=0).values[:k].mean(dim=0)
+
+
+def _combine_surfaces(
+    X: torch.Tensor,
+    d0: float,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    uncertainty: float,
+) -> np.ndarray:
+    """Flat-field coefficients from the median and the mean surfaces above the dark level.
+
+    The median surface follows the background (precise, but a small background above a large
+    dark level leaves it at the mercy of the dark level's error); the mean surface follows the
+    specimen as well (a larger signal above the dark level, but noisier). Each is scored by
+    its split-half noise (fields at even versus odd positions) plus the relative error that
+    ``uncertainty`` raw units of dark level cause, and they are averaged with inverse-variance
+    weights.
+    """
+    h, w = shape
+    sqrt_p = np.sqrt(h * w)
+    parts = []
+    for stat in (lambda t: t.median(dim=0).values, _robust_mean):
+        coefs = []
+        for sub in (X, X[0::2], X[1::2]):
+            c = _coeffs(stat(sub).double().numpy().reshape(h, w) - d0, mask)
+            coefs.append(c)
+        amp = coefs[0][0, 0] / sqrt_p
+        if not amp > 0 or X.shape[0] < 4:
+            parts.append((coefs[0], np.inf if not amp > 0 else 1.0))
+            continue
+        norm = [c / (c[0, 0] / sqrt_p) for c in coefs]
+        noise = float(np.sqrt(np.sum((norm[1] - norm[2]) ** 2) / (h * w))) / 2
+        err2 = noise**2 + (uncertainty / amp) ** 2
+        parts.append((norm[0], err2))
+    finite = [(c, e) for c, e in parts if np.isfinite(e)]
+    if not finite:
+        raise ValueError("the fields have no signal above the dark level")
+    wsum = sum(1.0 / max(e, 1e-12) for _, e in finite)
+    coef = sum(c / (c[0, 0] / sqrt_p) / max(e, 1e-12) for c, e in finite) / wsum
+    return coef / (coef[0, 0] / sqrt_p)
 
 
 def _fit_mean_smooth(

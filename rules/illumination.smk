@@ -20,8 +20,8 @@ def illumination_inputs(plate):
     return {ch: f"{RESULTS}/illumination/{plate}/{ch}.npz" for ch in CHANNEL_NAMES}
 
 
-@register_targets
 def illumination_targets():
+    """Final outputs of the illumination stage."""
     if ILLUM["method"] == "none":
         return []
     targets = [
@@ -82,3 +82,7 @@ rule illumination_corrected:
         channels=lambda wc: list(illumination_inputs(wc.plate)),
     script:
         "../workflow_scripts/illumination_correct.py"
+
+
+if "register_targets" in globals():
+    register_targets(illumination_targets)
