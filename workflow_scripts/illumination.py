@@ -1,22 +1,13 @@
 """Snakemake script: estimate one channel's flat-field and dark-field from sampled fields."""
 
-import logging
-
 import pandas as pd
 
 from hcsflow import illumination as il
 from hcsflow.io import read_table
+from hcsflow.logutil import log_to
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
-logging.basicConfig(
-    filename=sm.log[0],
-    filemode="w",
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-)
-logging.captureWarnings(True)
-log = logging.getLogger("hcsflow.illumination")
-try:
+with log_to(sm.log[0]) as log:
     p = sm.params
     opts = p.illumination
     manifest = pd.concat([read_table(path) for path in sm.input.manifests], ignore_index=True)
@@ -56,6 +47,3 @@ try:
         f"{int(result.used.sum())} of {result.n_fields} fields)",
     )
     log.info("%s", meta)
-except Exception as exc:
-    log.error("%s: %s", type(exc).__name__, exc)
-    raise
