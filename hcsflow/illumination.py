@@ -12,11 +12,13 @@ Methods
     Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
     8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
     split into a low-rank part shared by all fields and a sparse part (the bright specimen).
-    The per-pixel median across fields is the robust low-rank surface ``a S(x) + D(x)``; it is
-    projected onto smooth surfaces (cosine series up to ``max_frequency`` cycles per field).
-    With a dark-field, its level comes, as in BaSiC, from the fields' own variation (the
-    shading contrast of a field grows linearly with its brightness above the dark level),
-    bounded by the darkest value of the stack. The dark-field is modelled as a constant offset.
+    Per-pixel order statistics across fields (median, trimmed mean) are rank-1 surfaces
+    ``a S(x) + D(x)`` plus the offset; they are projected onto smooth surfaces (cosine series up
+    to ``max_frequency`` cycles per field). With a dark-field, its level comes, as in BaSiC,
+    from the fields' own variation (the shading contrast of a field grows linearly with its
+    brightness above the dark level), bounded by the darkest value of the stack; the dark-field
+    is modelled as a constant offset. The flat-field is the inverse-variance-weighted average
+    of the median and mean surfaces above that level.
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
     (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
@@ -404,6 +406,8 @@ def _fit_basic(
        mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
        that regression (iterated with ``S = (M - d0) / mean(M - d0)``), bounded to ``[0, min X]``
        because the dark level cannot exceed the darkest value of the stack.
+    4. The flat-field is the inverse-variance-weighted average of the median and the (top-2 %
+       trimmed) mean surfaces above ``d0`` (:func:`_combine_surfaces`).
 
     Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw units).
     """
