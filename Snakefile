@@ -10,6 +10,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/discover.smk"
+include: "rules/illumination.smk"
 
 
 rule all:

@@ -31,6 +31,7 @@ wildcard_constraints:
 def all_targets():
     """Final outputs of every stage (the inputs of rule all)."""
     targets = expand(f"{RESULTS}/manifest/{{plate}}.parquet", plate=PLATES.index)
+    targets += illumination_targets()
     return targets
 
 
@@ -47,3 +48,38 @@ def plate_shards(plate):
 def shard_wells(plate, shard):
     """Wells of one shard of a plate."""
     return WF.shards[plate][shard]
+
+
+# --- illumination ---------------------------------------------------------------------
+
+
+def illumination_group(plate):
+    """Plates whose fields enter the estimate of ``plate`` (itself, or its whole batch)."""
+    if config["illumination"]["group_by"] == "batch":
+        batch = PLATES.loc[plate, "batch"]
+        return sorted(PLATES.index[PLATES["batch"] == batch])
+    return [plate]
+
+
+def illumination_inputs(plate):
+    """Channel name -> flat/dark-field npz of a plate; {} when no correction is configured."""
+    if config["illumination"]["method"] == "none":
+        return {}
+    return {ch: f"{RESULTS}/illumination/{plate}/{ch}.npz" for ch in CHANNEL_NAMES}
+
+
+def illumination_targets():
+    """Final outputs of the illumination stage."""
+    if config["illumination"]["method"] == "none":
+        return []
+    targets = [
+        f"{RESULTS}/illumination/{plate}/{ch}.{ext}"
+        for plate in PLATES.index
+        for ch in CHANNEL_NAMES
+        for ext in ("npz", "png")
+    ]
+    if config["illumination"]["write_corrected"]:
+        targets += [
+            f"{RESULTS}/illumination/{plate}/corrected" for plate in PLATES.index
+        ]
+    return targets
