@@ -336,8 +336,8 @@ def _parquet_feature_columns(schema: Any) -> list[str]:
 
     out = []
     for field in schema:
-        if field.name.startswith(METADATA_PREFIX):
-            continue
+        if field.name.startswith(METADATA_PREFIX) or field.name.startswith("__"):
+            continue  # metadata, or a stored pandas index
         t = field.type
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             out.append(field.name)
