@@ -1168,7 +1168,7 @@ def read_profiles_table(
             raise ValueError("unsupported file type (use .parquet, .csv, .csv.gz or .tsv)")
     except ValueError as exc:
         raise ValueError(f"cannot read input profiles {path}: {exc}") from exc
-    columns = dict(columns or {})
+    columns = {k: v for k, v in (columns or {}).items() if v is not None}
     unknown = [k for k in columns if k not in DEFAULT_COLUMN_CANDIDATES]
     if unknown:
         raise ValueError(
@@ -1236,3 +1236,126 @@ def read_profiles_table(
     if not feature_columns(out):
         raise ValueError(f"input profiles {path}: no numeric feature columns")
     return out.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the workflow's two steps
+
+
+def plate_profiles(
+    cell_tables: Sequence[str | os.PathLike[str]],
+    aggregation: str = "median",
+    normalization: str = "mad_robustize",
+    control_role: str = "negcon",
+    mad_epsilon: float = 1e-18,
+    qc_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Well profiles of one plate from its per-shard cell tables (config section ``profiles``).
+
+    Aggregates the cells of each well (:func:`aggregate_files`, one file at a time), then
+    normalizes against the plate's ``control_role`` wells (:func:`normalize`; ``"all"`` fits
+    on every well).
+
+    Returns
+    -------
+    DataFrame with one row per well, sorted by well.
+    """
+    prof = aggregate_files(cell_tables, method=aggregation, qc_columns=qc_columns)
+    return normalize_plates(prof, normalization, control_role, mad_epsilon)
+
+
+def normalize_plates(
+    profiles: pd.DataFrame,
+    normalization: str = "mad_robustize",
+    control_role: str = "negcon",
+    mad_epsilon: float = 1e-18,
+) -> pd.DataFrame:
+    """:func:`normalize` within each plate against the wells whose role is ``control_role``."""
+    control = None if control_role == "all" else {"Metadata_Role": control_role}
+    return normalize(
+        profiles, method=normalization, control=control, by="Metadata_Plate", epsilon=mad_epsilon
+    )
+
+
+def campaign_profiles(
+    profiles: pd.DataFrame, campaign: Mapping[str, Any], control_role: str = "negcon"
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Feature selection, optional sphering and Harmony, and consensus over a campaign.
+
+    Parameters
+    ----------
+    profiles : DataFrame of shape (n_wells, n_columns)
+        Normalized well profiles of all plates.
+    campaign : mapping
+        The validated config section ``campaign`` (``feature_select``, ``sphering``,
+        ``harmony``, ``consensus``).
+    control_role : str
+        Role of the wells the sphering is fitted on.
+
+    Returns
+    -------
+    profiles : DataFrame
+        Well profiles after the campaign steps, sorted by plate and well.
+    consensus : DataFrame
+        One row per compound x dose.
+    steps : dict
+        What was done (for provenance): the steps in order and the excluded features.
+    """
+    fs = campaign["feature_select"]
+    steps: list[str] = []
+    n_in = len(feature_columns(profiles))
+    excluded = feature_select_excluded(
+        profiles,
+        operations=fs["operations"],
+        corr_threshold=fs["corr_threshold"],
+        na_cutoff=fs["na_cutoff"],
+        min_variance=fs["min_variance"],
+        freq_cut=fs["freq_cut"],
+        unique_cut=fs["unique_cut"],
+        blocklist=fs["blocklist"],
+    )
+    drop = {f for fs_ in excluded.values() for f in fs_}
+    out = profiles[[c for c in profiles.columns if c not in drop]]
+    if not feature_columns(out):
+        raise ValueError(
+            "feature selection (config campaign.feature_select) removed every feature: "
+            + ", ".join(f"{op} {len(v)}" for op, v in excluded.items())
+        )
+    steps.append("feature_select(" + ",".join(fs["operations"]) + ")")
+    sph = campaign["sphering"]
+    har = campaign["harmony"]
+    if sph["enabled"] or har["enabled"]:
+        # sphering and Harmony need complete features: drop those still missing somewhere
+        feats = feature_columns(out)
+        missing = [f for f, m in zip(feats, out[feats].isna().any().to_numpy(), strict=True) if m]
+        if missing:
+            excluded["incomplete"] = missing
+            out = out.drop(columns=missing)
+            steps.append(f"drop_incomplete({len(missing)})")
+    if sph["enabled"]:
+        control = None if control_role == "all" else {"Metadata_Role": control_role}
+        out = sphere(out, control=control, method=sph["method"], epsilon=sph["epsilon"])
+        steps.append(f"sphere({sph['method']}, epsilon={sph['epsilon']})")
+    if har["enabled"]:
+        out = harmony(
+            out,
+            batch_col="Metadata_Batch",
+            n_components=har["n_components"],
+            theta=har["theta"],
+            sigma=har["sigma"],
+            lamb=har["lambda"],
+            n_clusters=har["n_clusters"],
+            max_iter=har["max_iter"],
+            seed=har["seed"],
+        )
+        steps.append(f"harmony(batch=Metadata_Batch, n_components={har['n_components']})")
+    out = out.sort_values(["Metadata_Plate", "Metadata_Well"], kind="stable").reset_index(drop=True)
+    cons = consensus(out, method=campaign["consensus"])
+    steps.append(f"consensus({campaign['consensus']} by Metadata_Compound, Metadata_Dose)")
+    info = {
+        "steps": steps,
+        "n_features_in": n_in,
+        "n_features_out": len(feature_columns(out)),
+        "excluded_features": excluded,
+    }
+    return out, cons, info
