@@ -215,16 +215,18 @@ def _constant_metadata(
 
 
 def _group_reduce(
-    x: np.ndarray, codes: np.ndarray, n_groups: int, method: str
+    x: np.ndarray, codes: np.ndarray, n_groups: int, method: str, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median or mean of each column of ``x`` within each group, NaN skipped.
 
     Parameters
     ----------
     x : ndarray of shape (n_rows, n_features)
-        Any float dtype; reduced in float64.
+        Any float dtype (reduced in float64), any memory layout.
     codes : ndarray of shape (n_rows,)
         Group number of each row in ``0 .. n_groups - 1``.
+    threads : int
+        Threads for the median kernel.
 
     Returns
     -------
@@ -232,27 +234,29 @@ def _group_reduce(
     counts : ndarray of shape (n_groups,), int64
     """
     order, bounds = _group_slices(codes, n_groups)
+    if method == "median":
+        try:
+            from hcsflow._groupstats import group_median
+        except ImportError:  # pragma: no cover - numba is a dependency of umap-learn
+            group_median = None
+        if group_median is not None:
+            return group_median(x.T, order, bounds, threads=threads), np.diff(bounds)
     out = np.empty((n_groups, x.shape[1]), dtype=np.float64)
-    with np.errstate(all="ignore"):
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         for g in range(n_groups):
             block = np.asarray(x[order[bounds[g] : bounds[g + 1]]], dtype=np.float64)
             nan = np.isnan(block)
             if method == "median":
-                if nan.any():
-                    import warnings
-
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        out[g] = np.nanmedian(block, axis=0)
-                else:
-                    out[g] = np.median(block, axis=0)
+                out[g] = np.nanmedian(block, axis=0) if nan.any() else np.median(block, axis=0)
+            elif nan.any():
+                n_ok = (~nan).sum(axis=0)
+                total = np.where(nan, 0.0, block).sum(axis=0)
+                out[g] = np.where(n_ok > 0, total / np.maximum(n_ok, 1), np.nan)
             else:
-                if nan.any():
-                    n_ok = (~nan).sum(axis=0)
-                    total = np.where(nan, 0.0, block).sum(axis=0)
-                    out[g] = np.where(n_ok > 0, total / np.maximum(n_ok, 1), np.nan)
-                else:
-                    out[g] = block.mean(axis=0)
+                out[g] = block.mean(axis=0)
     return out, np.diff(bounds)
 
 
@@ -281,6 +285,7 @@ def aggregate(
     qc_columns: Sequence[str] = (),
     features: Sequence[str] | None = None,
     count_feature: str | None = COUNT_FEATURE,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Aggregate single-cell measurements into one profile per well (or other strata).
 
@@ -300,6 +305,8 @@ def aggregate(
     count_feature : str or None
         Name of the feature that receives the number of cells aggregated per group
         (``Image_Count_Cells`` by default); None leaves it out.
+    threads : int
+        Threads for the median (the result does not depend on it).
 
     Returns
     -------
@@ -314,17 +321,45 @@ def aggregate(
     feats = _resolve_features(cells, features, "aggregate")
     feats = [f for f in feats if f not in strata and f != count_feature]
     if qc_columns:
-        keep = ~_qc_mask(cells, qc_columns)
-        cells = cells.loc[keep]
         feats = [f for f in feats if f not in qc_columns]
-    if len(cells) == 0:
+    _require_columns(cells, qc_columns, "QC exclusion (config profiles.qc_columns)")
+    meta_cols = metadata_columns(cells)
+    meta_cols += [c for c in qc_columns if c not in meta_cols]
+    return _aggregate_arrays(
+        cells[meta_cols],
+        cells[feats].to_numpy().T,
+        feats,
+        strata,
+        method,
+        qc_columns,
+        count_feature,
+        threads,
+    )
+
+
+def _aggregate_arrays(
+    meta: pd.DataFrame,
+    xt: np.ndarray,
+    feats: list[str],
+    strata: list[str],
+    method: str,
+    qc_columns: Sequence[str],
+    count_feature: str | None,
+    threads: int,
+) -> pd.DataFrame:
+    """:func:`aggregate` on metadata (n_rows, ...) and features as rows ``xt`` (n_feats, n_rows)."""
+    if qc_columns:
+        keep = ~_qc_mask(meta, qc_columns)
+        if not keep.all():
+            meta = meta.loc[keep]
+            xt = xt[:, keep]
+    if len(meta) == 0:
         raise ValueError("aggregate: no cells left to aggregate (all QC-flagged or empty table)")
-    codes, keys = _group_codes(cells, strata)
+    codes, keys = _group_codes(meta, strata)
     n_groups = len(keys)
-    x = cells[feats].to_numpy()
-    values, counts = _group_reduce(x, codes, n_groups, method)
-    meta = _constant_metadata(cells, codes, n_groups, exclude=strata + list(qc_columns))
-    parts = [keys.reset_index(drop=True), meta]
+    values, counts = _group_reduce(xt.T, codes, n_groups, method, threads=threads)
+    const = _constant_metadata(meta, codes, n_groups, exclude=strata + list(qc_columns))
+    parts = [keys.reset_index(drop=True), const]
     if count_feature is not None:
         parts.append(pd.DataFrame({count_feature: counts.astype(np.int64)}))
     parts.append(pd.DataFrame(values, columns=feats))
@@ -350,17 +385,20 @@ def aggregate_files(
     method: str = "median",
     qc_columns: Sequence[str] = (),
     count_feature: str | None = COUNT_FEATURE,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Aggregate per-cell Parquet files (e.g. the shards of one plate), one file at a time.
 
     Every group (well) must lie within one file, as the shards of a plate hold disjoint sets of
-    wells; memory is bounded by the largest file. Files with no rows are skipped.
+    wells; memory is bounded by the largest file. Feature columns are read from Arrow straight
+    into one array per file (no DataFrame of the cells is built). Files with no rows are
+    skipped.
 
     Parameters
     ----------
     paths : sequence of path
         Per-cell tables with the same feature columns.
-    strata, method, qc_columns, count_feature
+    strata, method, qc_columns, count_feature, threads
         As for :func:`aggregate`.
 
     Returns
@@ -370,35 +408,42 @@ def aggregate_files(
     """
     if not paths:
         raise ValueError("aggregate_files: no per-cell tables given")
+    strata = list(strata)
     parts = []
     seen: dict[tuple, str] = {}
     ref_features: list[str] | None = None
     for path in paths:
-        schema = pq.read_schema(path)
-        feats = _parquet_feature_columns(schema)
+        table = pq.read_table(path)
+        feats = _parquet_feature_columns(table.schema)
         if ref_features is None:
-            ref_features = feats
-        elif set(feats) != set(ref_features):
+            ref_features = [f for f in feats if f not in qc_columns and f != count_feature]
+        elif set(feats) - set(qc_columns) - {count_feature} != set(ref_features):
             diff = sorted(set(feats) ^ set(ref_features))[:5]
             raise ValueError(
                 f"per-cell table {path} has different feature columns than {paths[0]}: {diff}"
             )
-        cells = pq.read_table(path).to_pandas()
-        if len(cells) == 0:
+        if table.num_rows == 0:
             continue
+        names = table.column_names
+        meta_cols = [c for c in names if c.startswith(METADATA_PREFIX) or c in qc_columns]
+        meta = table.select(meta_cols).to_pandas()
         try:
-            prof = aggregate(
-                cells,
-                strata=strata,
-                method=method,
-                qc_columns=qc_columns,
-                features=[f for f in ref_features if f not in qc_columns],
-                count_feature=count_feature,
+            _require_columns(meta, strata, "aggregate: strata")
+            dtypes = {table.schema.field(f).type for f in ref_features}
+            import pyarrow as pa
+
+            dtype = np.float32 if dtypes == {pa.float32()} else np.float64
+            xt = np.empty((len(ref_features), table.num_rows), dtype=dtype)
+            for i, f in enumerate(ref_features):
+                xt[i] = table.column(f).to_numpy(zero_copy_only=False)
+            del table
+            prof = _aggregate_arrays(
+                meta, xt, ref_features, strata, method, qc_columns, count_feature, threads
             )
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        del cells
-        for key in prof[list(strata)].itertuples(index=False, name=None):
+        del xt
+        for key in prof[strata].itertuples(index=False, name=None):
             if key in seen:
                 raise ValueError(
                     f"group {dict(zip(strata, key, strict=True))} appears in both {seen[key]} "
@@ -409,11 +454,10 @@ def aggregate_files(
     if not parts:
         raise ValueError(f"aggregate_files: the tables {list(map(str, paths))} hold no cells")
     out = pd.concat(parts, ignore_index=True)
-    # metadata constant within every file but not across all files keeps its values; a column
-    # dropped in one file (varying within a well there) is dropped everywhere
+    # a metadata column dropped in one file (it varies within a well there) is dropped everywhere
     common = [c for c in out.columns if all(c in p.columns for p in parts)]
     out = out[common]
-    return out.sort_values(list(strata), kind="stable").reset_index(drop=True)
+    return out.sort_values(strata, kind="stable").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,12 +521,10 @@ def normalize(
         raise ValueError(
             f"normalization method must be 'mad_robustize', 'standardize' or 'none', got {method!r}"
         )
-    out = profiles.copy()
     if method == "none":
-        return out
+        return profiles.copy()
     feats = _resolve_features(profiles, features, "normalize")
     ctrl = _control_mask(profiles, control)
-    x = _as_float64(profiles, feats)
     if by is None:
         codes = np.zeros(len(profiles), dtype=np.int64)
         keys = pd.DataFrame({"all rows": ["all"]})
@@ -490,7 +532,8 @@ def normalize(
         by_list = [by] if isinstance(by, str) else list(by)
         _require_columns(profiles, by_list, "normalize: by")
         codes, keys = _group_codes(profiles, by_list)
-    result = np.empty_like(x)
+    result = np.empty((len(profiles), len(feats)), dtype=np.float64)
+    col_pos = [profiles.columns.get_loc(f) for f in feats]
     import warnings
 
     for g in range(len(keys)):
@@ -499,7 +542,8 @@ def normalize(
         if fit_rows.size == 0:
             key = keys.iloc[g].to_dict()
             raise ValueError(f"normalize: no control rows {dict(control or {})} in group {key}")
-        fit = x[fit_rows]
+        # one group at a time, so that only one group's features are copied at once
+        fit = profiles.iloc[fit_rows, col_pos].to_numpy(dtype=np.float64, na_value=np.nan)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
             if method == "mad_robustize":
@@ -512,8 +556,21 @@ def normalize(
                 var = np.nanvar(fit, axis=0)
                 scale = np.sqrt(var)
                 scale = np.where(_constant_feature(var, center, n_ok), 1.0, scale)
-            result[rows] = (x[rows] - center) / scale
-    out[feats] = pd.DataFrame(result, columns=feats, index=out.index)
+            del fit
+            block = profiles.iloc[rows, col_pos].to_numpy(dtype=np.float64, na_value=np.nan)
+            result[rows] = (block - center) / scale
+            del block
+    others = [c for c in profiles.columns if c not in set(feats)]
+    out = pd.concat(
+        [
+            profiles[others].reset_index(drop=True),
+            pd.DataFrame(result, columns=feats, copy=False),
+        ],
+        axis=1,
+    )
+    out.index = profiles.index
+    if list(out.columns) != list(profiles.columns):
+        out = out[list(profiles.columns)]
     return out
 
 
@@ -521,11 +578,14 @@ def normalize(
 # feature selection
 
 
-def _corr_matrix(x: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def _corr_matrix(x: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
     """Pearson correlation between the columns of ``x``, pairwise-complete where NaN occur.
 
     Equals ``numpy.corrcoef`` without NaN and ``pandas.DataFrame.corr`` with NaN (each pair
-    uses the rows where both features are present). Computed in float64 in row chunks.
+    uses the rows where both features are present). Accumulated in float64 over row chunks
+    from sums of cross-products of the columns shifted by their means; the masked sums are
+    only formed for the columns that have missing values, so that a few incomplete
+    features cost little more than complete data.
 
     Parameters
     ----------
@@ -533,49 +593,58 @@ def _corr_matrix(x: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
 
     Returns
     -------
-    ndarray of shape (n_features, n_features); NaN where a feature is constant.
+    ndarray of shape (n_features, n_features); NaN where a feature is constant (among the
+    rows shared with the other feature).
     """
     n, p = x.shape
-    nan_cols = np.flatnonzero(np.isnan(x).any(axis=0))
+    incomplete = np.flatnonzero(np.isnan(x).any(axis=0))
+    k = incomplete.size
     with np.errstate(all="ignore"):
-        shift = np.nanmean(x, axis=0) if n else np.zeros(p)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            shift = np.nanmean(x, axis=0) if n else np.zeros(p)
     shift = np.where(np.isfinite(shift), shift, 0.0)
-    if nan_cols.size == 0:
-        cross = np.zeros((p, p))
-        for s in range(0, n, chunk):
-            b = np.asarray(x[s : s + chunk], dtype=np.float64) - shift
-            cross += b.T @ b
-        total = np.zeros(p)
-        for s in range(0, n, chunk):
-            total += (np.asarray(x[s : s + chunk], dtype=np.float64) - shift).sum(axis=0)
-        cov = cross - np.outer(total, total) / n
-        d = np.sqrt(np.diag(cov))
-        with np.errstate(all="ignore"):
-            c = cov / np.outer(d, d)
-        zero = d == 0
-        c[zero, :] = np.nan
-        c[:, zero] = np.nan
-        return c
-    # pairwise-complete: sums restricted to rows where both columns are present
-    m_sum = np.zeros((p, p))  # n_ij
-    s_x = np.zeros((p, p))  # sum over common rows of x_i  (row i, column j)
-    s_xx = np.zeros((p, p))  # sum over common rows of x_i ** 2
     s_xy = np.zeros((p, p))
+    col_sum = np.zeros(p)
+    col_sq = np.zeros(p)
+    s_x_inc = np.zeros((p, k))  # sum of x_i over rows where incomplete feature j is present
+    s_xx_inc = np.zeros((p, k))
+    m_inc = np.zeros((k, k))  # rows where both incomplete features are present
+    n_inc = np.zeros(k)  # rows where an incomplete feature is present
     for s in range(0, n, chunk):
         b = np.asarray(x[s : s + chunk], dtype=np.float64) - shift
-        ok = ~np.isnan(b)
-        m = ok.astype(np.float64)
-        b0 = np.where(ok, b, 0.0)
-        m_sum += m.T @ m
-        s_x += b0.T @ m
-        s_xx += (b0 * b0).T @ m
-        s_xy += b0.T @ b0
+        if k:
+            ok = ~np.isnan(b[:, incomplete])
+            b[np.isnan(b)] = 0.0
+            m = ok.astype(np.float64)
+        s_xy += b.T @ b
+        col_sum += b.sum(axis=0)
+        sq = b * b
+        col_sq += sq.sum(axis=0)
+        if k:
+            s_x_inc += b.T @ m
+            s_xx_inc += sq.T @ m
+            m_inc += m.T @ m
+            n_inc += m.sum(axis=0)
+        del b, sq
+    # assemble the pairwise sums: for a complete feature j, "rows where j is present" is all
+    m_sum = np.full((p, p), float(n))
+    s_x = np.repeat(col_sum[:, None], p, axis=1)
+    s_xx = np.repeat(col_sq[:, None], p, axis=1)
+    if k:
+        m_sum[incomplete, :] = n_inc[:, None]
+        m_sum[:, incomplete] = n_inc[None, :]
+        m_sum[np.ix_(incomplete, incomplete)] = m_inc
+        s_x[:, incomplete] = s_x_inc
+        s_xx[:, incomplete] = s_xx_inc
     with np.errstate(all="ignore"):
         cov = s_xy - s_x * s_x.T / m_sum
         var_i = s_xx - s_x * s_x / m_sum
         var_j = var_i.T
         c = cov / np.sqrt(var_i * var_j)
-    bad = (m_sum < 1) | (var_i <= 0) | (var_j <= 0) | ~np.isfinite(c)
+    bad = (m_sum < 1) | ~(var_i > 0) | ~(var_j > 0) | ~np.isfinite(c)
     c[bad] = np.nan
     return np.clip(c, -1.0, 1.0)
 
@@ -1249,6 +1318,7 @@ def plate_profiles(
     control_role: str = "negcon",
     mad_epsilon: float = 1e-18,
     qc_columns: Sequence[str] = (),
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Well profiles of one plate from its per-shard cell tables (config section ``profiles``).
 
@@ -1260,7 +1330,7 @@ def plate_profiles(
     -------
     DataFrame with one row per well, sorted by well.
     """
-    prof = aggregate_files(cell_tables, method=aggregation, qc_columns=qc_columns)
+    prof = aggregate_files(cell_tables, method=aggregation, qc_columns=qc_columns, threads=threads)
     return normalize_plates(prof, normalization, control_role, mad_epsilon)
 
 

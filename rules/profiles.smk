@@ -35,7 +35,7 @@ rule profiles:
         f"{BENCH}/profiles/{{plate}}.tsv"
     conda:
         "../envs/hcsflow.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=30,

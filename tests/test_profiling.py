@@ -391,3 +391,61 @@ def test_chain_is_deterministic_bytes(tmp_path):
     run(tmp_path / "a.parquet")
     run(tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+# ------------------------------------------------------------------------------ kernels
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "sorted", "nan", "float32"])
+def test_group_median_kernel_is_exact(kind):
+    from hcsflow._groupstats import group_median
+
+    rng = np.random.default_rng(11)
+    n, p, groups = 3000, 5, 7
+    x = rng.normal(size=(n, p))
+    if kind == "ties":
+        x = rng.integers(0, 4, size=(n, p)).astype(float)
+    elif kind == "sorted":  # adversarial order for the sample bracket
+        x = np.sort(x, axis=0)
+    elif kind == "nan":
+        x[rng.random(x.shape) < 0.3] = np.nan
+        x[:, 2] = np.nan
+    elif kind == "float32":
+        x = x.astype(np.float32)
+    codes = np.sort(rng.integers(0, groups, n)) if kind == "sorted" else rng.integers(0, groups, n)
+    codes[codes == 3] = 2  # an empty group
+    order = np.argsort(codes, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=groups))]
+    for threads in (1, 2):
+        got = group_median(x.T, order, bounds, threads=threads)
+        with (
+            np.errstate(all="ignore"),
+            pytest.warns(RuntimeWarning) if kind == "nan" else _nullctx(),
+        ):
+            want = np.array(
+                [
+                    np.nanmedian(x[codes == g].astype(np.float64), axis=0)
+                    if (codes == g).any()
+                    else np.full(p, np.nan)
+                    for g in range(groups)
+                ]
+            )
+        np.testing.assert_array_equal(got, want)
+
+
+def _nullctx():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_corr_matrix_matches_numpy_and_pandas():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12)) + 50.0
+    np.testing.assert_allclose(P._corr_matrix(x), np.corrcoef(x.T), atol=1e-12)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:, 5] = np.where(np.isnan(x[:, 5]), np.nan, 2.0)  # constant where present
+    got = P._corr_matrix(x, chunk=33)
+    want = pd.DataFrame(x).corr().to_numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, atol=1e-12)

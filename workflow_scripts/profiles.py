@@ -15,6 +15,7 @@ with log_to(sm.log[0]) as log:
         control_role=opts["control_role"],
         mad_epsilon=opts["mad_epsilon"],
         qc_columns=opts["qc_columns"],
+        threads=sm.threads,
     )
     prov = make_provenance(
         "profiles",
