@@ -3,6 +3,7 @@ Harmony, consensus and reading external profile tables."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -418,10 +419,8 @@ def test_group_median_kernel_is_exact(kind):
     bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=groups))]
     for threads in (1, 2):
         got = group_median(x.T, order, bounds, threads=threads)
-        with (
-            np.errstate(all="ignore"),
-            pytest.warns(RuntimeWarning) if kind == "nan" else _nullctx(),
-        ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
             want = np.array(
                 [
                     np.nanmedian(x[codes == g].astype(np.float64), axis=0)
@@ -431,12 +430,6 @@ def test_group_median_kernel_is_exact(kind):
                 ]
             )
         np.testing.assert_array_equal(got, want)
-
-
-def _nullctx():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def test_corr_matrix_matches_numpy_and_pandas():
