@@ -532,39 +532,49 @@ def normalize(
         by_list = [by] if isinstance(by, str) else list(by)
         _require_columns(profiles, by_list, "normalize: by")
         codes, keys = _group_codes(profiles, by_list)
-    result = np.empty((len(profiles), len(feats)), dtype=np.float64)
-    col_pos = [profiles.columns.get_loc(f) for f in feats]
+    n_groups = len(keys)
+    fit_rows = np.flatnonzero(ctrl)
+    fit_codes = codes[fit_rows]
+    fit_count = np.bincount(fit_codes, minlength=n_groups)
+    if (fit_count == 0).any():
+        key = keys.iloc[int(np.flatnonzero(fit_count == 0)[0])].to_dict()
+        raise ValueError(f"normalize: no control rows {dict(control or {})} in group {key}")
+    # control rows, one feature per row: (n_features, n_fit)
+    fit = np.empty((len(feats), fit_rows.size), dtype=np.float64)
+    for j, f in enumerate(feats):
+        fit[j] = _column(profiles, f)[fit_rows]
     import warnings
 
-    for g in range(len(keys)):
-        rows = np.flatnonzero(codes == g)
-        fit_rows = rows[ctrl[rows]]
-        if fit_rows.size == 0:
-            key = keys.iloc[g].to_dict()
-            raise ValueError(f"normalize: no control rows {dict(control or {})} in group {key}")
-        # one group at a time, so that only one group's features are copied at once
-        fit = profiles.iloc[fit_rows, col_pos].to_numpy(dtype=np.float64, na_value=np.nan)
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if method == "mad_robustize":
-                center = np.nanmedian(fit, axis=0)
-                mad = np.nanmedian(np.abs(fit - center), axis=0) / (1 / 1.4826)
-                scale = mad + epsilon
-            else:
-                n_ok = (~np.isnan(fit)).sum(axis=0)
-                center = np.nanmean(fit, axis=0)
-                var = np.nanvar(fit, axis=0)
-                scale = np.sqrt(var)
-                scale = np.where(_constant_feature(var, center, n_ok), 1.0, scale)
-            del fit
-            block = profiles.iloc[rows, col_pos].to_numpy(dtype=np.float64, na_value=np.nan)
-            result[rows] = (block - center) / scale
-            del block
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if method == "mad_robustize":
+            center = _group_reduce(fit.T, fit_codes, n_groups, "median")[0]  # (G, p)
+            np.subtract(fit, center[fit_codes].T, out=fit)
+            np.abs(fit, out=fit)
+            mad = _group_reduce(fit.T, fit_codes, n_groups, "median")[0] / (1 / 1.4826)
+            scale = mad + epsilon
+        else:
+            ok = ~np.isnan(fit)
+            n_ok = np.stack([np.bincount(fit_codes, w, minlength=n_groups) for w in ok], axis=1)
+            vals = np.where(ok, fit, 0.0)
+            total = np.stack([np.bincount(fit_codes, w, minlength=n_groups) for w in vals], axis=1)
+            center = total / n_ok
+            dev = np.where(ok, fit - center[fit_codes].T, 0.0)
+            var = (
+                np.stack([np.bincount(fit_codes, w * w, minlength=n_groups) for w in dev], axis=1)
+                / n_ok
+            )
+            scale = np.where(_constant_feature(var, center, n_ok), 1.0, np.sqrt(var))
+        del fit
+        # all rows: (n_features, n_rows), so that the frame below takes it without a copy
+        result = np.empty((len(feats), len(profiles)), dtype=np.float64)
+        for j, f in enumerate(feats):
+            result[j] = (_column(profiles, f) - center[codes, j]) / scale[codes, j]
     others = [c for c in profiles.columns if c not in set(feats)]
     out = pd.concat(
         [
             profiles[others].reset_index(drop=True),
-            pd.DataFrame(result, columns=feats, copy=False),
+            pd.DataFrame(result.T, columns=feats, copy=False),
         ],
         axis=1,
     )
@@ -574,11 +584,24 @@ def normalize(
     return out
 
 
+def _column(df: pd.DataFrame, name: str) -> np.ndarray:
+    """One column as a float64 array (NaN for missing values)."""
+    return df[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 # ----------------------------------------------------------------------------------------------
 # feature selection
 
 
-def _corr_matrix(x: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+class _Columns:
+    """Some columns of a DataFrame, read in row chunks by :func:`_corr_matrix`."""
+
+    def __init__(self, frame: pd.DataFrame, names: Sequence[str]) -> None:
+        self.frame = frame
+        self.names = list(names)
+
+
+def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
     """Pearson correlation between the columns of ``x``, pairwise-complete where NaN occur.
 
     Equals ``numpy.corrcoef`` without NaN and ``pandas.DataFrame.corr`` with NaN (each pair
@@ -589,22 +612,44 @@ def _corr_matrix(x: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
 
     Parameters
     ----------
-    x : ndarray of shape (n_rows, n_features)
+    x : ndarray of shape (n_rows, n_features), or columns of a DataFrame
+        DataFrame columns are read in row chunks (never copied whole).
 
     Returns
     -------
     ndarray of shape (n_features, n_features); NaN where a feature is constant (among the
     rows shared with the other feature).
     """
-    n, p = x.shape
-    incomplete = np.flatnonzero(np.isnan(x).any(axis=0))
-    k = incomplete.size
-    with np.errstate(all="ignore"):
-        import warnings
+    if isinstance(x, _Columns):
+        frame, names = x.frame, x.names
+        cols = [frame.columns.get_loc(c) for c in names]
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            shift = np.nanmean(x, axis=0) if n else np.zeros(p)
+        def rows(a: int, b: int) -> np.ndarray:
+            return frame.iloc[a:b, cols].to_numpy(dtype=np.float64, na_value=np.nan)
+
+        n, p = len(frame), len(names)
+        nan_any = np.zeros(p, dtype=bool)
+        shift = np.zeros(p)
+        for j, c in enumerate(names):
+            col = _column(frame, c)
+            ok = ~np.isnan(col)
+            nan_any[j] = not ok.all()
+            shift[j] = col[ok].mean() if ok.any() else 0.0
+    else:
+
+        def rows(a: int, b: int) -> np.ndarray:
+            return np.asarray(x[a:b], dtype=np.float64)
+
+        n, p = x.shape
+        nan_any = np.isnan(x).any(axis=0)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                shift = np.nanmean(x, axis=0) if n else np.zeros(p)
+    incomplete = np.flatnonzero(nan_any)
+    k = incomplete.size
     shift = np.where(np.isfinite(shift), shift, 0.0)
     s_xy = np.zeros((p, p))
     col_sum = np.zeros(p)
@@ -614,7 +659,7 @@ def _corr_matrix(x: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
     m_inc = np.zeros((k, k))  # rows where both incomplete features are present
     n_inc = np.zeros(k)  # rows where an incomplete feature is present
     for s in range(0, n, chunk):
-        b = np.asarray(x[s : s + chunk], dtype=np.float64) - shift
+        b = rows(s, s + chunk) - shift
         if k:
             ok = ~np.isnan(b[:, incomplete])
             b[np.isnan(b)] = 0.0
@@ -649,26 +694,29 @@ def _corr_matrix(x: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
     return np.clip(c, -1.0, 1.0)
 
 
-def _exclude_variance(x: np.ndarray, min_variance: float) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        import warnings
+def _exclude_variance(df: pd.DataFrame, names: list[str], min_variance: float) -> np.ndarray:
+    out = np.zeros(len(names), dtype=bool)
+    import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            var = np.nanvar(x, axis=0)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for j, c in enumerate(names):
+            col = _column(df, c)
+            var = np.nanvar(col)
             if min_variance == 0:
-                ptp = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
-                var = np.fmin(var, ptp)
-    return ~(var > min_variance)
+                var = np.fmin(var, np.nanmax(col) - np.nanmin(col))
+            out[j] = not var > min_variance
+    return out
 
 
-def _exclude_frequency(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:
-    n, p = x.shape
-    out = np.zeros(p, dtype=bool)
-    for j in range(p):
-        col = x[:, j]
-        col = col[~np.isnan(col)]
-        _, counts = np.unique(col, return_counts=True)
+def _exclude_frequency(
+    df: pd.DataFrame, names: list[str], freq_cut: float, unique_cut: float
+) -> np.ndarray:
+    n = df.shape[0]
+    out = np.zeros(len(names), dtype=bool)
+    for j, c in enumerate(names):
+        col = _column(df, c)
+        _, counts = np.unique(col[~np.isnan(col)], return_counts=True)
         if counts.size < 2:
             out[j] = True
             continue
@@ -678,7 +726,7 @@ def _exclude_frequency(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.
     return out
 
 
-def _exclude_correlation(x: np.ndarray, threshold: float) -> np.ndarray:
+def _exclude_correlation(x: np.ndarray | _Columns, threshold: float) -> np.ndarray:
     c = _corr_matrix(x)
     # rank features by the sum of their absolute correlations (lowest first); of each pair
     # correlated above the threshold, the one ranked higher is dropped (pycytominer's rule)
@@ -736,16 +784,18 @@ def feature_select_excluded(
         elif not remaining:
             drop = set()
         else:
-            x = profiles[remaining].to_numpy(dtype=np.float64, na_value=np.nan)
+            # column by column, or in row chunks: the table is never copied whole
             if op == "na":
-                mask = np.isnan(x).sum(axis=0) / x.shape[0] > na_cutoff
+                n = max(len(profiles), 1)
+                mask = np.array(
+                    [np.isnan(_column(profiles, c)).sum() / n > na_cutoff for c in remaining]
+                )
             elif op == "variance":
-                mask = _exclude_variance(x, min_variance)
+                mask = _exclude_variance(profiles, remaining, min_variance)
             elif op == "frequency":
-                mask = _exclude_frequency(x, freq_cut, unique_cut)
+                mask = _exclude_frequency(profiles, remaining, freq_cut, unique_cut)
             else:
-                mask = _exclude_correlation(x, corr_threshold)
-            del x
+                mask = _exclude_correlation(_Columns(profiles, remaining), corr_threshold)
             drop = {f for f, m in zip(remaining, mask, strict=True) if m}
         excluded[op] = [f for f in remaining if f in drop]
         remaining = [f for f in remaining if f not in drop]
