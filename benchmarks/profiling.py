@@ -167,7 +167,7 @@ def _sample(df, every: int = 97):
     return df.iloc[::every].reset_index(drop=True)
 
 
-def worker(tool: str, op: str, work: Path, order: str) -> None:
+def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None:
     desc = json.loads((work / "table.json").read_text())
     files, feats = desc["files"], desc["features_list"]
     out_path = work / f"out_{tool}_{op}_{order}.parquet"
@@ -234,7 +234,7 @@ def worker(tool: str, op: str, work: Path, order: str) -> None:
             parts = []
             for plate in plates:
                 shard_files = [f for f in files if Path(f).parent.name == plate]
-                prof = P.aggregate_files(shard_files)
+                prof = P.aggregate_files(shard_files, threads=threads)
                 parts.append(P.normalize(prof, control=control))
             prof = pd.concat(parts, ignore_index=True)
             result = P.feature_select(prof, **fs_kw)
@@ -296,6 +296,7 @@ def run_worker(python: Path, tool: str, op: str, work: Path, order: str, threads
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     cmd = [str(python), __file__, "--worker", tool, op, "--work", str(work), "--order", order]
+    cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -340,6 +341,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per run")
+    ap.add_argument(
+        "--chain-threads",
+        type=int,
+        default=0,
+        help="also run hcsflow's chain with this many threads (median kernel and BLAS)",
+    )
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "profiling")
     ap.add_argument("--ops", default="aggregate,normalize,feature_select,chain")
     ap.add_argument(
@@ -353,7 +360,7 @@ def main() -> None:
     ap.add_argument("--order", default="best", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.work, args.order)
+        worker(args.worker[0], args.worker[1], args.work, args.order, args.threads)
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -383,6 +390,12 @@ def main() -> None:
         label = op if op != "feature_select" else f"feature_select ({order} order)"
         rows.append((label, theirs, ours, compare(op, ours, theirs, desc["features_list"])))
         print(f"  done: {label}", flush=True)
+        if op == "chain" and args.chain_threads > 1:
+            ours_t = run_worker(
+                Path(sys.executable), "hcsflow", op, args.work, order, args.chain_threads
+            )
+            label = f"chain (hcsflow {args.chain_threads} threads)"
+            rows.append((label, theirs, ours_t, compare(op, ours_t, theirs, desc["features_list"])))
 
     def fmt(r: dict, key: str, unit: str) -> str:
         if not r:
