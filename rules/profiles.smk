@@ -1,32 +1,13 @@
 # Well profiles per plate, then campaign-level feature selection, batch correction, consensus.
-
-
-def profiles_inputs(wildcards):
-    """Per-cell tables of every shard of a plate."""
-    return [
-        f"{RESULTS}/cells/{wildcards.plate}/{shard}.parquet"
-        for shard in plate_shards(wildcards.plate)
-    ]
-
-
-def campaign_inputs(wildcards):
-    """All plates' well profiles, or the user's table of profiles (config input_profiles)."""
-    if config["input_profiles"]:
-        return [config["input_profiles"]]
-    return expand(f"{RESULTS}/profiles/{{plate}}.parquet", plate=PLATES.index)
-
-
-def profiles_targets():
-    """Final outputs of the profiles and campaign stages."""
-    return [
-        f"{RESULTS}/campaign/profiles.parquet",
-        f"{RESULTS}/campaign/consensus.parquet",
-    ]
+# Final outputs: f"{RESULTS}/campaign/profiles.parquet", f"{RESULTS}/campaign/consensus.parquet".
 
 
 rule profiles:
     input:
-        cells=profiles_inputs,
+        cells=lambda wc: [
+            f"{RESULTS}/cells/{wc.plate}/{shard}.parquet"
+            for shard in plate_shards(wc.plate)
+        ],
     output:
         f"{RESULTS}/profiles/{{plate}}.parquet",
     log:
@@ -47,7 +28,12 @@ rule profiles:
 
 rule campaign:
     input:
-        profiles=campaign_inputs,
+        # the user's table of well profiles (config input_profiles), or every plate's profiles
+        profiles=(
+            [config["input_profiles"]]
+            if config["input_profiles"]
+            else expand(f"{RESULTS}/profiles/{{plate}}.parquet", plate=PLATES.index)
+        ),
     output:
         profiles=f"{RESULTS}/campaign/profiles.parquet",
         consensus=f"{RESULTS}/campaign/consensus.parquet",
