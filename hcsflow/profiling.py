@@ -41,7 +41,7 @@ METADATA_PREFIX = "Metadata_"
 COUNT_FEATURE = "Image_Count_Cells"
 
 #: Feature-selection operations in their default order (see :func:`feature_select`).
-DEFAULT_OPERATIONS = ("blocklist", "na", "variance", "correlation")
+DEFAULT_OPERATIONS = ("blocklist", "na", "variance", "outlier", "correlation")
 
 _OPERATION_ALIASES = {
     "variance": "variance",
@@ -53,6 +53,8 @@ _OPERATION_ALIASES = {
     "correlation": "correlation",
     "correlation_threshold": "correlation",
     "blocklist": "blocklist",
+    "outlier": "outlier",
+    "drop_outliers": "outlier",
 }
 
 #: Default blocklist (regular expressions matched against whole feature names): features known
@@ -751,6 +753,7 @@ def feature_select_excluded(
     freq_cut: float = 0.05,
     unique_cut: float = 0.01,
     blocklist: Sequence[str] = DEFAULT_BLOCKLIST,
+    outlier_cutoff: float = 500.0,
 ) -> dict[str, list[str]]:
     """Features each selection operation excludes, in the order the operations run.
 
@@ -767,6 +770,8 @@ def feature_select_excluded(
         raise ValueError("freq_cut and unique_cut must be in [0, 1]")
     if min_variance < 0:
         raise ValueError(f"min_variance must be >= 0, got {min_variance}")
+    if outlier_cutoff <= 0:
+        raise ValueError(f"outlier_cutoff must be > 0, got {outlier_cutoff}")
     ops = []
     for op in operations:
         if op not in _OPERATION_ALIASES:
@@ -794,6 +799,17 @@ def feature_select_excluded(
                 mask = _exclude_variance(profiles, remaining, min_variance)
             elif op == "frequency":
                 mask = _exclude_frequency(profiles, remaining, freq_cut, unique_cut)
+            elif op == "outlier":
+                with np.errstate(invalid="ignore"):
+                    mask = np.array(
+                        [
+                            bool(
+                                np.nanmax(np.abs(_column(profiles, c)), initial=0.0)
+                                > outlier_cutoff
+                            )
+                            for c in remaining
+                        ]
+                    )
             else:
                 mask = _exclude_correlation(_Columns(profiles, remaining), corr_threshold)
             drop = {f for f, m in zip(remaining, mask, strict=True) if m}
@@ -812,6 +828,7 @@ def feature_select(
     freq_cut: float = 0.05,
     unique_cut: float = 0.01,
     blocklist: Sequence[str] = DEFAULT_BLOCKLIST,
+    outlier_cutoff: float = 500.0,
 ) -> pd.DataFrame:
     """Drop uninformative, redundant, incomplete or blocklisted features.
 
@@ -830,6 +847,10 @@ def feature_select(
         ``variance_threshold`` before pycytominer 1.5): drop features with a single value, with
         (count of the second most common value / count of the most common) < ``freq_cut``,
         or with (number of distinct values / number of rows) < ``unique_cut``.
+    ``outlier``
+        Drop features with an absolute value above ``outlier_cutoff`` anywhere (pycytominer's
+        ``drop_outliers``); after ``mad_robustize`` such values come from a MAD of (nearly)
+        zero among the controls and would dominate any distance.
     ``correlation``
         Pearson correlation between features (pairwise-complete when values are missing).
         Features are ranked by the sum of their absolute correlations with all features; for
@@ -841,11 +862,12 @@ def feature_select(
     ----------
     profiles : DataFrame of shape (n_rows, n_columns)
     operations : sequence of str
-        Any of ``blocklist``, ``na``, ``variance``, ``frequency``, ``correlation`` (the
-        pycytominer names ``drop_na_columns``, ``variance_threshold``, ... are accepted too).
+        Any of ``blocklist``, ``na``, ``variance``, ``frequency``, ``outlier``,
+        ``correlation`` (the pycytominer names ``drop_na_columns``, ``variance_threshold``,
+        ... are accepted too).
     features : sequence of str, optional
         Feature columns; by default every numeric non-``Metadata_*`` column.
-    corr_threshold, na_cutoff, min_variance, freq_cut, unique_cut : float
+    corr_threshold, na_cutoff, min_variance, freq_cut, unique_cut, outlier_cutoff : float
     blocklist : sequence of str
         Regular expressions matched against whole feature names.
 
@@ -863,6 +885,7 @@ def feature_select(
         freq_cut=freq_cut,
         unique_cut=unique_cut,
         blocklist=blocklist,
+        outlier_cutoff=outlier_cutoff,
     )
     drop = {f for fs in excluded.values() for f in fs}
     return profiles[[c for c in profiles.columns if c not in drop]].copy()
@@ -1433,6 +1456,7 @@ def campaign_profiles(
         freq_cut=fs["freq_cut"],
         unique_cut=fs["unique_cut"],
         blocklist=fs["blocklist"],
+        outlier_cutoff=fs["outlier_cutoff"],
     )
     drop = {f for fs_ in excluded.values() for f in fs_}
     out = profiles[[c for c in profiles.columns if c not in drop]]
@@ -1444,14 +1468,16 @@ def campaign_profiles(
     steps.append("feature_select(" + ",".join(fs["operations"]) + ")")
     sph = campaign["sphering"]
     har = campaign["harmony"]
-    if sph["enabled"] or har["enabled"]:
-        # sphering and Harmony need complete features: drop those still missing somewhere
-        feats = feature_columns(out)
-        missing = [f for f, m in zip(feats, out[feats].isna().any().to_numpy(), strict=True) if m]
-        if missing:
-            excluded["incomplete"] = missing
-            out = out.drop(columns=missing)
-            steps.append(f"drop_incomplete({len(missing)})")
+    # sphering, Harmony and the distances of the analysis need complete features: drop those
+    # still missing in some well (at most na_cutoff of the wells when 'na' ran)
+    feats = feature_columns(out)
+    missing = [f for f, m in zip(feats, out[feats].isna().any().to_numpy(), strict=True) if m]
+    if missing:
+        excluded["incomplete"] = missing
+        out = out.drop(columns=missing)
+        steps.append(f"drop_incomplete({len(missing)})")
+        if not feature_columns(out):
+            raise ValueError("campaign: every selected feature has missing values in some well")
     if sph["enabled"]:
         control = None if control_role == "all" else {"Metadata_Role": control_role}
         out = sphere(out, control=control, method=sph["method"], epsilon=sph["epsilon"])

@@ -189,11 +189,13 @@ def test_feature_select_small_case_by_hand():
             "Cells_na": np.where(np.arange(n) < 6, np.nan, rng.normal(size=n)),  # 6 % NaN
             "Cells_few": np.r_[np.zeros(n - 2), [1.0, 2.0]],  # 2nd/1st frequency 1/98
             "Nuclei_Correlation_RWC_DNA_ER": rng.normal(size=n),
+            "Cells_outlier": np.r_[rng.normal(size=n - 1), -600.0],
         }
     )
     df["Cells_b"] = df["Cells_b"] + 0.3 * df["Cells_c"] * 0  # keep b's definition explicit
-    ops = ["blocklist", "na", "variance", "frequency", "correlation"]
+    ops = ["blocklist", "na", "variance", "frequency", "outlier", "correlation"]
     ex = P.feature_select_excluded(df, operations=ops)
+    assert ex["outlier"] == ["Cells_outlier"]
     assert ex["blocklist"] == ["Nuclei_Correlation_RWC_DNA_ER"]
     assert ex["na"] == ["Cells_na"]
     assert ex["variance"] == ["Cells_const"]
@@ -201,7 +203,7 @@ def test_feature_select_small_case_by_hand():
     assert len(ex["correlation"]) == 1 and ex["correlation"][0] in ("Cells_a", "Cells_b")
     out = P.feature_select(df, operations=ops)
     assert "Cells_neg" in out.columns and "Metadata_Well" in out.columns
-    assert out.shape[1] == df.shape[1] - 5
+    assert out.shape[1] == df.shape[1] - 6
     # a NaN fraction at the cutoff is kept (strictly greater drops)
     kept = P.feature_select_excluded(df, operations=["na"], na_cutoff=0.06)
     assert kept["na"] == []
