@@ -172,7 +172,7 @@ def _as_float64(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
 
 
 def _group_codes(df: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Group number of each row (groups sorted by key) and the key of each group.
+    """Group number of each row (groups sorted by key, missing values last) and the keys.
 
     Returns
     -------
@@ -180,10 +180,24 @@ def _group_codes(df: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.Da
     keys : DataFrame of shape (n_groups, len(by))
     """
     by = list(by)
-    grouped = df.groupby(by, sort=True, dropna=False, observed=True)
-    codes = grouped.ngroup().to_numpy(dtype=np.int64)
-    keys = grouped.size().reset_index()[by]
-    return codes, keys
+    combined = np.zeros(len(df), dtype=np.int64)
+    uniques = []
+    for c in by:
+        codes_c, uniq = pd.factorize(df[c], sort=True, use_na_sentinel=False)
+        combined = combined * max(len(uniq), 1) + codes_c
+        uniques.append(uniq)
+    present, codes = np.unique(combined, return_inverse=True)
+    keys = {}
+    rest = present
+    for c, uniq in zip(reversed(by), reversed(uniques), strict=True):
+        size = max(len(uniq), 1)
+        keys[c] = pd.Series(uniq).take(rest % size).reset_index(drop=True)
+        rest = rest // size
+    keys_df = pd.DataFrame({c: keys[c] for c in by})
+    for c in by:
+        if keys_df[c].dtype != df[c].dtype:
+            keys_df[c] = keys_df[c].astype(df[c].dtype)
+    return codes.astype(np.int64), keys_df
 
 
 def _group_slices(codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,13 +220,9 @@ def _constant_metadata(
     first_rows = order[starts]
     keep = {}
     for c in cols:
-        s = df[c]
-        first = s.iloc[first_rows].reset_index(drop=True)
-        ref = first.iloc[codes].reset_index(drop=True)
-        vals = s.reset_index(drop=True)
-        same = (vals == ref) | (vals.isna() & ref.isna())
-        if bool(same.all()):
-            keep[c] = first
+        values, _ = pd.factorize(df[c], use_na_sentinel=False)
+        if np.array_equal(values, values[first_rows][codes]):
+            keep[c] = df[c].iloc[first_rows].reset_index(drop=True)
     return pd.DataFrame(keep)
 
 
