@@ -15,8 +15,11 @@ that a profile produced here has the same numbers as one produced by pycytominer
 * :func:`feature_select` - the operations run in the order given, each on the features left
   by the previous ones, exactly as pycytominer's ``feature_select`` does: ``variance``
   (pycytominer ``variance_threshold``), ``frequency`` (``frequency_threshold``: frequency and
-  uniqueness ratios), ``na`` (``drop_na_columns``), ``correlation``
-  (``correlation_threshold``) and ``blocklist``.
+  uniqueness ratios), ``na`` (``drop_na_columns``), ``outlier`` (``drop_outliers``),
+  ``correlation`` (``correlation_threshold``) and ``blocklist``.
+
+The median is computed by a compiled exact selection (:mod:`hcsflow._groupstats`) and feature
+statistics column by column or in row chunks, so that no operation copies a large table whole.
 
 Sphering (:func:`sphere`, ZCA fitted on negative controls) and :func:`harmony` (Korsunsky et al.
 2019, Nat Methods 16:1289) follow the JUMP Cell Painting profiling recipe.
