@@ -583,8 +583,17 @@ def normalize(
         del fit
         # all rows: (n_features, n_rows), so that the frame below takes it without a copy
         result = np.empty((len(feats), len(profiles)), dtype=np.float64)
+        contiguous = bool(np.all(codes[1:] >= codes[:-1]))  # rows already grouped in order
+        bounds = np.searchsorted(codes, np.arange(n_groups + 1)) if contiguous else None
         for j, f in enumerate(feats):
-            result[j] = (_column(profiles, f) - center[codes, j]) / scale[codes, j]
+            col = _column(profiles, f)
+            if contiguous:
+                for g in range(n_groups):
+                    a, b = bounds[g], bounds[g + 1]
+                    np.subtract(col[a:b], center[g, j], out=result[j, a:b])
+                    result[j, a:b] /= scale[g, j]
+            else:
+                result[j] = (col - center[codes, j]) / scale[codes, j]
     others = [c for c in profiles.columns if c not in set(feats)]
     out = pd.concat(
         [
@@ -600,12 +609,11 @@ def normalize(
 
 
 def _column(df: pd.DataFrame, name: str) -> np.ndarray:
-    """One column as a float64 array (NaN for missing values)."""
-    return df[name].to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-# ----------------------------------------------------------------------------------------------
-# feature selection
+    """One column as a float64 array (NaN for missing values); a read-only view if possible."""
+    col = df[name]
+    if col.dtype == np.float64:
+        return col.to_numpy()
+    return col.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 class _Columns:
@@ -637,10 +645,14 @@ def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
     """
     if isinstance(x, _Columns):
         frame, names = x.frame, x.names
-        cols = [frame.columns.get_loc(c) for c in names]
+        arrays = [_column(frame, c) for c in names]
 
         def rows(a: int, b: int) -> np.ndarray:
-            return frame.iloc[a:b, cols].to_numpy(dtype=np.float64, na_value=np.nan)
+            # assembled feature by feature (contiguous copies), used through its transpose
+            part = np.empty((len(arrays), min(b, len(frame)) - a), dtype=np.float64)
+            for j, arr in enumerate(arrays):
+                part[j] = arr[a:b]
+            return part.T
 
         n, p = len(frame), len(names)
         nan_any = np.zeros(p, dtype=bool)

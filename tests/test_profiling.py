@@ -135,6 +135,12 @@ def test_standardize_and_none():
         np.testing.assert_allclose(grp[feats].std(ddof=0), 1.0, rtol=1e-12)
     assert (out.Cells_const == 0.0).all()  # constant: centred, not divided by zero
     pd.testing.assert_frame_equal(P.normalize(prof, method="none"), prof)
+    # rows in any order give the same numbers
+    shuffled = prof.sample(frac=1.0, random_state=0)
+    for method in ("mad_robustize", "standardize"):
+        a = P.normalize(prof, method=method, control={"Metadata_Role": "negcon"})
+        b = P.normalize(shuffled, method=method, control={"Metadata_Role": "negcon"})
+        pd.testing.assert_frame_equal(a, b.loc[a.index])
     with pytest.raises(ValueError, match="no control rows"):
         P.normalize(prof, control={"Metadata_Role": "poscon"})
     with pytest.raises(ValueError, match="Metadata_Kind"):
