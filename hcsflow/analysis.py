@@ -858,9 +858,18 @@ def run_analysis(
     """
     cfg = _merged(config)
     by = list(cfg["activity_by"])
-    compound = by[0]
-    dose = by[1] if len(by) > 1 else None
     neg = cfg["negcon_role"]
+    _require(profiles, by + [ROLE], "profiles")
+    trt = profiles[(profiles[ROLE] != neg) & (profiles[ROLE] != "empty")]
+    if len(by) > 1 and len(trt) and trt.groupby(by, dropna=False).size().max() < 2:
+        # e.g. one well per compound x dose (dose series without replicates): replicates of
+        # a compound are then its wells at all doses
+        logger.warning(
+            "no treatment %s has replicate wells; measuring activity per %s", by, by[:-1]
+        )
+        by = by[:-1]
+    compound = by[0]
+    dose = DOSE if DOSE in consensus.columns and DOSE in profiles.columns else None
     feats = [c for c in feature_columns(consensus) if c in set(feature_columns(profiles))]
     activity = phenotypic_activity(
         profiles,
@@ -963,10 +972,11 @@ def run_analysis(
 
     dr = (
         dose_response(activity, compound_column=compound, dose_column=dose)
-        if dose is not None
-        else pd.DataFrame()
+        if dose is not None and dose in by
+        else pd.DataFrame({compound: pd.Series(dtype="object")})
     )
     summary = {
+        "activity_by": by,
         "n_treatments": int(len(activity)),
         "n_active": int(activity["active"].sum()),
         "nsc_accuracy": nsc.accuracy,
@@ -975,3 +985,39 @@ def run_analysis(
         "n_features": len(feats),
     }
     return AnalysisResult(activity, consistency, clusters, dr, summary)
+
+
+def analyze_files(
+    profiles_path: str,
+    consensus_path: str,
+    outputs: Mapping[str, str],
+    config: Mapping[str, Any] | None = None,
+) -> AnalysisResult:
+    """Run :func:`run_analysis` on Parquet files and write its tables with provenance.
+
+    Parameters
+    ----------
+    profiles_path, consensus_path : str
+        Well-level campaign profiles and consensus profiles (Parquet).
+    outputs : mapping
+        Paths for the keys ``activity``, ``consistency``, ``clusters`` and ``dose_response``.
+    config : mapping, optional
+        The ``analysis`` configuration section.
+    """
+    from hcsflow.io import file_checksum, make_provenance, read_table, write_table
+
+    missing = {"activity", "consistency", "clusters", "dose_response"} - set(outputs)
+    if missing:
+        raise ValueError(f"analyze_files: output path(s) missing for {sorted(missing)}")
+    result = run_analysis(read_table(profiles_path), read_table(consensus_path), config)
+    inputs = {"profiles": file_checksum(profiles_path), "consensus": file_checksum(consensus_path)}
+    summary = {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+        for k, v in result.summary.items()
+    }
+    for key in ("activity", "consistency", "clusters", "dose_response"):
+        prov = make_provenance(
+            f"analysis.{key}", dict(config or {}), inputs, extra={"summary": summary}
+        )
+        write_table(getattr(result, key), outputs[key], prov)
+    return result
