@@ -189,8 +189,9 @@ def plate_heatmap(
         grid[r, c] = v
     fig = _figure(1.2 + nc * 0.2, 0.7 + nr * 0.2)
     ax = fig.add_subplot()
-    cm = __import__("matplotlib").colormaps[cmap].copy()
-    cm.set_bad("#dddddd")
+    from matplotlib import colormaps
+
+    cm = colormaps[cmap].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cm, vmin=vmin, vmax=vmax, aspect="equal")
     ax.set_xticks(range(nc), [str(i + 1) for i in range(nc)], fontsize=6)
     ax.set_yticks(range(nr), [_row_name(i) for i in range(nr)], fontsize=6)
