@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
+import os
+import tempfile
 
-from hcsflow import analysis as A
+# umap-learn compiles its numba functions on first use (~30 s); a cache shared by the test
+# process and the workflow subprocesses it starts compiles them once.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "hcsflow-numba"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from hcsflow import analysis as A  # noqa: E402
 
 
 def make_screen(

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_analysis import consensus_of, make_screen
 
 from conftest import REPO
 from hcsflow import analysis as A
 from hcsflow import report as R
 from hcsflow.io import read_provenance, read_table, write_table
-from test_analysis import consensus_of, make_screen
 
 OUTPUTS = ("activity", "consistency", "clusters", "dose_response")
 CONFIG = {"null_size": 1000, "umap": {"n_neighbors": 5}}
@@ -194,9 +194,7 @@ def test_notebook_runs(results):
     members = clusters[clusters.Metadata_Cluster == largest.idxmax()]
     assert f"cluster {largest.idxmax()}: {members.Metadata_Compound.nunique()} compounds" in text
     assert members.Metadata_Compound.iloc[0] in text
-    assert any(
-        "image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])
-    )
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
 SNAKEFILE = """
@@ -229,8 +227,15 @@ def test_rules_run(results, tmp_path):
     snakefile.write_text(SNAKEFILE % (REPO / "rules" / "analysis.smk"))
     exe = str(Path(sys.executable).with_name("snakemake"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    base = [exe, "-s", str(snakefile), "--configfile", str(tmp_path / "config.yaml"), "-d",
-            str(tmp_path)]
+    base = [
+        exe,
+        "-s",
+        str(snakefile),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "-d",
+        str(tmp_path),
+    ]
     run = subprocess.run([*base, "-c1"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     for k in OUTPUTS:
