@@ -861,11 +861,11 @@ def run_analysis(
     neg = cfg["negcon_role"]
     _require(profiles, by + [ROLE], "profiles")
     trt = profiles[(profiles[ROLE] != neg) & (profiles[ROLE] != "empty")]
-    if len(by) > 1 and len(trt) and trt.groupby(by, dropna=False).size().max() < 2:
+    if len(by) > 1 and len(trt) and (trt.groupby(by, dropna=False).size() >= 2).mean() < 0.5:
         # e.g. one well per compound x dose (dose series without replicates): replicates of
         # a compound are then its wells at all doses
         logger.warning(
-            "no treatment %s has replicate wells; measuring activity per %s", by, by[:-1]
+            "most treatments %s have a single well; measuring activity per %s", by, by[:-1]
         )
         by = by[:-1]
     compound = by[0]

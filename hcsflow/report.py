@@ -36,6 +36,7 @@ from hcsflow.analysis import feature_columns
 
 #: Columns tried, in order, for the number of cells per well.
 CELL_COUNT_COLUMNS = (
+    "Image_Count_Cells",
     "Metadata_Count_Cells",
     "Metadata_Cell_Count",
     "Metadata_Count",
