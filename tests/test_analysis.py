@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 # umap-learn compiles its numba functions on first use (~30 s); a cache shared by the test
 # process and the workflow subprocesses it starts compiles them once.
@@ -231,3 +232,31 @@ def test_run_analysis(screen):
     assert set(res.consistency.Metadata_MoA) == {"moa0", "moa1", "moa2"}
     with pytest.raises(ValueError, match="unknown config key"):
         A.run_analysis(screen, cons, {"nul_size": 3})
+
+
+LINCS = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "lincs_profiles"
+    / "SQ00015054_normalized_feature_select.csv.gz"
+)
+
+
+@pytest.mark.skipif(not LINCS.exists(), reason=f"{LINCS} not present")
+def test_activity_on_lincs_plate():
+    from hcsflow.profiling import read_profiles_table
+
+    prof = read_profiles_table(LINCS)
+    # DMSO wells 0-5 become a pseudo-compound (6 "doses" like the real ones): not active
+    neg = prof.index[prof["Metadata_Role"] == "negcon"][:6]
+    prof.loc[neg, "Metadata_Compound"] = "PSEUDO-DMSO"
+    prof.loc[neg, "Metadata_Role"] = "trt"
+    act = A.phenotypic_activity(prof, group_by=["Metadata_Compound"], null_size=2000)
+    assert len(act) == prof.loc[prof.Metadata_Role == "trt", "Metadata_Compound"].nunique()
+    assert not act.set_index("Metadata_Compound").loc["PSEUDO-DMSO", "active"]
+    # a Cell Painting plate of bioactive compounds: many compounds are distinguishable
+    assert act["active"].mean() > 0.3
+    # the proteasome inhibitors have a strong, well-known phenotype
+    prot = act[act["Metadata_MoA"].fillna("").str.contains("proteasome inhibitor")]
+    assert len(prot) and prot["active"].all()
