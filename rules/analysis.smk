@@ -2,15 +2,14 @@
 # and the offline HTML report.
 
 
-def analysis_targets():
-    """Final outputs of the analysis stage and the report."""
-    return [
-        f"{RESULTS}/analysis/activity.parquet",
-        f"{RESULTS}/analysis/consistency.parquet",
-        f"{RESULTS}/analysis/clusters.parquet",
-        f"{RESULTS}/analysis/dose_response.parquet",
-        f"{RESULTS}/report/index.html",
-    ]
+# Final outputs of the analysis stage and the report.
+ANALYSIS_TARGETS = [
+    f"{RESULTS}/analysis/activity.parquet",
+    f"{RESULTS}/analysis/consistency.parquet",
+    f"{RESULTS}/analysis/clusters.parquet",
+    f"{RESULTS}/analysis/dose_response.parquet",
+    f"{RESULTS}/report/index.html",
+]
 
 
 rule analysis:
@@ -56,7 +55,6 @@ rule report:
         mem_mb=4000,
         runtime=30,
     params:
-        results=RESULTS,
         report=config["report"],
     script:
         "../workflow_scripts/report.py"

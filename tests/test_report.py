@@ -208,7 +208,7 @@ include: "%s"
 
 rule all:
     input:
-        analysis_targets(),
+        ANALYSIS_TARGETS,
 """
 
 
@@ -236,6 +236,9 @@ def test_rules_run(results, tmp_path):
         "-d",
         str(tmp_path),
     ]
+    lint = subprocess.run([*base, "--lint"], capture_output=True, text=True, env=env, timeout=300)
+    lints = lint.stdout + lint.stderr
+    assert "analysis.smk:" not in lints and "Lints for rule" not in lints, lints
     run = subprocess.run([*base, "-c1"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     for k in OUTPUTS:
