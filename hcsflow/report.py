@@ -70,6 +70,9 @@ class ReportInputs:
         Well-level profiles (``Metadata_Plate``, ``Metadata_Well`` and features).
     consensus, activity, consistency, clusters, dose_response : DataFrame or None
         Tables of the campaign and analysis stages.
+    qc : mapping of plate -> DataFrame
+        QC records of a plate (one row per flagged field or well, ``Metadata_Well`` column),
+        e.g. ``results/qc/{plate}_discovery.parquet``.
     illumination : mapping of plate -> mapping of channel -> PNG path
     overlays : mapping of plate -> PNG path
     summary : mapping
@@ -82,6 +85,7 @@ class ReportInputs:
     consistency: pd.DataFrame | None = None
     clusters: pd.DataFrame | None = None
     dose_response: pd.DataFrame | None = None
+    qc: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     illumination: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
     overlays: Mapping[str, Path] = field(default_factory=dict)
     summary: Mapping[str, Any] = field(default_factory=dict)
@@ -91,8 +95,9 @@ def collect_inputs(results: str | Path) -> ReportInputs:
     """Read whatever exists of a results folder's tables and figures.
 
     Reads ``campaign/profiles.parquet``, ``campaign/consensus.parquet``,
-    ``analysis/{activity,consistency,clusters,dose_response}.parquet``, and lists
-    ``illumination/{plate}/{channel}.png`` and ``qc/{plate}_overlays.png``.
+    ``analysis/{activity,consistency,clusters,dose_response}.parquet``, the QC tables
+    ``qc/{plate}_*.parquet`` that have ``Metadata_Plate`` and ``Metadata_Well`` columns, and
+    lists ``illumination/{plate}/{channel}.png`` and ``qc/{plate}_overlays.png``.
     """
     from hcsflow.io import read_provenance, read_table
 
@@ -105,6 +110,15 @@ def collect_inputs(results: str | Path) -> ReportInputs:
     illum: dict[str, dict[str, Path]] = {}
     for png in sorted((results / "illumination").glob("*/*.png")):
         illum.setdefault(png.parent.name, {})[png.stem] = png
+    qc: dict[str, pd.DataFrame] = {}
+    for path in sorted((results / "qc").glob("*_*.parquet")):
+        t = read_table(path)
+        if "Metadata_Well" not in t.columns or "Metadata_Plate" not in t.columns:
+            continue
+        for plate, g in t.groupby("Metadata_Plate", sort=True):
+            prev = qc.get(str(plate))
+            g = g[["Metadata_Well"]].assign(Metadata_QC_Source=path.stem)
+            qc[str(plate)] = g if prev is None else pd.concat([prev, g], ignore_index=True)
     overlays = {
         p.name[: -len("_overlays.png")]: p for p in sorted((results / "qc").glob("*_overlays.png"))
     }
@@ -119,6 +133,7 @@ def collect_inputs(results: str | Path) -> ReportInputs:
         consistency=table("analysis/consistency.parquet"),
         clusters=table("analysis/clusters.parquet"),
         dose_response=table("analysis/dose_response.parquet"),
+        qc=qc,
         illumination=illum,
         overlays=overlays,
         summary=summary,
@@ -297,15 +312,30 @@ def _plate_section(inp: ReportInputs, cfg: Mapping[str, Any]) -> str:
                     f"{plate}: cells per well ({count_col})",
                 )
             )
-        if qc_cols:
-            flagged = p[qc_cols].astype(float).fillna(0).sum(axis=1).to_numpy()
+        qc_table = inp.qc.get(plate)
+        if qc_cols or qc_table is not None:
+            flagged = pd.Series(0.0, index=wells)
+            sources = list(qc_cols)
+            if qc_cols:
+                flagged += p[qc_cols].astype(float).fillna(0).sum(axis=1).to_numpy()
+            if qc_table is not None:
+                n = qc_table.groupby("Metadata_Well").size()
+                qc_wells = sorted(set(n.index) - set(wells))
+                flagged = pd.concat([flagged, pd.Series(0.0, index=qc_wells)])
+                flagged = flagged.add(n.astype(float), fill_value=0.0)
+                sources += sorted(set(qc_table["Metadata_QC_Source"]))
             figs.append(
                 _img(
                     f"plate-{plate}-qc",
                     plate_heatmap(
-                        wells, flagged, f"{plate}: QC flags", cmap="Reds", dpi=dpi, vmin=0
+                        list(flagged.index),
+                        flagged.to_numpy(),
+                        f"{plate}: QC flags",
+                        cmap="Reds",
+                        dpi=dpi,
+                        vmin=0,
                     ),
-                    f"{plate}: sum of QC flags per well ({', '.join(qc_cols)})",
+                    f"{plate}: QC flags and QC records per well ({', '.join(sources)})",
                 )
             )
         if act is not None and act_by and all(c in p.columns for c in act_by):

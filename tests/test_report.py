@@ -249,3 +249,16 @@ def test_rules_run(results, tmp_path):
     assert {"umap-cluster", "map-activity", "plate-P0-activity"} <= set(figure_ids(html))
     assert (res / "logs" / "analysis" / "analysis.log").exists()
     assert (res / "benchmarks" / "report" / "report.tsv").exists()
+
+
+def test_report_qc_records_from_qc_tables(tmp_path):
+    df = make_screen()
+    write_table(df, tmp_path / "campaign" / "profiles.parquet")
+    qc = pd.DataFrame(
+        {"Metadata_Plate": ["P1", "P1"], "Metadata_Well": ["A01", "P24"], "issue": ["a", "b"]}
+    )
+    write_table(qc, tmp_path / "qc" / "P1_discovery.parquet")
+    inp = R.collect_inputs(tmp_path)
+    assert set(inp.qc) == {"P1"} and len(inp.qc["P1"]) == 2
+    ids = set(figure_ids(R.render_report(inp)))
+    assert "plate-P1-qc" in ids and "plate-P0-qc" not in ids
