@@ -260,3 +260,11 @@ def test_activity_on_lincs_plate():
     # the proteasome inhibitors have a strong, well-known phenotype
     prot = act[act["Metadata_MoA"].fillna("").str.contains("proteasome inhibitor")]
     assert len(prot) and prot["active"].all()
+
+
+def test_activity_negcon_same_plate(screen):
+    act = A.phenotypic_activity(screen, null_size=1000, negcon_same_plate=True)
+    top = act[(act.Metadata_Dose == 10.0) & act.Metadata_Compound.str.startswith("C")]
+    assert top.active.all()
+    with pytest.raises(ValueError, match="Metadata_Plate"):
+        A.phenotypic_activity(screen.drop(columns="Metadata_Plate"), negcon_same_plate=True)
