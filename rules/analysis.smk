@@ -2,16 +2,6 @@
 # and the offline HTML report.
 
 
-# Final outputs of the analysis stage and the report.
-ANALYSIS_TARGETS = [
-    f"{RESULTS}/analysis/activity.parquet",
-    f"{RESULTS}/analysis/consistency.parquet",
-    f"{RESULTS}/analysis/clusters.parquet",
-    f"{RESULTS}/analysis/dose_response.parquet",
-    f"{RESULTS}/report/index.html",
-]
-
-
 rule analysis:
     input:
         profiles=f"{RESULTS}/campaign/profiles.parquet",
@@ -42,6 +32,8 @@ rule report:
         rules.analysis.output,
         profiles=f"{RESULTS}/campaign/profiles.parquet",
         consensus=f"{RESULTS}/campaign/consensus.parquet",
+        # figures of the image stages, so that the report is written after them
+        figures=report_figures(),
     output:
         html=f"{RESULTS}/report/index.html",
     log:
