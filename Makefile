@@ -27,12 +27,22 @@ $(DEMO)/DEMO-P2/platemap.csv: | venv
 
 demo-data: $(DEMO)/DEMO-P1/platemap.csv $(DEMO)/DEMO-P2/platemap.csv
 
+# Real well-level profiles (one LINCS Cell Painting plate) for the profile-level stages, when the
+# shared data folder sits beside the repository.
+LINCS := ../shared/data/lincs_profiles/SQ00015054_normalized_feature_select.csv.gz
+
 demo: venv demo-data
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	@if [ -f $(LINCS) ]; then \
+	  $(BIN)/snakemake --profile profiles/local --cores $(CORES) \
+	    --config input_profiles=$(LINCS) results=results_lincs; fi
 	@echo
-	@echo "Demo finished. Results are in $(CURDIR)/results:"
+	@echo "Demo finished."
+	@echo "  Simulated plates (images -> manifests, illumination, masks): $(CURDIR)/results"
 	@ls results
-	@test ! -f results/report/index.html || echo "Report: $(CURDIR)/results/report/index.html"
+	@test ! -f results/report/index.html || echo "  Report: $(CURDIR)/results/report/index.html"
+	@test ! -f results_lincs/report/index.html || \
+	  echo "  Real LINCS plate (profiles -> activity, consistency, clusters): $(CURDIR)/results_lincs/report/index.html"
 
 test: venv
 	$(BIN)/python -m pytest
@@ -48,4 +58,4 @@ format: venv
 	$(BIN)/snakefmt Snakefile rules
 
 clean-demo:
-	rm -rf $(DEMO) results .snakemake
+	rm -rf $(DEMO) results results_lincs .snakemake
