@@ -10,6 +10,9 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/discover.smk"
+include: "rules/illumination.smk"
+include: "rules/profiles.smk"
+include: "rules/analysis.smk"
 
 
 rule all:

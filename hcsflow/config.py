@@ -211,6 +211,23 @@ def load_workflow_config(
     """
     filled = validate_config(config, load_schema(schema))
     problems = _check_channels(filled["channels"])
+    if filled.get("input_profiles"):
+        # Profile-level run: the image stages are skipped, so no plate sheet is read.
+        path = Path(filled["input_profiles"])
+        if not path.is_file():
+            problems.append(f"- config key 'input_profiles': {path} does not exist")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        empty = pd.DataFrame(columns=[*SHEET_REQUIRED, *SHEET_OPTIONAL]).set_index(
+            "plate", drop=False
+        )
+        return WorkflowConfig(
+            config=filled,
+            results=str(filled["results"]).rstrip("/"),
+            plates=empty,
+            channels=[dict(c) for c in filled["channels"]],
+            shards={},
+        )
     sheet = read_plate_sheet(filled["plates"])
     disc = filled["discovery"]
     shards: dict[str, dict[str, list[str]]] = {}

@@ -28,10 +28,44 @@ wildcard_constraints:
     channel="|".join(CHANNEL_NAMES),
 
 
+# Final outputs of the analysis stage and the report.
+ANALYSIS_TARGETS = [
+    f"{RESULTS}/analysis/activity.parquet",
+    f"{RESULTS}/analysis/consistency.parquet",
+    f"{RESULTS}/analysis/clusters.parquet",
+    f"{RESULTS}/analysis/dose_response.parquet",
+    f"{RESULTS}/report/index.html",
+]
+
+
+def profile_stages_runnable():
+    """The campaign and analysis stages run on input_profiles, or on per-cell tables when a
+    rule writes them (rule measure)."""
+    if config["input_profiles"]:
+        return True
+    try:
+        rules.measure
+    except Exception:  # Snakemake raises WorkflowError for an unknown rule
+        return False
+    return True
+
+
 def all_targets():
-    """Final outputs of every stage (the inputs of rule all)."""
-    targets = expand(f"{RESULTS}/manifest/{{plate}}.parquet", plate=PLATES.index)
+    """Final outputs of every stage that can run (the inputs of rule all)."""
+    targets = []
+    if not config["input_profiles"]:
+        targets += expand(f"{RESULTS}/manifest/{{plate}}.parquet", plate=PLATES.index)
+        targets += illumination_targets()
+    if profile_stages_runnable():
+        targets += ANALYSIS_TARGETS
     return targets
+
+
+def report_figures():
+    """Figures of the image stages that the report shows (none in a profile-level run)."""
+    if config["input_profiles"]:
+        return []
+    return [t for t in illumination_targets() if t.endswith(".png")]
 
 
 def plate_row(plate):
@@ -47,3 +81,38 @@ def plate_shards(plate):
 def shard_wells(plate, shard):
     """Wells of one shard of a plate."""
     return WF.shards[plate][shard]
+
+
+# --- illumination ---------------------------------------------------------------------
+
+
+def illumination_group(plate):
+    """Plates whose fields enter the estimate of ``plate`` (itself, or its whole batch)."""
+    if config["illumination"]["group_by"] == "batch":
+        batch = PLATES.loc[plate, "batch"]
+        return sorted(PLATES.index[PLATES["batch"] == batch])
+    return [plate]
+
+
+def illumination_inputs(plate):
+    """Channel name -> flat/dark-field npz of a plate; {} when no correction is configured."""
+    if config["illumination"]["method"] == "none":
+        return {}
+    return {ch: f"{RESULTS}/illumination/{plate}/{ch}.npz" for ch in CHANNEL_NAMES}
+
+
+def illumination_targets():
+    """Final outputs of the illumination stage."""
+    if config["illumination"]["method"] == "none":
+        return []
+    targets = [
+        f"{RESULTS}/illumination/{plate}/{ch}.{ext}"
+        for plate in PLATES.index
+        for ch in CHANNEL_NAMES
+        for ext in ("npz", "png")
+    ]
+    if config["illumination"]["write_corrected"]:
+        targets += [
+            f"{RESULTS}/illumination/{plate}/corrected" for plate in PLATES.index
+        ]
+    return targets

@@ -111,3 +111,16 @@ def test_dag_of_a_large_campaign_builds_fast(tmp_path):
     elapsed = time.perf_counter() - t0
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert elapsed < 60, f"dry run of 100 plates took {elapsed:.1f} s"
+
+
+def test_atomic_writes_have_the_usual_mode(tmp_path):
+    import pandas as pd
+
+    from hcsflow.io import write_table
+
+    umask = os.umask(0o022)
+    try:
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644

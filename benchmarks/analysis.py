@@ -1,0 +1,277 @@
+"""Quality of the analysis stage on simulated screens with known truth, and on a real plate.
+
+For each simulated screen (replicate plates of the simulator's default plate map, which has
+compounds of seven MoAs, inactive compounds, DMSO and a positive control), per-cell features
+are measured inside the simulator's true masks (``truth_cell_table``), aggregated per well,
+normalized to DMSO per plate, feature-selected and reduced to consensus profiles with the
+project's profiling functions, then analysed with :func:`hcsflow.analysis.run_analysis`.
+
+Printed per screen and feature set:
+
+- ``active detected``: fraction of truly active treatments (compound x dose whose simulated
+  effect is at least the simulator's activity threshold) called active at q < 0.05;
+- ``inactive called``: fraction of treatments of inactive compounds called active;
+- ``sub-threshold called``: fraction of doses of active compounds below the threshold that
+  are called active (these have a real, small effect);
+- ``negcon called``: fraction of pseudo-treatments made of DMSO wells (one well per plate,
+  held out of the negative controls; 6 per plate, 5 random hold-outs) called active;
+- ``MoA mAP``: mean over MoAs of the consistency mAP (active treatments), and the fraction of
+  MoAs with q < 0.05;
+- ``NSC``: not-same-compound 1-NN MoA accuracy over active treatments;
+- ``ARI``: adjusted Rand index of clusters (default config: HDBSCAN on UMAP) against MoA over
+  the clustered treatments (active ones; HDBSCAN noise counts as one more cluster), and of
+  hierarchical clustering (cosine, average linkage) cut at the number of MoAs.
+
+Then the activity and consistency of the real LINCS plate (``../shared/data/lincs_profiles``).
+
+Run from the repository root (CPU heavy: simulated plates are cached in ``--workdir``)::
+
+    nice -n 10 python benchmarks/analysis.py                      # 2 x 96 wells, 384 px, 1 site
+    nice -n 10 python benchmarks/analysis.py --screens 96x2 384x2 --size 540 --sites 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hcsflow import analysis as A  # noqa: E402
+from hcsflow import profiling as P  # noqa: E402
+
+LINCS = (
+    REPO.parent
+    / "shared"
+    / "data"
+    / "lincs_profiles"
+    / "SQ00015054_normalized_feature_select.csv.gz"
+)
+
+
+def campaign_config() -> dict:
+    """The validated default ``campaign`` section of config/config.yaml."""
+    import yaml
+
+    from hcsflow.config import _Validator, load_schema
+
+    schema = load_schema(REPO / "config" / "config.schema.yaml")
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    camp = {"campaign": cfg.get("campaign", {})}
+    sub = {"type": "object", "properties": {"campaign": schema["properties"]["campaign"]}}
+    _Validator(sub).validate(camp)
+    return camp["campaign"]
+
+
+def simulate(workdir: Path, wells: int, n_plates: int, size: int, sites: int, workers: int):
+    """Simulated plate folders (cached) and their per-cell truth tables."""
+    from hcsflow.simulate import simulate_plate, truth_cell_table
+
+    cells, treatments = [], []
+    for i in range(1, n_plates + 1):
+        plate = f"BENCH{wells}-P{i}"
+        out = workdir / f"{wells}w_{size}px_{sites}s" / plate
+        if not (out / "truth" / "simulation.json").exists():
+            simulate_plate(
+                out, plate=plate, n_wells=wells, sites=sites, size=size, seed=i, n_workers=workers
+            )
+        table = out / "truth" / "cells.parquet"
+        if table.exists():
+            c = pd.read_parquet(table)
+        else:
+            c = truth_cell_table(out, n_workers=workers)
+            c.to_parquet(table)
+        cells.append(c)
+        treatments.append(pd.read_csv(out / "truth" / "treatments.csv"))
+    truth = treatments[0]
+    return cells, truth
+
+
+def well_profiles(cells: list[pd.DataFrame]) -> pd.DataFrame:
+    """Aggregate (median) and normalize (mad_robustize to DMSO) each plate."""
+    meta = [
+        "Metadata_Compound",
+        "Metadata_Dose",
+        "Metadata_Role",
+        "Metadata_MoA",
+        "Metadata_Target",
+    ]
+    plates = []
+    for c in cells:
+        c = c[c["Metadata_Role"] != "empty"]
+        prof = P.aggregate(c.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"]))
+        plates.append(prof)
+    prof = pd.concat(plates, ignore_index=True)
+    prof = P.normalize_plates(prof)
+    prof["Metadata_Batch"] = "batch1"
+    assert set(meta) <= set(prof.columns)
+    return prof
+
+
+def negcon_pseudo(profiles: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """Hold out ``n`` DMSO wells per plate as pseudo-treatments NEG-1..n (one well per plate)."""
+    rng = np.random.default_rng(seed)
+    out = profiles.copy()
+    for _, idx in out[out["Metadata_Role"] == "negcon"].groupby("Metadata_Plate").groups.items():
+        pick = rng.permutation(np.asarray(idx))[:n]
+        for j, i in enumerate(pick):
+            out.loc[i, ["Metadata_Compound", "Metadata_Role", "Metadata_MoA"]] = [
+                f"NEG-{j + 1}",
+                "trt",
+                "none",
+            ]
+            out.loc[i, "Metadata_Dose"] = 1.0
+    return out
+
+
+def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFrame, cfg: dict):
+    """Metrics of one analysis run against the simulator's truth."""
+    from sklearn.metrics import adjusted_rand_score
+
+    res = A.run_analysis(profiles, consensus, cfg)
+    act = res.activity.merge(
+        truth.rename(columns={"compound": "Metadata_Compound", "dose_um": "Metadata_Dose"})[
+            ["Metadata_Compound", "Metadata_Dose", "truly_active", "moa"]
+        ],
+        on=["Metadata_Compound", "Metadata_Dose"],
+        how="left",
+    )
+    trt = act[act["Metadata_Role"] == "trt"]
+    truly = trt["truly_active"].astype(bool)
+    inactive_cmp = trt["moa"] == "inactive"
+    sub = ~truly & ~inactive_cmp
+    m = {
+        "active detected": f"{trt.loc[truly, 'active'].mean():.2f} ({int(trt.loc[truly, 'active'].sum())}/{int(truly.sum())})",
+        "inactive called": f"{trt.loc[inactive_cmp, 'active'].mean():.2f} ({int(trt.loc[inactive_cmp, 'active'].sum())}/{int(inactive_cmp.sum())})",
+        "sub-threshold called": f"{trt.loc[sub, 'active'].mean():.2f} ({int(trt.loc[sub, 'active'].sum())}/{int(sub.sum())})",
+    }
+    con = res.consistency
+    m["MoA mAP"] = (
+        f"{con['mean_average_precision'].mean():.2f} ({int(con['consistent'].sum())}/{len(con)} q<0.05)"
+    )
+    m["NSC"] = f"{res.summary['nsc_accuracy']:.2f}"
+    cl = res.clusters
+    sel = (
+        cl["Metadata_Active"] & (cl["Metadata_Role"] == "trt") & (cl["Metadata_MoA"] != "inactive")
+    )
+    m["ARI hdbscan"] = (
+        f"{adjusted_rand_score(cl.loc[sel, 'Metadata_MoA'], cl.loc[sel, 'Metadata_Cluster']):.2f}"
+        f" ({int((cl.loc[sel, 'Metadata_Cluster'] < 0).sum())} noise)"
+    )
+    feats = [f for f in A.feature_columns(consensus) if f in set(A.feature_columns(profiles))]
+    cons_sel = consensus.reset_index(drop=True)
+    cons_sel = cons_sel[cons_sel["Metadata_Role"] != "negcon"].reset_index(drop=True)
+    x = cons_sel.loc[sel.to_numpy(), feats].to_numpy()
+    k = int(cl.loc[sel, "Metadata_MoA"].nunique())
+    if len(x) > k > 1:
+        h = A.cluster(x, "hierarchical", n_clusters=k, metric="cosine", linkage="average")
+        m["ARI hierarchical"] = f"{adjusted_rand_score(cl.loc[sel, 'Metadata_MoA'], h):.2f}"
+    else:
+        m["ARI hierarchical"] = "n/a"
+    return m, res
+
+
+def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
+    t0 = time.perf_counter()
+    cells, truth = simulate(
+        Path(args.workdir), wells, n_plates, args.size, args.sites, args.workers
+    )
+    t_sim = time.perf_counter() - t0
+    prof = well_profiles(cells)
+    cprof, cons, _ = P.campaign_profiles(prof, camp)
+    n_cells = sum(len(c) for c in cells)
+    n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
+    rows = []
+    for fdr in args.fdr:
+        cfg = {"null_size": args.null_size, "fdr": fdr}
+        t1 = time.perf_counter()
+        m, _ = evaluate(cprof, cons, truth, cfg)
+        t_an = time.perf_counter() - t1
+        called = total = 0
+        for rep in range(args.negcon_repeats):
+            pseudo = negcon_pseudo(cprof, n=args.negcon_pseudo, seed=rep)
+            act = A.phenotypic_activity(pseudo, null_size=args.null_size, fdr=fdr)
+            neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
+            called, total = called + int(neg["active"].sum()), total + len(neg)
+        m["negcon called"] = f"{called / total:.2f} ({called}/{total})"
+        rows.append(
+            {
+                "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s)",
+                "features": f"truth masks, simple ({len(A.feature_columns(cprof))} selected)",
+                "cells/well": f"{n_cells / n_wells:.0f}",
+                "fdr": fdr,
+                **m,
+                "time": f"sim+measure {t_sim:.0f} s, analysis {t_an:.0f} s",
+            }
+        )
+    return rows
+
+
+def lincs(args) -> dict:
+    if not LINCS.exists():
+        return {}
+    prof = P.read_profiles_table(LINCS)
+    feats = A.feature_columns(prof)
+    prof = prof[[c for c in prof.columns if c.startswith("Metadata_")] + feats]
+    cons = P.consensus(prof)
+    res = A.run_analysis(prof, cons, {"null_size": args.null_size})
+    act = res.activity
+    con = A.moa_consistency(
+        prof[prof["Metadata_Role"] != "negcon"], null_size=args.null_size
+    )  # all compounds: a single plate has too few active ones per MoA
+    con = con[con["mean_average_precision"].notna()]
+    nsc = A.nsc_accuracy(prof)
+    return {
+        "activity_by": ",".join(res.summary["activity_by"]),
+        "compounds active": f"{int(act['active'].sum())}/{len(act)}",
+        "median mAP": f"{act['mean_average_precision'].median():.2f}",
+        "MoAs scored (>=2 compounds)": str(len(con)),
+        "MoA mAP": f"{con['mean_average_precision'].mean():.2f} ({int(con['consistent'].sum())} q<0.05)",
+        "NSC (all wells, MoAs with >=2 compounds)": f"{nsc.accuracy:.2f} (n={len(nsc.predictions)})",
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--screens", nargs="+", default=["96x2"], help="WELLSxPLATES, e.g. 96x2 384x2")
+    ap.add_argument("--size", type=int, default=384, help="field side in pixels")
+    ap.add_argument("--sites", type=int, default=1, help="fields per well")
+    ap.add_argument("--workers", type=int, default=1, help="simulation worker processes")
+    ap.add_argument("--workdir", default="/tmp/hcsflow-bench-analysis", help="plate cache")
+    ap.add_argument("--null-size", type=int, default=10000)
+    ap.add_argument("--negcon-pseudo", type=int, default=6, help="DMSO wells held out per plate")
+    ap.add_argument("--negcon-repeats", type=int, default=5, help="random hold-outs of DMSO wells")
+    ap.add_argument("--fdr", nargs="+", default=["bh", "hierarchical"], help="FDR methods")
+    ap.add_argument("--no-lincs", action="store_true")
+    args = ap.parse_args()
+    camp = campaign_config()
+    rows = []
+    for spec in args.screens:
+        wells, n_plates = (int(v) for v in spec.lower().split("x"))
+        new = run_screen(args, wells, n_plates, camp)
+        rows += new
+        print(markdown(new), flush=True)
+    print("\n## Simulated screens\n")
+    print(markdown(rows))
+    if not args.no_lincs:
+        r = lincs(args)
+        if r:
+            print("\n## LINCS plate SQ00015054 (real, 384 wells, one well per compound x dose)\n")
+            print(markdown([r]))
+
+
+if __name__ == "__main__":
+    main()

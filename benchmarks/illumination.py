@@ -1,0 +1,296 @@
+"""Flat-field / dark-field estimation on simulated stacks with known truth, against BaSiCPy.
+
+For each case (vignetting shape, dark offset on/off, sparse/dense wells, number of fields) the
+script simulates a stack with :func:`hcsflow.simulate.simulate_illumination_stack`, estimates
+the flat-field and dark-field with our ``basic`` and ``mean_smooth`` methods and with BaSiCPy
+(run in its own virtual environment, ``benchmarks/.venv-basicpy``, created on first use because
+BaSiCPy 2.0 pins scipy<1.13), and prints:
+
+* ``flat %``: RMSE of the estimated flat-field against the truth (both mean 1), in percent;
+* ``dark %``: RMSE of the estimated dark-field against the truth, in percent of the true
+  dark-field's mean (with no dark offset: in percent of the stack's mean intensity);
+* ``s``: estimation time in seconds (ours: screening + downsampling + fit on the in-memory
+  stack; BaSiCPy: ``BaSiC.fit``), both on the same number of threads.
+
+A second table times 200 fields of 1080 x 1080 (25 simulated fields, each also used in its 8
+mirror/rotation variants, re-shaded with the true flat-field and dark-field), and the
+correction of one 1080 x 1080 image.
+
+Usage::
+
+    nice -n 10 python benchmarks/illumination.py            # full table
+    nice -n 10 python benchmarks/illumination.py --quick    # a few cases
+    python benchmarks/illumination.py --no-basicpy          # ours only
+
+Simulated stacks and BaSiCPy's results are cached in ``benchmarks/_work/illumination``
+(git-ignored); delete that folder to start afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hcsflow import illumination as il
+from hcsflow.simulate import simulate_illumination_stack
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work" / "illumination"
+VENV = HERE / ".venv-basicpy"
+RUNNER = HERE / "_basicpy_runner.py"
+
+
+def ensure_basicpy() -> Path | None:
+    """Create BaSiCPy's own virtual environment if needed; its python, or None on failure."""
+    py = VENV / "bin" / "python"
+    if py.exists():
+        ok = subprocess.run([py, "-c", "import basicpy"], capture_output=True).returncode == 0
+        if ok:
+            return py
+    print("# installing BaSiCPy 2.0 into benchmarks/.venv-basicpy (once) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", VENV], check=True)
+        subprocess.run(
+            [py, "-m", "pip", "install", "-q", "basicpy==2.0.0", "scipy==1.12.*"],
+            check=True,
+        )
+        return py
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"# BaSiCPy could not be installed ({exc}); its columns are left empty")
+        return None
+
+
+def cached_stack(kind: str, dark: bool, density: float, n: int, size: int, seed: int):
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"{kind}_d{int(dark)}_rho{density}_n{n}_{size}_s{seed}.npz"
+    if path.exists():
+        z = np.load(path)
+        return z["stack"], z["flat"], z["dark"], path.with_suffix(".npy")
+    stack, flat, darkf = simulate_illumination_stack(
+        n, (size, size), vignetting=kind, dark_offset=dark, density=density, seed=seed
+    )
+    np.savez(path, stack=stack, flat=flat, dark=darkf)
+    np.save(path.with_suffix(".npy"), stack)
+    return stack, flat, darkf, path.with_suffix(".npy")
+
+
+def big_stack(n_unique: int, n: int, size: int, seed: int):
+    """``n`` fields of ``size``^2 from ``n_unique`` simulated ones and their 8 symmetries."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"big_{n_unique}_{n}_{size}_s{seed}.npy"
+    truth = WORK / f"big_{n_unique}_{size}_s{seed}_truth.npz"
+    if path.exists() and truth.exists():
+        z = np.load(truth)
+        return np.load(path, mmap_mode="r"), z["flat"], z["dark"], path
+    raw, flat, dark = simulate_illumination_stack(
+        n_unique, (size, size), vignetting="offcenter", dark_offset=True, seed=seed
+    )
+    spec = (raw.astype(np.float32) - dark) / flat
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, size, size))
+    for i in range(n):
+        s = spec[i % n_unique]
+        k = i // n_unique
+        s = np.rot90(s, k % 4)
+        if k >= 4:
+            s = s[:, ::-1]
+        out[i] = np.clip(np.rint(s * flat + dark), 0, 65535).astype(np.uint16)
+    out.flush()
+    np.savez(truth, flat=flat, dark=dark)
+    return np.load(path, mmap_mode="r"), flat, dark, path
+
+
+def errors(flat_est, dark_est, flat, dark, stack_mean):
+    f = np.asarray(flat_est, np.float64)
+    f = f / f.mean()
+    fe = np.sqrt(np.mean((f - flat) ** 2)) * 100
+    ref = float(np.mean(dark)) if np.mean(dark) > 0 else stack_mean
+    de = np.sqrt(np.mean((np.asarray(dark_est, np.float64) - dark) ** 2)) / ref * 100
+    return fe, de
+
+
+def run_ours(stack, method, darkfield):
+    t0 = time.perf_counter()
+    flat, dark = il.estimate(stack, method, darkfield=darkfield)
+    return flat, dark, time.perf_counter() - t0
+
+
+def run_basicpy(py, jobs, threads):
+    if py is None or not jobs:
+        return {}
+    # results are cached next to the stacks: BaSiCPy runs once per stack
+    todo = [j for j in jobs if not Path(j["out"] + "_time.txt").exists()]
+    if todo:
+        spec = WORK / "basicpy_jobs.json"
+        spec.write_text(json.dumps(todo))
+        subprocess.run([py, RUNNER, spec, str(threads)], check=True, stdout=subprocess.DEVNULL)
+    out = {}
+    for job in jobs:
+        p = job["out"]
+        out[p] = (
+            np.load(p + "_flat.npy"),
+            np.load(p + "_dark.npy"),
+            float(Path(p + "_time.txt").read_text()),
+        )
+    return out
+
+
+def fmt(x, spec=".2f"):
+    return "—" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--no-basicpy", action="store_true", help="skip BaSiCPy")
+    ap.add_argument("--no-big", action="store_true", help="skip the 1080 x 1080 timing")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--basicpy-max-fields", type=int, default=200, help="run BaSiCPy on stacks up to this size"
+    )
+    ap.add_argument(
+        "--big-basicpy-dark-only",
+        action="store_true",
+        help="1080 x 1080 case: run BaSiCPy with dark-field only",
+    )
+    ap.add_argument("--size", type=int, default=256, help="field size of the quality table")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    py = None if args.no_basicpy else ensure_basicpy()
+
+    cases = []  # (kind, dark, density, n, seed)
+    if args.quick:
+        cases = [("offcenter", True, 1.0, 100, 3), ("radial", False, 0.2, 100, 3)]
+    else:
+        # a subset of vignetting x dark offset x density (BaSiCPy needs minutes per stack on
+        # a loaded 2-core machine), then the number of fields
+        cases = [
+            ("radial", True, 0.2, 100, 3),
+            ("radial", True, 1.0, 100, 3),
+            ("radial", False, 0.2, 100, 3),
+            ("radial", False, 1.0, 100, 3),
+            ("offcenter", True, 1.0, 100, 3),
+            ("tilted", True, 0.2, 100, 3),
+            ("elliptic", True, 1.0, 100, 3),
+            ("none", True, 1.0, 100, 3),
+            ("none", False, 0.2, 100, 3),
+        ]
+        for n in (50, 200, 400):
+            cases.append(("tilted", True, 1.0, n, 4))
+
+    print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs, {args.threads} threads")
+    print(
+        f"# python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}"
+    )
+    data = {}
+    jobs = []
+    for case in cases:
+        kind, dark, density, n, seed = case
+        big_n = 400 if seed == 4 else n
+        stack, flat, darkf, npy = cached_stack(kind, dark, density, big_n, args.size, seed)
+        stack = stack[:n]
+        sub = WORK / f"{npy.stem}_first{n}.npy"
+        if not sub.exists():
+            np.save(sub, stack)
+        data[case] = (stack, flat, darkf)
+        job = {"stack": str(sub), "darkfield": dark, "out": str(WORK / f"bp_{sub.stem}")}
+        jobs.append(job if (n <= args.basicpy_max_fields) else {**job, "skip": True})
+    bp = run_basicpy(py, [j for j in jobs if not j.get("skip")], args.threads)
+
+    print()
+    print(f"## Quality on {args.size} x {args.size} fields (darkfield estimated when offset is on)")
+    print()
+    print(
+        "| vignetting | dark offset | wells | fields | basic flat % | basic dark % | basic s "
+        "| mean_smooth flat % | mean_smooth s | BaSiCPy flat % | BaSiCPy dark % | BaSiCPy s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    worst = []
+    for case, job in zip(cases, jobs, strict=True):
+        kind, dark, density, n, _ = case
+        stack, flat, darkf = data[case]
+        m = float(stack.mean())
+        f1, d1, t1 = run_ours(stack, "basic", dark)
+        e1 = errors(f1, d1, flat, darkf, m)
+        f2, d2, t2 = run_ours(stack, "mean_smooth", dark)
+        e2 = errors(f2, d2, flat, darkf, m)
+        if job["out"] in bp:
+            bf, bd, bt = bp[job["out"]]
+            e3 = errors(bf, bd, flat, darkf, m)
+        else:
+            e3, bt = (None, None), None
+        worst.append((e1[0], e3[0]))
+        print(
+            f"| {kind} | {'on' if dark else 'off'} | {'sparse' if density < 1 else 'dense'} "
+            f"| {n} | {e1[0]:.2f} | {e1[1]:.2f} | {t1:.2f} | {e2[0]:.2f} | {t2:.2f} "
+            f"| {fmt(e3[0])} | {fmt(e3[1])} | {fmt(bt)} |",
+            flush=True,
+        )
+    ours = [w[0] for w in worst]
+    print()
+    print(f"basic flat-field error: max {max(ours):.2f} %, median {np.median(ours):.2f} %")
+    if all(w[1] is not None for w in worst):
+        theirs = [w[1] for w in worst]
+        print(
+            f"BaSiCPy flat-field error: max {max(theirs):.2f} %, median {np.median(theirs):.2f} %"
+        )
+        wins = sum(a <= b for a, b in worst)
+        print(f"basic no worse than BaSiCPy in {wins} of {len(worst)} cases")
+
+    if not args.no_big:
+        print()
+        print("## Time, 200 fields of 1080 x 1080 (offcenter vignetting, dark offset)")
+        print()
+        stack, flat, darkf, path = big_stack(25, 200, 1080, 7)
+        stack = np.asarray(stack)
+        m = float(stack.mean())
+        bjobs = [
+            {"stack": str(path), "darkfield": d, "out": str(WORK / f"bp_big_d{int(d)}")}
+            for d in ((True,) if args.big_basicpy_dark_only else (False, True))
+        ]
+        bbp = run_basicpy(py, bjobs, args.threads)
+        print("| method | darkfield | flat % | dark % | s |")
+        print("|---|---|---|---|---|")
+        for d in (False, True):
+            for method in ("basic", "mean_smooth"):
+                if method == "mean_smooth" and d:
+                    continue
+                f, dk, t = run_ours(stack, method, d)
+                e = errors(f, dk, flat, darkf, m)
+                print(f"| {method} | {d} | {e[0]:.2f} | {e[1]:.2f} | {t:.2f} |", flush=True)
+            key = str(WORK / f"bp_big_d{int(d)}")
+            if key in bbp:
+                bf, bd, bt = bbp[key]
+                e = errors(bf, bd, flat, darkf, m)
+                print(f"| BaSiCPy | {d} | {e[0]:.2f} | {e[1]:.2f} | {bt:.2f} |")
+        img = stack[0]
+        f32, d32 = flat.astype(np.float32), darkf.astype(np.float32)
+        out = np.empty(img.shape, np.float32)
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            il.correct(img, f32, d32, out=out)
+            times.append(time.perf_counter() - t0)
+        t_new = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            il.correct(img, f32, d32)
+            t_new.append(time.perf_counter() - t0)
+        print()
+        print(
+            f"correct(): one 1080 x 1080 uint16 image, median of 50: "
+            f"{np.median(t_new) * 1e3:.2f} ms (new array), {np.median(times) * 1e3:.2f} ms (out=)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

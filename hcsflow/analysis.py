@@ -1,0 +1,1023 @@
+"""Drug-response analysis of well and consensus profiles.
+
+Phenotypic activity and MoA consistency are mean average precision (mAP) retrieval scores
+computed with copairs (Kalinin et al. 2025, Nat Commun 16:5181): for each query profile, other
+profiles are ranked by similarity and the average precision of retrieving the "positive" ones
+(replicates of the same treatment, or compounds of the same MoA) among "negative" ones (negative
+control wells, or compounds of other MoAs) is computed; the mean over a group's profiles is
+compared with a permutation null to give a p-value, and p-values are FDR-corrected (q-values).
+
+The not-same-compound (NSC) 1-nearest-neighbour MoA accuracy follows the BBBC021 protocol
+(Ljosa et al. 2013; Ando et al. 2017): every compound x dose profile takes the MoA of its most
+similar profile among those of *other* compounds (and, for NSCB, other batches).
+
+UMAP (umap-learn, seeded, single-threaded so that it is deterministic) and clustering (HDBSCAN
+or hierarchical) describe the landscape of consensus profiles.
+
+Every function takes DataFrames whose non-feature columns start with ``Metadata_``; the feature
+columns are all the other numeric columns. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+COMPOUND = "Metadata_Compound"
+DOSE = "Metadata_Dose"
+ROLE = "Metadata_Role"
+MOA = "Metadata_MoA"
+BATCH = "Metadata_Batch"
+PLATE = "Metadata_Plate"
+WELL = "Metadata_Well"
+NEGCON = "negcon"
+
+#: Distances accepted by every function of this module (copairs names).
+DISTANCES = ("cosine", "correlation", "euclidean")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """Return the numeric columns of ``df`` that do not start with ``Metadata_``."""
+    return [
+        c
+        for c in df.columns
+        if not str(c).startswith("Metadata_") and pd.api.types.is_numeric_dtype(df[c])
+    ]
+
+
+def _features(df: pd.DataFrame, features: Sequence[str] | None, what: str) -> np.ndarray:
+    """Feature matrix of ``df`` (float64, shape (n_rows, n_features)); NaN is an error."""
+    cols = list(features) if features is not None else feature_columns(df)
+    if not cols:
+        raise ValueError(f"{what}: no feature columns (numeric, not starting with Metadata_)")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: feature columns missing: {missing[:5]}")
+    x = df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        col = cols[int(np.argmax(bad.any(axis=0)))]
+        raise ValueError(
+            f"{what}: feature {col!r} has NaN/inf values in {int(bad.any(axis=1).sum())} rows; "
+            "drop or impute them first (feature selection removes NA columns)"
+        )
+    return x
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: required column(s) {missing} missing")
+
+
+def _check_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+
+
+def similarity_matrix(x: np.ndarray, distance: str = "cosine") -> np.ndarray:
+    """Pairwise similarity of the rows of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    distance : {"cosine", "correlation", "euclidean"}
+        Cosine similarity, Pearson correlation, or ``1 / (1 + euclidean distance)``
+        (the conventions of copairs).
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    _check_distance(distance)
+    x = np.asarray(x, dtype=np.float64)
+    if distance == "euclidean":
+        sq = (x**2).sum(axis=1)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
+        return 1.0 / (1.0 + np.sqrt(d2))
+    if distance == "correlation":
+        x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    xn = x / np.where(norm > 0, norm, 1.0)
+    return xn @ xn.T
+
+
+def _group_codes(df: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
+    """Integer code of each row's group (NaN is a value of its own), stable across runs."""
+    keys = df[list(by)].astype("string").fillna("<NA>")
+    return keys.groupby(list(by), sort=True, dropna=False).ngroup().to_numpy()
+
+
+def _map_with_pvalues(
+    meta: pd.DataFrame,
+    x: np.ndarray,
+    pos_sameby: list[str],
+    pos_diffby: list[str],
+    neg_sameby: list[str],
+    neg_diffby: list[str],
+    group: str,
+    distance: str,
+    null_size: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Average precision per profile and mAP + p-value per ``group`` (copairs).
+
+    Returns (ap per row of ``meta``, map per group with columns group, mean_average_precision,
+    p_value). Groups without positive pairs are absent from the second table.
+    """
+    from copairs.map import average_precision
+    from copairs.map.map import get_map_pvalue
+    from copairs.matching import UnpairedException
+
+    try:
+        ap = average_precision(
+            meta,
+            x,
+            pos_sameby=pos_sameby,
+            pos_diffby=pos_diffby,
+            neg_sameby=neg_sameby,
+            neg_diffby=neg_diffby,
+            distance=distance,
+            progress_bar=False,
+        )
+    except UnpairedException:
+        ap = meta.reset_index(drop=True).copy()
+        ap["average_precision"] = np.nan
+        ap["n_pos_pairs"] = 0
+        ap["n_total_pairs"] = 0
+    valid = ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)
+    if not valid.any():
+        empty = pd.DataFrame({group: pd.Series(dtype=meta[group].dtype)}).assign(
+            mean_average_precision=np.nan, p_value=np.nan
+        )
+        return ap, empty
+    # copairs caches null distributions on disk keyed only by (n_total, n_pos), while the
+    # seed of each one depends on the set of configurations of the call: a shared cache would
+    # make p-values depend on earlier calls. A private cache keeps results reproducible.
+    with tempfile.TemporaryDirectory(prefix="hcsflow-copairs-") as cache:
+        maps = get_map_pvalue(
+            ap,
+            sameby=[group],
+            null_size=null_size,
+            seed=seed,
+            progress_bar=False,
+            max_workers=1,
+            cache_dir=cache,
+        )
+    maps = maps[[group, "mean_average_precision", "p_value"]]
+    return ap, maps
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of the finite entries of ``p`` (NaN stays NaN)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    n = int(ok.sum())
+    if n == 0:
+        return q
+    pv = p[ok]
+    order = np.argsort(pv, kind="stable")
+    ranked = pv[order] * n / np.arange(1, n + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# phenotypic activity
+
+
+def phenotypic_activity(
+    profiles: pd.DataFrame,
+    *,
+    group_by: Sequence[str] = (COMPOUND, DOSE),
+    role_column: str = ROLE,
+    negcon: str = NEGCON,
+    exclude_roles: Sequence[str] = ("empty",),
+    negcon_same_plate: bool = False,
+    plate_column: str = PLATE,
+    distance: str = "cosine",
+    q_threshold: float = 0.05,
+    fdr: str = "bh",
+    null_size: int = 10000,
+    seed: int = 0,
+    features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Phenotypic activity of each treatment: mAP of its replicate wells against negcon wells.
+
+    For each treatment well, the other replicate wells of the same treatment (positives) and
+    the negative-control wells (negatives) are ranked by similarity to it; its average
+    precision is how well replicates come first. The mean over a treatment's wells (mAP) is
+    compared with the null of randomly ranked wells (copairs) to give a p-value; q-values are
+    Benjamini-Hochberg corrected over all treatments (``fdr="bh"``) or hierarchically, first
+    over compounds (minimum p-value over its doses), then over the doses of compounds that
+    pass (``fdr="hierarchical"``, needs ``group_by`` with a dose column).
+
+    Parameters
+    ----------
+    profiles : DataFrame of shape (n_wells, n_columns)
+        Well-level profiles (normalized), ``Metadata_*`` columns and features.
+    group_by : sequence of str
+        Columns defining a treatment (default compound x dose).
+    role_column, negcon : str
+        Column holding the plate-map role and the value marking negative controls.
+    exclude_roles : sequence of str
+        Roles left out entirely (e.g. empty wells).
+    negcon_same_plate : bool
+        Rank each well only against negcon wells of its own plate.
+    distance : {"cosine", "correlation", "euclidean"}
+    q_threshold : float
+        A treatment is ``active`` when its q-value is below this.
+    fdr : {"bh", "hierarchical"}
+    null_size : int
+        Size of the permutation null of each (n_positives, n_total) configuration.
+    seed : int
+    features : sequence of str, optional
+        Feature columns (default: every numeric non-Metadata column).
+
+    Returns
+    -------
+    DataFrame
+        One row per treatment (negative controls excluded), sorted by ``group_by``: the
+        ``group_by`` columns, ``Metadata_MoA`` / role when present, ``n_replicates``,
+        ``mean_average_precision``, ``p_value``, ``q_value``, ``active`` and
+        ``negcon_distance`` (distance of the treatment's median profile to the median negcon
+        well, in units of the median negcon well's distance to it; ~1 means negcon-like).
+        Treatments with a single well have no replicate to retrieve: NaN scores, not active.
+    """
+    _check_distance(distance)
+    if fdr not in ("bh", "hierarchical"):
+        raise ValueError(f"fdr must be 'bh' or 'hierarchical', got {fdr!r}")
+    group_by = list(group_by)
+    _require(profiles, group_by + [role_column], "phenotypic_activity")
+    if negcon_same_plate:
+        _require(profiles, [plate_column], "phenotypic_activity")
+    df = profiles[~profiles[role_column].isin(list(exclude_roles))].reset_index(drop=True)
+    is_neg = (df[role_column] == negcon).to_numpy()
+    if not is_neg.any():
+        raise ValueError(
+            f"phenotypic_activity: no negative-control wells ({role_column} == {negcon!r})"
+        )
+    x = _features(df, features, "phenotypic_activity")
+
+    meta = pd.DataFrame(
+        {
+            "group": np.where(is_neg, -1, _group_codes(df, group_by)),
+            # negcon wells each get a unique reference so they are never positives of each other
+            "ref": np.where(is_neg, np.arange(len(df)), -1),
+            "negcon": is_neg,
+        }
+    )
+    neg_sameby: list[str] = []
+    if negcon_same_plate:
+        meta["plate"] = df[plate_column].astype("string").fillna("<NA>").to_numpy()
+        neg_sameby = ["plate"]
+    _, maps = _map_with_pvalues(
+        meta,
+        x,
+        pos_sameby=["group", "ref"],
+        pos_diffby=[],
+        neg_sameby=neg_sameby,
+        neg_diffby=["negcon"],
+        group="group",
+        distance=distance,
+        null_size=null_size,
+        seed=seed,
+    )
+
+    keep = [c for c in (MOA, role_column) if c in df.columns and c not in group_by]
+    trt = df.loc[~is_neg, group_by + keep].copy()
+    codes = meta.loc[~is_neg, "group"].to_numpy()
+    trt["_group"] = codes
+    grouped = trt.groupby("_group", sort=True)
+    out = grouped.agg({c: "first" for c in group_by + keep}).join(
+        grouped.size().rename("n_replicates")
+    )
+    out = out.join(maps.set_index("group").rename_axis("_group"), how="left")
+
+    # distance to negcon
+    neg_centre = np.median(x[is_neg], axis=0)
+    neg_d = np.linalg.norm(x[is_neg] - neg_centre, axis=1)
+    scale = float(np.median(neg_d)) or 1.0
+    med = pd.DataFrame(x[~is_neg]).groupby(codes, sort=True).median().to_numpy()
+    out["negcon_distance"] = np.linalg.norm(med - neg_centre, axis=1) / scale
+
+    p = out["p_value"].to_numpy(dtype=np.float64)
+    if fdr == "bh":
+        q = _bh(p)
+    else:
+        if len(group_by) < 2:
+            raise ValueError("fdr='hierarchical' needs group_by with compound and dose columns")
+        q = _hierarchical_q(out, group_by[:-1], p)
+    out["q_value"] = q
+    out["active"] = np.nan_to_num(q, nan=1.0) < q_threshold
+    out = out.reset_index(drop=True)
+    cols = (
+        group_by
+        + keep
+        + [
+            "n_replicates",
+            "mean_average_precision",
+            "p_value",
+            "q_value",
+            "active",
+            "negcon_distance",
+        ]
+    )
+    out = out[cols].sort_values(group_by, kind="stable").reset_index(drop=True)
+    out["n_replicates"] = out["n_replicates"].astype("int64")
+    return out
+
+
+def _hierarchical_q(table: pd.DataFrame, by: list[str], p: np.ndarray) -> np.ndarray:
+    """Two-stage FDR: BH over groups (min p), then BH within groups that pass."""
+    keys = _group_codes(table, by)
+    q = np.full(len(p), np.nan)
+    uniq = np.unique(keys)
+    pmin = np.array(
+        [np.nanmin(p[keys == k]) if np.isfinite(p[keys == k]).any() else np.nan for k in uniq]
+    )
+    q1 = _bh(pmin)
+    for k, qk in zip(uniq, q1, strict=True):
+        idx = np.flatnonzero(keys == k)
+        if np.isfinite(qk) and qk < 1.0:
+            inner = _bh(p[idx])
+            q[idx] = np.maximum(inner, qk)
+        else:
+            q[idx] = np.where(np.isfinite(p[idx]), 1.0, np.nan)
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# MoA consistency and NSC accuracy
+
+
+def moa_consistency(
+    profiles: pd.DataFrame,
+    *,
+    moa_column: str = MOA,
+    compound_column: str = COMPOUND,
+    role_column: str = ROLE,
+    negcon: str = NEGCON,
+    distance: str = "cosine",
+    q_threshold: float = 0.05,
+    null_size: int = 10000,
+    seed: int = 0,
+    features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """MoA consistency: mAP of retrieving other compounds of the same MoA.
+
+    Each profile (consensus per compound x dose, or wells) ranks every profile of other
+    compounds; those sharing its MoA are positives, those of other MoAs negatives. Profiles of
+    the same compound are neither (so replicates do not inflate the score). Negative controls
+    and profiles without MoA are left out. Multi-label MoAs (``a|b``) count as one label.
+
+    Parameters
+    ----------
+    profiles : DataFrame of shape (n, n_columns)
+    moa_column, compound_column, role_column, negcon : str
+    distance : {"cosine", "correlation", "euclidean"}
+    q_threshold : float
+    null_size, seed : int
+    features : sequence of str, optional
+
+    Returns
+    -------
+    DataFrame
+        One row per MoA, sorted: ``Metadata_MoA`` (named ``moa_column``), ``n_profiles``,
+        ``n_compounds``, ``mean_average_precision``, ``p_value``, ``q_value`` (BH over MoAs),
+        ``consistent`` (q below ``q_threshold``). MoAs with a single compound have NaN scores.
+    """
+    _check_distance(distance)
+    _require(profiles, [moa_column, compound_column], "moa_consistency")
+    df = profiles[profiles[moa_column].notna()]
+    if role_column in df.columns:
+        df = df[df[role_column] != negcon]
+    df = df.reset_index(drop=True)
+    cols = [moa_column, "n_profiles", "n_compounds", "mean_average_precision", "p_value"]
+    if df.empty:
+        out = pd.DataFrame({c: [] for c in cols})
+    else:
+        x = _features(df, features, "moa_consistency")
+        meta = pd.DataFrame(
+            {
+                "moa": _group_codes(df, [moa_column]),
+                "compound": _group_codes(df, [compound_column]),
+            }
+        )
+        _, maps = _map_with_pvalues(
+            meta,
+            x,
+            pos_sameby=["moa"],
+            pos_diffby=["compound"],
+            neg_sameby=[],
+            neg_diffby=["moa", "compound"],
+            group="moa",
+            distance=distance,
+            null_size=null_size,
+            seed=seed,
+        )
+        small = df[[moa_column, compound_column]].copy()
+        small["_moa"] = meta["moa"].to_numpy()
+        g = small.groupby("_moa", sort=True)
+        out = pd.DataFrame(
+            {
+                moa_column: g[moa_column].first(),
+                "n_profiles": g.size(),
+                "n_compounds": g[compound_column].nunique(),
+            }
+        ).join(maps.set_index("moa"), how="left")
+        out = out.reset_index(drop=True)
+    out["q_value"] = _bh(out["p_value"].to_numpy(dtype=np.float64))
+    out["consistent"] = np.nan_to_num(out["q_value"].to_numpy(dtype=np.float64), nan=1.0) < (
+        q_threshold
+    )
+    return out.sort_values(moa_column, kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class NSCResult:
+    """Not-same-compound 1-NN MoA classification.
+
+    Attributes
+    ----------
+    accuracy : float
+        Fraction of profiles whose nearest profile of another compound has the same MoA.
+    accuracy_nscb : float
+        Same, excluding also profiles of the same batch (NaN without batches).
+    predictions : DataFrame
+        Per profile: compound, MoA, ``predicted_moa``, ``neighbor_compound``,
+        ``similarity``, ``correct`` (and ``predicted_moa_nscb``, ``correct_nscb``).
+    """
+
+    accuracy: float
+    accuracy_nscb: float
+    predictions: pd.DataFrame = field(repr=False)
+
+
+def nsc_accuracy(
+    consensus: pd.DataFrame,
+    *,
+    moa_column: str = MOA,
+    compound_column: str = COMPOUND,
+    batch_column: str | None = BATCH,
+    role_column: str = ROLE,
+    negcon: str = NEGCON,
+    distance: str = "cosine",
+    features: Sequence[str] | None = None,
+) -> NSCResult:
+    """Not-same-compound (NSC) 1-nearest-neighbour MoA accuracy (BBBC021 protocol).
+
+    Every profile with a MoA shared by at least two compounds (negative controls excluded) is
+    assigned the MoA of its most similar profile among those of other compounds; for the not-same-compound-or-batch
+    variant (NSCB), profiles of the same batch are excluded too. Ties go to the first profile
+    in table order.
+
+    Parameters
+    ----------
+    consensus : DataFrame of shape (n, n_columns)
+        Usually one row per compound x dose.
+    moa_column, compound_column : str
+    batch_column : str or None
+        NSCB is computed when this column exists and holds more than one batch.
+    role_column, negcon : str
+    distance : {"cosine", "correlation", "euclidean"}
+    features : sequence of str, optional
+
+    Returns
+    -------
+    NSCResult
+    """
+    _check_distance(distance)
+    _require(consensus, [moa_column, compound_column], "nsc_accuracy")
+    df = consensus[consensus[moa_column].notna()]
+    if role_column in df.columns:
+        df = df[df[role_column] != negcon]
+    # a profile whose MoA no other compound carries cannot be classified correctly
+    n_comp = df.groupby(moa_column)[compound_column].transform("nunique")
+    df = df[n_comp >= 2].reset_index(drop=True)
+    pred = df[[compound_column, moa_column]].copy()
+    if len(df) < 2:
+        pred["predicted_moa"] = pd.Series([None] * len(df), dtype="object")
+        pred["correct"] = False
+        return NSCResult(float("nan"), float("nan"), pred)
+    x = _features(df, features, "nsc_accuracy")
+    sim = similarity_matrix(x, distance)
+    comp = _group_codes(df, [compound_column])
+    moa = df[moa_column].to_numpy()
+    excl = comp[:, None] == comp[None, :]
+
+    def one_nn(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = np.where(mask, -np.inf, sim)
+        nn = np.argmax(s, axis=1)
+        ok = np.isfinite(s[np.arange(len(s)), nn])
+        return np.where(ok, nn, -1), np.where(ok, s[np.arange(len(s)), nn], np.nan)
+
+    nn, s = one_nn(excl)
+    has = nn >= 0
+    pred["predicted_moa"] = np.where(has, moa[np.maximum(nn, 0)], None)
+    pred["neighbor_compound"] = np.where(
+        has, df[compound_column].to_numpy()[np.maximum(nn, 0)], None
+    )
+    pred["similarity"] = s
+    pred["correct"] = has & (pred["predicted_moa"].to_numpy() == moa)
+    acc = float(pred.loc[has, "correct"].mean()) if has.any() else float("nan")
+    acc_b = float("nan")
+    if batch_column is not None and batch_column in df.columns:
+        batch = _group_codes(df, [batch_column])
+        if len(np.unique(batch)) > 1:
+            nnb, _ = one_nn(excl | (batch[:, None] == batch[None, :]))
+            hb = nnb >= 0
+            pred["predicted_moa_nscb"] = np.where(hb, moa[np.maximum(nnb, 0)], None)
+            pred["correct_nscb"] = hb & (pred["predicted_moa_nscb"].to_numpy() == moa)
+            acc_b = float(pred.loc[hb, "correct_nscb"].mean()) if hb.any() else float("nan")
+    return NSCResult(acc, acc_b, pred)
+
+
+# --------------------------------------------------------------------------------------------
+# embedding, clustering, neighbours, dose response
+
+
+def embed_umap(
+    consensus: pd.DataFrame,
+    seed: int = 0,
+    *,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    metric: str = "cosine",
+    features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Two-dimensional UMAP embedding of profiles (deterministic for a given seed).
+
+    umap-learn runs single-threaded with ``random_state=seed``, which makes it reproducible.
+    ``n_neighbors`` is capped at ``n - 1``. With fewer than 5 profiles UMAP is not defined;
+    the first two principal components are returned instead.
+
+    Parameters
+    ----------
+    consensus : DataFrame of shape (n, n_columns)
+    seed : int
+    n_neighbors : int
+    min_dist : float
+    metric : str
+        Any metric umap-learn accepts (``cosine``, ``euclidean``, ``correlation``, ...).
+    features : sequence of str, optional
+
+    Returns
+    -------
+    DataFrame of shape (n, 2)
+        Columns ``UMAP_1``, ``UMAP_2``, indexed like ``consensus``.
+    """
+    x = _features(consensus, features, "embed_umap")
+    n = len(x)
+    if n < 5:
+        xc = x - x.mean(axis=0)
+        if n > 1 and np.any(xc):
+            u, s, _ = np.linalg.svd(xc, full_matrices=False)
+            emb = (u * s)[:, :2]
+            # sign convention: largest-magnitude entry of each component positive
+            signs = np.sign(emb[np.argmax(np.abs(emb), axis=0), np.arange(emb.shape[1])])
+            emb = emb * np.where(signs == 0, 1, signs)
+        else:
+            emb = np.zeros((n, 0))
+        emb = np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
+    else:
+        import umap
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=int(min(n_neighbors, n - 1)),
+            min_dist=min_dist,
+            metric=metric,
+            random_state=seed,
+            n_jobs=1,
+            transform_seed=seed,
+        )
+        emb = reducer.fit_transform(x)
+    return pd.DataFrame(
+        np.asarray(emb, dtype=np.float64), index=consensus.index, columns=["UMAP_1", "UMAP_2"]
+    )
+
+
+def cluster(
+    x: np.ndarray,
+    method: str = "hdbscan",
+    *,
+    min_cluster_size: int = 3,
+    min_samples: int | None = None,
+    n_clusters: int | None = None,
+    distance_threshold: float = 0.5,
+    linkage: str = "average",
+    metric: str = "cosine",
+) -> np.ndarray:
+    """Cluster the rows of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Profiles or an embedding of them.
+    method : {"hdbscan", "hierarchical"}
+        HDBSCAN (scikit-learn; Euclidean on ``x``, rows labelled -1 are noise) or
+        agglomerative clustering with ``linkage`` on ``metric`` distance, cut at
+        ``n_clusters`` or, when that is None, at ``distance_threshold``.
+    min_cluster_size, min_samples : int
+        HDBSCAN parameters.
+    n_clusters : int or None
+    distance_threshold : float
+    linkage : {"average", "complete", "single", "ward"}
+    metric : str
+        Distance for hierarchical clustering (``ward`` needs ``euclidean``).
+
+    Returns
+    -------
+    ndarray of shape (n,), int64
+        Cluster labels, renumbered 0, 1, ... in order of first appearance (noise -1).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if method == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        if n < max(2, min_cluster_size):
+            labels = np.full(n, -1)
+        else:
+            labels = HDBSCAN(
+                min_cluster_size=max(2, min_cluster_size),
+                min_samples=min_samples,
+                copy=True,
+            ).fit_predict(x)
+    elif method == "hierarchical":
+        from sklearn.cluster import AgglomerativeClustering
+
+        if n < 2:
+            labels = np.zeros(n, dtype=np.int64)
+        else:
+            if linkage == "ward" and metric != "euclidean":
+                raise ValueError("hierarchical clustering with ward linkage needs metric euclidean")
+            k = None if n_clusters is None else min(int(n_clusters), n)
+            labels = AgglomerativeClustering(
+                n_clusters=k,
+                distance_threshold=None if k is not None else distance_threshold,
+                metric=metric,
+                linkage=linkage,
+            ).fit_predict(x)
+    else:
+        raise ValueError(f"cluster method must be 'hdbscan' or 'hierarchical', got {method!r}")
+    return _renumber(np.asarray(labels))
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    out = np.full(len(labels), -1, dtype=np.int64)
+    mapping: dict[int, int] = {}
+    for i, lab in enumerate(labels):
+        if lab < 0:
+            continue
+        if lab not in mapping:
+            mapping[int(lab)] = len(mapping)
+        out[i] = mapping[int(lab)]
+    return out
+
+
+def nearest_neighbors(
+    consensus: pd.DataFrame,
+    k: int = 3,
+    *,
+    compound_column: str = COMPOUND,
+    dose_column: str | None = DOSE,
+    distance: str = "cosine",
+    features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The ``k`` most similar profiles of *other* compounds for each profile.
+
+    Returns
+    -------
+    DataFrame of shape (n, 3 * k)
+        Indexed like ``consensus``: ``Metadata_Neighbor_{i}`` (compound),
+        ``Metadata_Neighbor_{i}_Dose`` and ``Metadata_Neighbor_{i}_Similarity`` for
+        i = 1..k (missing neighbours are null).
+    """
+    x = _features(consensus, features, "nearest_neighbors")
+    sim = similarity_matrix(x, distance)
+    comp = _group_codes(consensus, [compound_column])
+    sim = np.where(comp[:, None] == comp[None, :], -np.inf, sim)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    names = consensus[compound_column].to_numpy()
+    doses = consensus[dose_column].to_numpy() if dose_column in consensus.columns else None
+    out: dict[str, Any] = {}
+    rows = np.arange(len(x))
+    for i in range(k):
+        if i < len(x):
+            j = order[:, i]
+            s = sim[rows, j]
+            ok = np.isfinite(s)
+        else:
+            j = np.zeros(len(x), dtype=int)
+            s = np.full(len(x), np.nan)
+            ok = np.zeros(len(x), dtype=bool)
+        out[f"Metadata_Neighbor_{i + 1}"] = pd.Series(
+            np.where(ok, names[j] if len(x) else [], None), dtype="object"
+        )
+        if doses is not None:
+            out[f"Metadata_Neighbor_{i + 1}_Dose"] = np.where(
+                ok, doses[j].astype(np.float64) if len(x) else [], np.nan
+            )
+        out[f"Metadata_Neighbor_{i + 1}_Similarity"] = np.where(ok, s, np.nan)
+    return pd.DataFrame(out).set_axis(consensus.index)
+
+
+def dose_response(
+    activity: pd.DataFrame,
+    *,
+    compound_column: str = COMPOUND,
+    dose_column: str = DOSE,
+) -> pd.DataFrame:
+    """Summarize each compound's response across doses from a :func:`phenotypic_activity` table.
+
+    Returns
+    -------
+    DataFrame
+        One row per compound: ``n_doses``, ``n_active_doses``, ``lowest_active_dose`` (NaN if
+        none), ``max_mean_average_precision``, ``max_negcon_distance``,
+        ``dose_distance_spearman`` (rank correlation of dose and negcon distance; NaN with
+        fewer than 3 doses) and ``active`` (any dose active).
+    """
+    _require(activity, [compound_column, dose_column, "active", "negcon_distance"], "dose_response")
+    rows = []
+    for comp, g in activity.groupby(compound_column, sort=True):
+        g = g.sort_values(dose_column)
+        act = g.loc[g["active"], dose_column]
+        rho = np.nan
+        if len(g) >= 3 and g[dose_column].nunique() >= 3:
+            rho = float(g[dose_column].rank().corr(g["negcon_distance"].rank(), method="pearson"))
+        rows.append(
+            {
+                compound_column: comp,
+                "n_doses": int(g[dose_column].nunique()),
+                "n_active_doses": int(g["active"].sum()),
+                "lowest_active_dose": float(act.min()) if len(act) else np.nan,
+                "max_mean_average_precision": float(g["mean_average_precision"].max()),
+                "max_negcon_distance": float(g["negcon_distance"].max()),
+                "dose_distance_spearman": rho,
+                "active": bool(len(act)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the analysis stage
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Tables written by the analysis stage and summary numbers for provenance."""
+
+    activity: pd.DataFrame
+    consistency: pd.DataFrame
+    clusters: pd.DataFrame
+    dose_response: pd.DataFrame
+    summary: dict[str, Any]
+
+
+DEFAULTS: dict[str, Any] = {
+    "activity_by": [COMPOUND, DOSE],
+    "negcon_role": NEGCON,
+    "negcon_same_plate": False,
+    "distance": "cosine",
+    "q_threshold": 0.05,
+    "fdr": "bh",
+    "null_size": 10000,
+    "seed": 0,
+    "moa_active_only": True,
+    "n_neighbors": 3,
+    "umap": {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"},
+    "cluster": {
+        "method": "hdbscan",
+        "space": "umap",
+        "active_only": True,
+        "min_cluster_size": 3,
+        "min_samples": None,
+        "n_clusters": None,
+        "distance_threshold": 0.5,
+        "linkage": "average",
+    },
+}
+
+
+def _merged(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for k, v in (config or {}).items():
+        if k not in cfg:
+            raise ValueError(f"analysis: unknown config key {k!r}")
+        if isinstance(cfg[k], dict):
+            unknown = set(v) - set(cfg[k])
+            if unknown:
+                raise ValueError(f"analysis.{k}: unknown config key(s) {sorted(unknown)}")
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def run_analysis(
+    profiles: pd.DataFrame,
+    consensus: pd.DataFrame,
+    config: Mapping[str, Any] | None = None,
+) -> AnalysisResult:
+    """Run the whole analysis stage: activity, consistency, NSC, UMAP, clusters.
+
+    Parameters
+    ----------
+    profiles : DataFrame
+        Well-level campaign profiles (normalized, feature-selected).
+    consensus : DataFrame
+        One row per treatment (``activity_by`` columns), same features.
+    config : mapping, optional
+        The ``analysis`` configuration section (keys of :data:`DEFAULTS`).
+
+    Returns
+    -------
+    AnalysisResult
+    """
+    cfg = _merged(config)
+    by = list(cfg["activity_by"])
+    neg = cfg["negcon_role"]
+    _require(profiles, by + [ROLE], "profiles")
+    trt = profiles[(profiles[ROLE] != neg) & (profiles[ROLE] != "empty")]
+    if len(by) > 1 and len(trt) and (trt.groupby(by, dropna=False).size() >= 2).mean() < 0.5:
+        # e.g. one well per compound x dose (dose series without replicates): replicates of
+        # a compound are then its wells at all doses
+        logger.warning(
+            "most treatments %s have a single well; measuring activity per %s", by, by[:-1]
+        )
+        by = by[:-1]
+    compound = by[0]
+    dose = DOSE if DOSE in consensus.columns and DOSE in profiles.columns else None
+    feats = [c for c in feature_columns(consensus) if c in set(feature_columns(profiles))]
+    activity = phenotypic_activity(
+        profiles,
+        group_by=by,
+        negcon=neg,
+        negcon_same_plate=cfg["negcon_same_plate"],
+        distance=cfg["distance"],
+        q_threshold=cfg["q_threshold"],
+        fdr=cfg["fdr"],
+        null_size=cfg["null_size"],
+        seed=cfg["seed"],
+        features=feats,
+    )
+
+    cons = consensus.reset_index(drop=True)
+    if ROLE in cons.columns:
+        cons = cons[cons[ROLE] != neg].reset_index(drop=True)
+    _require(cons, by, "consensus")
+    act_keys = activity[by + ["active", "q_value", "mean_average_precision"]]
+    key_cons = cons[by].astype("string").fillna("<NA>")
+    key_act = act_keys[by].astype("string").fillna("<NA>")
+    lookup = {tuple(r): i for i, r in enumerate(key_act.itertuples(index=False))}
+    idx = np.array([lookup.get(tuple(r), -1) for r in key_cons.itertuples(index=False)])
+    active = np.where(idx >= 0, act_keys["active"].to_numpy()[np.maximum(idx, 0)], False)
+    active = active.astype(bool)
+
+    has_moa = MOA in cons.columns and cons[MOA].notna().any()
+    moa_set = cons[active] if cfg["moa_active_only"] else cons
+    if has_moa:
+        consistency = moa_consistency(
+            moa_set,
+            compound_column=compound,
+            distance=cfg["distance"],
+            q_threshold=cfg["q_threshold"],
+            null_size=cfg["null_size"],
+            seed=cfg["seed"],
+            features=feats,
+        )
+        nsc = nsc_accuracy(
+            moa_set, compound_column=compound, distance=cfg["distance"], features=feats
+        )
+        per_moa = nsc.predictions.groupby(MOA)["correct"].mean().rename("nsc_accuracy")
+        consistency = consistency.join(per_moa, on=MOA)
+    else:
+        consistency = moa_consistency(
+            cons.assign(**{MOA: pd.Series([None] * len(cons), dtype="object")}),
+            compound_column=compound,
+            features=feats,
+        )
+        consistency["nsc_accuracy"] = pd.Series(dtype="float64")
+        nsc = NSCResult(float("nan"), float("nan"), pd.DataFrame())
+
+    emb = embed_umap(cons, cfg["seed"], features=feats, **cfg["umap"])
+    ccfg = dict(cfg["cluster"])
+    space = ccfg.pop("space")
+    active_only = ccfg.pop("active_only")
+    method = ccfg.pop("method")
+    if space not in ("umap", "features"):
+        raise ValueError(f"analysis.cluster.space must be 'umap' or 'features', got {space!r}")
+    sel = active if active_only else np.ones(len(cons), dtype=bool)
+    xs = emb.to_numpy() if space == "umap" else _features(cons, feats, "cluster")
+    labels = np.full(len(cons), -1, dtype=np.int64)
+    if sel.any():
+        metric = "euclidean" if space == "umap" else cfg["distance"]
+        if method == "hdbscan":
+            if space == "features":
+                # cosine geometry for HDBSCAN: Euclidean distance between unit vectors
+                norm = np.linalg.norm(xs, axis=1, keepdims=True)
+                xs = xs / np.where(norm > 0, norm, 1.0)
+            labels[sel] = cluster(
+                xs[sel],
+                "hdbscan",
+                min_cluster_size=ccfg["min_cluster_size"],
+                min_samples=ccfg["min_samples"],
+            )
+        else:
+            labels[sel] = cluster(
+                xs[sel],
+                "hierarchical",
+                n_clusters=ccfg["n_clusters"],
+                distance_threshold=ccfg["distance_threshold"],
+                linkage=ccfg["linkage"],
+                metric="euclidean" if ccfg["linkage"] == "ward" else metric,
+            )
+    meta_cols = [c for c in cons.columns if str(c).startswith("Metadata_")]
+    clusters = cons[meta_cols].copy()
+    clusters["Metadata_Active"] = active
+    clusters["UMAP_1"] = emb["UMAP_1"].to_numpy()
+    clusters["UMAP_2"] = emb["UMAP_2"].to_numpy()
+    clusters["Metadata_Cluster"] = labels
+    nn = nearest_neighbors(
+        cons,
+        cfg["n_neighbors"],
+        compound_column=compound,
+        dose_column=dose,
+        distance=cfg["distance"],
+        features=feats,
+    )
+    clusters = pd.concat([clusters, nn.reset_index(drop=True)], axis=1)
+
+    dr = (
+        dose_response(activity, compound_column=compound, dose_column=dose)
+        if dose is not None and dose in by
+        else pd.DataFrame({compound: pd.Series(dtype="object")})
+    )
+    summary = {
+        "activity_by": by,
+        "n_treatments": int(len(activity)),
+        "n_active": int(activity["active"].sum()),
+        "nsc_accuracy": nsc.accuracy,
+        "nscb_accuracy": nsc.accuracy_nscb,
+        "n_clusters": int(len(np.unique(labels[labels >= 0]))),
+        "n_features": len(feats),
+    }
+    return AnalysisResult(activity, consistency, clusters, dr, summary)
+
+
+def analyze_files(
+    profiles_path: str,
+    consensus_path: str,
+    outputs: Mapping[str, str],
+    config: Mapping[str, Any] | None = None,
+) -> AnalysisResult:
+    """Run :func:`run_analysis` on Parquet files and write its tables with provenance.
+
+    Parameters
+    ----------
+    profiles_path, consensus_path : str
+        Well-level campaign profiles and consensus profiles (Parquet).
+    outputs : mapping
+        Paths for the keys ``activity``, ``consistency``, ``clusters`` and ``dose_response``.
+    config : mapping, optional
+        The ``analysis`` configuration section.
+    """
+    from hcsflow.io import file_checksum, make_provenance, read_table, write_table
+
+    missing = {"activity", "consistency", "clusters", "dose_response"} - set(outputs)
+    if missing:
+        raise ValueError(f"analyze_files: output path(s) missing for {sorted(missing)}")
+    result = run_analysis(read_table(profiles_path), read_table(consensus_path), config)
+    inputs = {"profiles": file_checksum(profiles_path), "consensus": file_checksum(consensus_path)}
+    summary = {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+        for k, v in result.summary.items()
+    }
+    for key in ("activity", "consistency", "clusters", "dose_response"):
+        prov = make_provenance(
+            f"analysis.{key}", dict(config or {}), inputs, extra={"summary": summary}
+        )
+        write_table(getattr(result, key), outputs[key], prov)
+    return result

@@ -1,0 +1,943 @@
+"""Flat-field and dark-field estimation and correction.
+
+A fluorescence image is modelled as ``raw = signal * flatfield + darkfield``: the flat-field is
+the multiplicative shading of the optics (vignetting, uneven illumination; mean 1), the
+dark-field the additive camera offset and stray light (raw intensity units). Both are smooth
+surfaces estimated per plate (or batch) and channel from many fields, and every image is then
+corrected in memory as ``(raw - darkfield) / flatfield``.
+
+Methods
+-------
+``basic``
+    Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
+    8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
+    split into a low-rank part shared by all fields and a sparse part (the bright specimen).
+    Per-pixel order statistics across fields (median, trimmed mean) are rank-1 surfaces
+    ``a S(x) + D(x)`` plus the offset; they are projected onto smooth surfaces (cosine series up
+    to ``max_frequency`` cycles per field). With a dark-field, its level comes, as in BaSiC,
+    from the fields' own variation (the shading contrast of a field grows linearly with its
+    brightness above the dark level), bounded by the darkest value of the stack; the dark-field
+    is modelled as a constant offset. The flat-field is the inverse-variance-weighted average
+    of the median and mean surfaces above that level.
+``mean_smooth``
+    CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
+    (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
+    trimmed), smoothed by the same low-frequency projection. No dark-field (zeros).
+``none``
+    Flat-field of ones and dark-field of zeros.
+
+Field screening
+---------------
+Before estimation, fields that would bias the estimate are left out (:func:`screen_fields`):
+
+* **blank**: the field's mean rises above its own floor (minimum of the field binned to
+  the working grid) by less than ``blank_fraction`` (default 5%) of the median of that
+  quantity over the stack -- a frame with no specimen or illumination signal (shutter closed,
+  failed acquisition, empty camera frame);
+* **saturated**: more than ``saturated_fraction`` (default 0.5%) of its pixels are at the
+  saturation level (the integer type's maximum, or ``saturation_value``), or at the stack's
+  maximum value when that value is clipped in as many pixels (12-bit cameras in 16-bit files);
+* **out of focus**: its focus score -- the variance of the Laplacian of the 2x-binned field
+  divided by that of the field binned a further 4x -- is below ``focus_fraction`` (default 0.2)
+  of the stack's median. The ratio compares fine with coarse detail, so it does not depend on
+  brightness or cell density, and a blurred field (fine detail gone, coarse detail kept) scores low.
+
+If fewer than ``min_fields`` fields remain, a :class:`IlluminationWarning` is issued and the
+``fallback`` method is used instead (``mean_smooth`` on the usable fields, or ``none``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import fft as sfft
+
+from hcsflow.io import atomic_path
+
+METHODS = ("basic", "mean_smooth", "none")
+FALLBACKS = ("mean_smooth", "none")
+
+
+class IlluminationWarning(UserWarning):
+    """Issued when an estimate falls back to a simpler method (too few usable fields)."""
+
+
+@dataclass(frozen=True)
+class ScreeningParams:
+    """Thresholds of the field screening (see the module documentation).
+
+    Attributes
+    ----------
+    blank_fraction : float
+        A field is blank when its mean above its own floor is below this fraction of the
+        stack's median of that quantity.
+    saturated_fraction : float
+        A field is saturated when more than this fraction of its pixels is saturated.
+    focus_fraction : float
+        A field is out of focus when its focus score is below this fraction of the stack's median.
+    saturation_value : float or None
+        Saturation level in raw units; ``None`` takes the maximum of the integer type.
+    """
+
+    blank_fraction: float = 0.05
+    saturated_fraction: float = 0.005
+    focus_fraction: float = 0.2
+    saturation_value: float | None = None
+
+
+@dataclass
+class FieldStats:
+    """Per-field statistics gathered while downsampling, used for screening.
+
+    Attributes
+    ----------
+    mean : ndarray of shape (N,)
+    floor : ndarray of shape (N,)
+        Minimum of each field on the working grid.
+    saturated : ndarray of shape (N,)
+        Fraction of saturated pixels of each field.
+    clipped_at_max : ndarray of shape (N,)
+        Fraction of pixels of each field equal to that field's maximum.
+    maximum : ndarray of shape (N,)
+        Maximum of each field.
+    focus : ndarray of shape (N,)
+        Focus score of each field (NaN for a constant field).
+    """
+
+    mean: np.ndarray
+    floor: np.ndarray
+    saturated: np.ndarray
+    clipped_at_max: np.ndarray
+    maximum: np.ndarray
+    focus: np.ndarray
+
+
+@dataclass
+class IlluminationResult:
+    """Result of :func:`fit`.
+
+    Attributes
+    ----------
+    flatfield : ndarray of shape (H, W), float32
+        Multiplicative shading, mean 1.
+    darkfield : ndarray of shape (H, W), float32
+        Additive offset in raw intensity units.
+    method : str
+        The method actually used (differs from the requested one after a fallback).
+    n_fields : int
+        Number of fields given.
+    used : ndarray of shape (N,), bool
+        Which fields entered the estimate.
+    excluded : dict of int to str
+        Index of each left-out field -> reason (``blank``, ``saturated``, ``out_of_focus``).
+    """
+
+    flatfield: np.ndarray
+    darkfield: np.ndarray
+    method: str
+    n_fields: int
+    used: np.ndarray
+    excluded: dict[int, str] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (method, counts, reasons of exclusion)."""
+        reasons: dict[str, int] = {}
+        for r in self.excluded.values():
+            reasons[r] = reasons.get(r, 0) + 1
+        return {
+            "method": self.method,
+            "n_fields": int(self.n_fields),
+            "n_used": int(self.used.sum()),
+            "excluded": dict(sorted(reasons.items())),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# downsampling and screening
+
+
+def _working_shape(shape: tuple[int, int], working_size: int) -> tuple[int, int]:
+    h, w = shape
+    scale = min(1.0, working_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _laplacian_var(x: torch.Tensor) -> torch.Tensor:
+    """Variance of the 4-neighbour Laplacian of each image of a (n, 1, h, w) tensor."""
+    lap = (
+        x[:, :, 1:-1, :-2]
+        + x[:, :, 1:-1, 2:]
+        + x[:, :, :-2, 1:-1]
+        + x[:, :, 2:, 1:-1]
+        - 4 * x[:, :, 1:-1, 1:-1]
+    )
+    return lap.flatten(1).var(dim=1)
+
+
+def _reduce_chunk(
+    chunk: np.ndarray, working: tuple[int, int], sat_level: float
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Downsample a chunk (k, H, W) to the working grid and gather screening statistics."""
+    t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).unsqueeze(1)
+    k = t.shape[0]
+    flat = t.view(k, -1)
+    maximum = flat.amax(dim=1)
+    sat = (flat >= sat_level).float().mean(dim=1)
+    at_max = (flat >= maximum[:, None]).float().mean(dim=1)
+    h, w = t.shape[-2:]
+    fine = F.avg_pool2d(t, 2) if min(h, w) >= 64 else t
+    coarse = F.avg_pool2d(fine, 4) if min(fine.shape[-2:]) >= 16 else fine
+    lap_fine = _laplacian_var(fine)
+    lap_coarse = _laplacian_var(coarse)
+    focus = torch.where(lap_coarse > 0, lap_fine / lap_coarse.clamp_min(1e-30), torch.nan)
+    small = F.adaptive_avg_pool2d(t, working)[:, 0]
+    stats = {
+        "mean": flat.mean(dim=1, dtype=torch.float64).numpy(),
+        "floor": small.flatten(1).amin(dim=1).double().numpy(),
+        "saturated": sat.double().numpy(),
+        "clipped_at_max": at_max.double().numpy(),
+        "maximum": maximum.double().numpy(),
+        "focus": focus.double().numpy(),
+    }
+    return small, stats
+
+
+def downsample(
+    fields: Iterable[np.ndarray],
+    *,
+    working_size: int = 128,
+    saturation_value: float | None = None,
+    names: Sequence[str] | None = None,
+    chunk: int = 16,
+) -> tuple[np.ndarray, FieldStats, tuple[int, int]]:
+    """Downsample fields to the working grid (area averaging) and gather screening statistics.
+
+    Fields are consumed one chunk at a time, so a generator that reads files keeps memory
+    bounded by ``chunk`` full-size images.
+
+    Parameters
+    ----------
+    fields : iterable of ndarray of shape (H, W)
+        The fields (any real dtype); all must have the same shape.
+    working_size : int
+        Longest side of the working grid; smaller images are kept at full size.
+    saturation_value : float, optional
+        Saturation level in raw units; default the integer dtype's maximum (none for floats).
+    names : sequence of str, optional
+        A name per field (file path) used in error messages.
+    chunk : int
+        Number of full-size fields processed at once.
+
+    Returns
+    -------
+    small : ndarray of shape (N, h, w), float32
+        The downsampled stack.
+    stats : FieldStats
+        Screening statistics per field.
+    shape : tuple of int
+        The full-size shape ``(H, W)``.
+    """
+    shape: tuple[int, int] | None = None
+    working: tuple[int, int] = (0, 0)
+    sat_level = np.inf if saturation_value is None else float(saturation_value)
+    smalls: list[torch.Tensor] = []
+    parts: list[dict[str, np.ndarray]] = []
+    buf: list[np.ndarray] = []
+
+    def name(i: int) -> str:
+        return str(names[i]) if names is not None and i < len(names) else f"field {i}"
+
+    def flush() -> None:
+        if buf:
+            small, stats = _reduce_chunk(np.stack(buf), working, sat_level)
+            smalls.append(small)
+            parts.append(stats)
+            buf.clear()
+
+    for i, img in enumerate(fields):
+        img = np.asarray(img)
+        if img.ndim != 2:
+            raise ValueError(f"{name(i)} has shape {img.shape}; expected a 2-D field (H, W)")
+        if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+            raise ValueError(f"{name(i)} has dtype {img.dtype}; expected real numbers")
+        if shape is None:
+            shape = (int(img.shape[0]), int(img.shape[1]))
+            working = _working_shape(shape, working_size)
+            if saturation_value is None and np.issubdtype(img.dtype, np.integer):
+                sat_level = float(np.iinfo(img.dtype).max)
+        elif img.shape != shape:
+            raise ValueError(
+                f"{name(i)} has shape {img.shape}, but the other fields of the stack have {shape}"
+            )
+        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+            raise ValueError(f"{name(i)} contains NaN or infinite values")
+        buf.append(img)
+        if len(buf) >= chunk:
+            flush()
+    flush()
+    if shape is None:
+        raise ValueError("no fields given: the stack is empty")
+    small = torch.cat(smalls).numpy()
+    stats = FieldStats(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return small, stats, shape
+
+
+def screen_fields(stats: FieldStats, params: ScreeningParams = ScreeningParams()) -> dict[int, str]:
+    """Decide which fields to leave out of the estimate.
+
+    Parameters
+    ----------
+    stats : FieldStats
+        Statistics from :func:`downsample`.
+    params : ScreeningParams
+        Thresholds.
+
+    Returns
+    -------
+    dict of int to str
+        Index of each excluded field -> ``"blank"``, ``"saturated"`` or ``"out_of_focus"``
+        (the first criterion that applies, in that order).
+    """
+    n = len(stats.mean)
+    signal = stats.mean - stats.floor
+    ref = float(np.median(signal)) if n else 0.0
+    blank = ~(signal > params.blank_fraction * ref) | (ref <= 0)
+    global_max = float(stats.maximum.max()) if n else 0.0
+    clipped = np.where(stats.maximum >= global_max, stats.clipped_at_max, 0.0)
+    saturated = np.maximum(stats.saturated, clipped) > params.saturated_fraction
+    keep = ~blank & ~saturated
+    focus = stats.focus
+    finite = keep & np.isfinite(focus)
+    fref = float(np.median(focus[finite])) if finite.any() else np.nan
+    out_of_focus = np.isfinite(fref) & ~(focus >= params.focus_fraction * fref)
+    excluded: dict[int, str] = {}
+    for i in range(n):
+        if blank[i]:
+            excluded[i] = "blank"
+        elif saturated[i]:
+            excluded[i] = "saturated"
+        elif out_of_focus[i]:
+            excluded[i] = "out_of_focus"
+    return excluded
+
+
+# --------------------------------------------------------------------------------------------
+# smooth surfaces: low-frequency cosine series
+
+
+def _lowpass_mask(shape: tuple[int, int], max_frequency: float) -> np.ndarray:
+    """Boolean mask of the DCT-II coefficients kept (radial cutoff in cycles per field)."""
+    h, w = shape
+    u = np.arange(h)[:, None] / 2.0  # DCT index u is u/2 cycles across the field
+    v = np.arange(w)[None, :] / 2.0
+    return (u**2 + v**2) <= max_frequency**2
+
+
+def _coeffs(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return sfft.dctn(img.astype(np.float64), norm="ortho") * mask
+
+
+def _surface(coef: np.ndarray) -> np.ndarray:
+    return sfft.idctn(coef, norm="ortho")
+
+
+def _evaluate(coef: np.ndarray, small_shape: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Evaluate a cosine series fitted on the working grid at every pixel of the full grid.
+
+    The working grid cell ``i`` covers full-size pixels ``[i*H/h, (i+1)*H/h)``; a full-size
+    pixel centre ``Y`` sits at working coordinate ``(Y + 0.5) * h / H - 0.5``.
+    """
+    (h, w), (hh, ww) = small_shape, shape
+    rows = np.flatnonzero(np.abs(coef).sum(axis=1) > 0)
+    cols = np.flatnonzero(np.abs(coef).sum(axis=0) > 0)
+    if rows.size == 0:
+        return np.zeros(shape)
+    ku, kv = rows.max() + 1, cols.max() + 1
+
+    def basis(n_small: int, n_full: int, k: int) -> np.ndarray:
+        y = (np.arange(n_full) + 0.5) * n_small / n_full - 0.5
+        u = np.arange(k)
+        b = np.cos(np.pi * u[None, :] * (2 * y[:, None] + 1) / (2 * n_small))
+        b *= np.sqrt(2.0 / n_small)
+        b[:, 0] = np.sqrt(1.0 / n_small)
+        return b
+
+    by = basis(h, hh, ku)
+    bx = basis(w, ww, kv)
+    return by @ coef[:ku, :kv] @ bx.T
+
+
+# --------------------------------------------------------------------------------------------
+# estimators on the working grid
+
+
+def _fit_basic(
+    small: np.ndarray,
+    *,
+    darkfield: bool,
+    max_frequency: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
+
+    Model (BaSiC): ``X_n(x) = b_n(x) S(x) + D(x)``, the specimen ``b_n(x)`` being a smooth
+    background plus sparse bright objects whose distribution over fields is the same at every
+    pixel. Then the per-pixel quantile across fields ``Q_q(x) = a_q S(x) + D(x)`` (rank 1 plus
+    offset: the low-rank part) and the lower quantiles ignore the sparse objects (the sparse
+    part). Steps:
+
+    1. ``M`` = the median across fields at each pixel, projected onto smooth surfaces
+       (cosine series up to ``max_frequency`` cycles per field): ``M = a S + D``.
+    2. Without a dark-field, ``S = M / mean(M)``.
+    3. With a dark-field (modelled as a constant offset ``d0``), the offset comes from the
+       fields' own variation, as in BaSiC's regression of shading contrast on brightness: the
+       contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with its
+       mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
+       that regression (iterated with ``S = (M - d0) / mean(M - d0)``), bounded to ``[0, min X]``
+       because the dark level cannot exceed the darkest value of the stack.
+    4. The flat-field is the inverse-variance-weighted average of the median and the (top-2 %
+       trimmed) mean surfaces above ``d0`` (:func:`_combine_surfaces`).
+
+    Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw units).
+    """
+    n, h, w = small.shape
+    p = h * w
+    X = torch.from_numpy(np.ascontiguousarray(small.reshape(n, p), dtype=np.float32))
+    median = X.median(dim=0).values.double().numpy()
+    mask = _lowpass_mask((h, w), max_frequency)
+    sqrt_p = np.sqrt(p)
+    m_coef = _coeffs(median.reshape(h, w), mask)
+    if not darkfield:
+        if not m_coef[0, 0] > 0:
+            raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
+        return m_coef / (m_coef[0, 0] / sqrt_p), np.zeros_like(m_coef)
+    # offset from the fields' own variation: the shading contrast of a field grows with its
+    # brightness above the dark level (BaSiC's regression of contrast on brightness)
+    Xd = X.double()
+    m_n = Xd.mean(dim=1).numpy()
+    # the dark level cannot exceed the darkest value of the (downsampled) stack
+    upper = float(X.min())
+    d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
+    for _ in range(10):
+        u = _surface(m_coef).ravel() - d0
+        if not u.mean() > 0:
+            break
+        u = u / u.mean() - 1.0
+        c_n = (Xd @ torch.from_numpy(u)).numpy() / p
+        A = np.stack([m_n, np.ones_like(m_n)], axis=1)
+        (slope, icpt), *_ = np.linalg.lstsq(A, c_n, rcond=None)
+        if not slope > 0:
+            break
+        new = float(np.clip(-icpt / slope, 0.0, upper))
+        if abs(new - d0) < 1e-3 * max(1.0, abs(d0)):
+            d0 = new
+            break
+        d0 = new
+    d_coef = np.zeros_like(m_coef)
+    d_coef[0, 0] = d0 * sqrt_p
+    s_coef = _combine_surfaces(X, d0, mask, (h, w), uncertainty=max(2.0, 0.02 * d0))
+    return s_coef, d_coef
+
+
+def _robust_mean(X: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean across fields without the brightest 2% (debris, saturated spots)."""
+    n = X.shape[0]
+    k = max(1, n - int(np.ceil(0.02 * n)))
+    return X.sort(dim=0).values[:k].mean(dim=0)
+
+
+def _combine_surfaces(
+    X: torch.Tensor,
+    d0: float,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    uncertainty: float,
+) -> np.ndarray:
+    """Flat-field coefficients from the median and the mean surfaces above the dark level.
+
+    The median surface follows the background (precise, but a small background above a large
+    dark level leaves it at the mercy of the dark level's error); the mean surface follows the
+    specimen as well (a larger signal above the dark level, but noisier). Each is scored by
+    its split-half noise (fields at even versus odd positions) plus the relative error that
+    ``uncertainty`` raw units of dark level cause, and they are averaged with inverse-variance
+    weights.
+    """
+    h, w = shape
+    sqrt_p = np.sqrt(h * w)
+    parts = []
+    for stat in (lambda t: t.median(dim=0).values, _robust_mean):
+        coefs = []
+        for sub in (X, X[0::2], X[1::2]):
+            c = _coeffs(stat(sub).double().numpy().reshape(h, w) - d0, mask)
+            coefs.append(c)
+        amp = coefs[0][0, 0] / sqrt_p
+        if not amp > 0 or X.shape[0] < 4:
+            parts.append((coefs[0], np.inf if not amp > 0 else 1.0))
+            continue
+        norm = [c / (c[0, 0] / sqrt_p) for c in coefs]
+        noise = float(np.sqrt(np.sum((norm[1] - norm[2]) ** 2) / (h * w))) / 2
+        err2 = noise**2 + (uncertainty / amp) ** 2
+        parts.append((norm[0], err2))
+    finite = [(c, e) for c, e in parts if np.isfinite(e)]
+    if not finite:
+        raise ValueError("the fields have no signal above the dark level")
+    wsum = sum(1.0 / max(e, 1e-12) for _, e in finite)
+    coef = sum(c / (c[0, 0] / sqrt_p) / max(e, 1e-12) for c, e in finite) / wsum
+    return coef / (coef[0, 0] / sqrt_p)
+
+
+def _fit_mean_smooth(
+    small: np.ndarray, *, max_frequency: float, trim: float = 0.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trimmed per-pixel mean of median-scaled fields, projected onto a smooth surface."""
+    n, h, w = small.shape
+    X = torch.from_numpy(small.reshape(n, -1))
+    med = X.median(dim=1).values.clamp_min(1e-6)
+    X = X / med[:, None]
+    k = int(np.floor(trim * n))
+    if k > 0 and n - 2 * k >= 1:
+        X = X.sort(dim=0).values[k : n - k]
+    mean = X.mean(dim=0).double().numpy().reshape(h, w)
+    coef = _coeffs(mean, _lowpass_mask((h, w), max_frequency))
+    m = coef[0, 0] / np.sqrt(h * w)  # mean of the surface
+    if not m > 0:
+        raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
+    return coef / m, np.zeros_like(coef)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def fit(
+    stack: np.ndarray | Iterable[np.ndarray],
+    method: str = "basic",
+    *,
+    darkfield: bool = True,
+    working_size: int = 64,
+    max_frequency: float = 4.0,
+    min_fields: int = 10,
+    fallback: str = "mean_smooth",
+    screen: bool = True,
+    screening: ScreeningParams = ScreeningParams(),
+    names: Sequence[str] | None = None,
+) -> IlluminationResult:
+    """Estimate flat-field and dark-field from many fields, with screening and fallback.
+
+    Parameters
+    ----------
+    stack : ndarray of shape (N, H, W), or iterable of ndarray of shape (H, W)
+        The fields of one channel (raw intensities, any real dtype). An iterable (e.g. a
+        generator reading files) is consumed in chunks, so memory stays bounded.
+    method : {"basic", "mean_smooth", "none"}
+        Estimator (see the module documentation).
+    darkfield : bool
+        Estimate a dark-field (``basic`` only); otherwise the dark-field is zero.
+    working_size : int
+        Longest side of the grid the fields are downsampled to before fitting.
+    max_frequency : float
+        Highest spatial frequency kept in the surfaces, in cycles per field (radial cutoff of
+        the cosine series); lower is smoother.
+    min_fields : int
+        Fewest usable fields for ``method``; below it, warn and use ``fallback``.
+    fallback : {"mean_smooth", "none"}
+        Method used when too few fields are usable (``mean_smooth`` needs at least one).
+    screen : bool
+        Leave blank, saturated and out-of-focus fields out (see :func:`screen_fields`).
+    screening : ScreeningParams
+        Screening thresholds.
+    names : sequence of str, optional
+        Name (file path) of each field, used in error and warning messages.
+
+    Returns
+    -------
+    IlluminationResult
+        ``flatfield`` and ``darkfield`` of shape (H, W), float32, and a record of the fields used.
+
+    Raises
+    ------
+    ValueError
+        Unknown method or fallback, an empty stack, a field that is not 2-D, whose shape
+        differs from the others (naming the file when ``names`` is given) or that holds NaN.
+    """
+    if method not in METHODS:
+        raise ValueError(f"illumination method {method!r} is not one of {METHODS}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"illumination fallback {fallback!r} is not one of {FALLBACKS}")
+    if isinstance(stack, np.ndarray) and stack.ndim != 3:
+        raise ValueError(f"stack has shape {stack.shape}; expected (N, H, W)")
+    small, stats, shape = downsample(
+        stack,
+        working_size=working_size,
+        saturation_value=screening.saturation_value,
+        names=names,
+    )
+    n = small.shape[0]
+    excluded = screen_fields(stats, screening) if screen else {}
+    used = np.ones(n, dtype=bool)
+    used[list(excluded)] = False
+    n_used = int(used.sum())
+    chosen = method
+    if method != "none" and n_used < min_fields:
+        chosen = fallback if (fallback == "none" or n_used >= 1) else "none"
+        warnings.warn(
+            f"only {n_used} of {n} fields are usable for the {method!r} illumination estimate "
+            f"(min_fields={min_fields}; excluded: {_count(excluded)}); using {chosen!r} instead",
+            IlluminationWarning,
+            stacklevel=2,
+        )
+    if chosen == "none":
+        return IlluminationResult(
+            np.ones(shape, np.float32), np.zeros(shape, np.float32), "none", n, used, excluded
+        )
+    sub = small[used]
+    if chosen == "basic":
+        s_coef, d_coef = _fit_basic(
+            sub,
+            darkfield=darkfield,
+            max_frequency=max_frequency,
+        )
+    else:
+        s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)
+    flat = _evaluate(s_coef, small.shape[1:], shape)
+    flat = flat / flat.mean()
+    # a flat-field must stay positive; clip pathological fits far below the mean
+    flat = np.maximum(flat, 0.05).astype(np.float32)
+    dark = _evaluate(d_coef, small.shape[1:], shape).astype(np.float32)
+    return IlluminationResult(flat, dark, chosen, n, used, excluded)
+
+
+def estimate(
+    stack: np.ndarray | Iterable[np.ndarray],
+    method: str = "basic",
+    *,
+    darkfield: bool = True,
+    **kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate the flat-field and dark-field of a stack of fields.
+
+    Parameters
+    ----------
+    stack : ndarray of shape (N, H, W), or iterable of ndarray of shape (H, W)
+        The fields of one channel, raw intensities.
+    method : {"basic", "mean_smooth", "none"}
+        Estimator (see the module documentation).
+    darkfield : bool
+        Estimate a dark-field (``basic``); otherwise it is zero.
+    **kwargs
+        Further options of :func:`fit` (``working_size``, ``max_frequency``, ``min_fields``,
+        ``fallback``, ``screen``, ``screening``, ``names``, ...).
+
+    Returns
+    -------
+    flatfield : ndarray of shape (H, W), float32
+        Mean 1.
+    darkfield : ndarray of shape (H, W), float32
+        Raw intensity units.
+    """
+    res = fit(stack, method, darkfield=darkfield, **kwargs)
+    return res.flatfield, res.darkfield
+
+
+def estimate_from_files(
+    paths: Sequence[str | os.PathLike[str]],
+    method: str = "basic",
+    *,
+    read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+    **kwargs: Any,
+) -> IlluminationResult:
+    """Estimate from image files, reading them one chunk at a time.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        One image file per field (single channel).
+    method : str
+        As in :func:`fit`.
+    read : callable, optional
+        Reads one file into an ndarray of shape (H, W); default :func:`hcsflow.io.read_image`.
+    **kwargs
+        Options of :func:`fit`.
+    """
+    if read is None:
+        from hcsflow.io import read_image as read
+    names = [str(p) for p in paths]
+    return fit((read(p) for p in paths), method, names=names, **kwargs)
+
+
+def correct(
+    image: np.ndarray,
+    flatfield: np.ndarray,
+    darkfield: np.ndarray | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Correct an image: ``(image - darkfield) / flatfield`` in float32.
+
+    Parameters
+    ----------
+    image : ndarray of shape (..., H, W)
+        Raw image(s), any real dtype; not modified.
+    flatfield : ndarray of shape (H, W)
+        Multiplicative shading (positive).
+    darkfield : ndarray of shape (H, W), optional
+        Additive offset in raw units; ``None`` means zero.
+    out : ndarray of shape (..., H, W), float32, optional
+        Where to write the result.
+
+    Returns
+    -------
+    ndarray of shape (..., H, W), float32
+    """
+    image = np.asarray(image)
+    if image.shape[-2:] != np.shape(flatfield) or (
+        darkfield is not None and np.shape(darkfield) != np.shape(flatfield)
+    ):
+        raise ValueError(
+            f"image of shape {image.shape} does not match flat-field {np.shape(flatfield)}"
+            + ("" if darkfield is None else f" / dark-field {np.shape(darkfield)}")
+        )
+    flat = np.asarray(flatfield, dtype=np.float32)
+    if out is None:
+        out = np.empty(image.shape, dtype=np.float32)
+    if darkfield is None:
+        np.copyto(out, image, casting="unsafe")
+    else:
+        np.subtract(image, np.asarray(darkfield, dtype=np.float32), out=out, dtype=np.float32)
+    np.divide(out, flat, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def save(
+    path: str | os.PathLike[str],
+    flatfield: np.ndarray,
+    darkfield: np.ndarray,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``flatfield``, ``darkfield`` (float32) and ``meta`` (JSON) to an npz file, atomically.
+
+    The archive has fixed timestamps, so equal inputs give byte-identical files.
+
+    Parameters
+    ----------
+    path : path
+        Destination ``.npz`` file.
+    flatfield, darkfield : ndarray of shape (H, W)
+    meta : mapping, optional
+        JSON-serialisable description (method, fields used, configuration).
+    """
+    flat = np.asarray(flatfield, dtype=np.float32)
+    dark = np.asarray(darkfield, dtype=np.float32)
+    if flat.ndim != 2 or flat.shape != dark.shape:
+        raise ValueError(
+            f"cannot save {path}: flat-field {flat.shape} and dark-field {dark.shape} must be "
+            "2-D of the same shape"
+        )
+    arrays = {
+        "flatfield": flat,
+        "darkfield": dark,
+        "meta": np.array(json.dumps(dict(meta or {}), sort_keys=True, default=str)),
+    }
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
+
+
+def load(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a file written by :func:`save`.
+
+    Returns
+    -------
+    flatfield, darkfield : ndarray of shape (H, W), float32
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat, dark = z["flatfield"], z["darkfield"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read illumination file {path}: {exc}") from exc
+    return flat.astype(np.float32, copy=False), dark.astype(np.float32, copy=False)
+
+
+def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta`` record stored by :func:`save` (``{}`` if absent)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])) if "meta" in z.files else {}
+
+
+def plot(
+    path: str | os.PathLike[str],
+    flatfield: np.ndarray,
+    darkfield: np.ndarray,
+    title: str = "",
+) -> None:
+    """Write a PNG with the flat-field and dark-field side by side, atomically.
+
+    Parameters
+    ----------
+    path : path
+        Destination ``.png`` file.
+    flatfield, darkfield : ndarray of shape (H, W)
+    title : str
+        Figure title (e.g. plate and channel).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.6), dpi=100)
+    axes = fig.subplots(1, 2)
+    for ax, img, label, cmap in (
+        (axes[0], flatfield, "flat-field (mean 1)", "viridis"),
+        (axes[1], darkfield, "dark-field (raw units)", "magma"),
+    ):
+        im = ax.imshow(np.asarray(img), cmap=cmap)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def _count(excluded: Mapping[int, str]) -> str:
+    reasons: dict[str, int] = {}
+    for r in excluded.values():
+        reasons[r] = reasons.get(r, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())) or "none"
+
+
+# --------------------------------------------------------------------------------------------
+# manifests
+
+
+def sample_fields(manifest: pd.DataFrame, max_fields: int, seed: int = 0) -> pd.DataFrame:
+    """A deterministic sample of up to ``max_fields`` fields of a manifest.
+
+    Rows are first put in plate, well, site order, so the sample does not depend on the order
+    of the manifest; then ``max_fields`` of them are drawn uniformly without replacement with a
+    seeded generator and returned in that order.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        One row per field (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ...).
+    max_fields : int
+        Largest sample size (>= 1).
+    seed : int
+        Seed of the draw.
+    """
+    if max_fields < 1:
+        raise ValueError(f"illumination.max_fields must be >= 1, got {max_fields}")
+    keys = [k for k in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if k in manifest]
+    ordered = manifest.sort_values(keys, kind="stable").reset_index(drop=True)
+    if len(ordered) <= max_fields:
+        return ordered
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(ordered), size=max_fields, replace=False))
+    return ordered.iloc[idx].reset_index(drop=True)
+
+
+def estimate_from_manifest(
+    manifest: pd.DataFrame,
+    channel: str,
+    method: str = "basic",
+    *,
+    max_fields: int = 200,
+    seed: int = 0,
+    read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+    **kwargs: Any,
+) -> IlluminationResult:
+    """Estimate one channel's flat-field and dark-field from a sample of a manifest's fields.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Manifest rows (one plate, or several plates of a batch) with ``PathName_<channel>``
+        and ``FileName_<channel>``.
+    channel : str
+        Channel name.
+    method : str
+        As in :func:`fit`.
+    max_fields, seed : int
+        Sample size and seed (:func:`sample_fields`).
+    read : callable, optional
+        Image reader; default :func:`hcsflow.io.read_image`.
+    **kwargs
+        Options of :func:`fit`.
+    """
+    cols = [f"PathName_{channel}", f"FileName_{channel}"]
+    missing = [c for c in cols if c not in manifest]
+    if missing:
+        raise ValueError(f"the manifest has no column {missing[0]} for channel {channel!r}")
+    if len(manifest) == 0:
+        raise ValueError(f"the manifest has no fields to estimate channel {channel!r} from")
+    rows = sample_fields(manifest, max_fields, seed)
+    paths = [Path(p) / f for p, f in zip(rows[cols[0]], rows[cols[1]], strict=True)]
+    return estimate_from_files(paths, method, read=read, **kwargs)
+
+
+def write_corrected(
+    manifest: pd.DataFrame,
+    profiles: Mapping[str, str | os.PathLike[str]],
+    folder: str | os.PathLike[str],
+    read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+) -> int:
+    """Write a corrected float32 TIFF of every field and channel of a manifest.
+
+    Files are named like the raw ones (suffix replaced by ``.tif``) inside ``folder``, each
+    written atomically. Returns the number of images written.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Manifest rows with ``PathName_<ch>`` and ``FileName_<ch>``.
+    profiles : mapping of str to path
+        Channel name -> npz file written by :func:`save`.
+    folder : path
+        Output folder (created).
+    read : callable, optional
+        Image reader; default :func:`hcsflow.io.read_image`.
+    """
+    import tifffile
+
+    if read is None:
+        from hcsflow.io import read_image as read
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for ch, path in sorted(profiles.items()):
+        flat, dark = load(path)
+        for pn, fn in zip(manifest[f"PathName_{ch}"], manifest[f"FileName_{ch}"], strict=True):
+            img = read(Path(pn) / fn)
+            if img.shape != flat.shape:
+                raise ValueError(
+                    f"image {Path(pn) / fn} has shape {img.shape}, but the {ch} flat-field "
+                    f"{path} has {flat.shape}"
+                )
+            with atomic_path(folder / (Path(fn).stem + ".tif")) as tmp:
+                tifffile.imwrite(tmp, correct(img, flat, dark), compression="zlib")
+            n += 1
+    return n

@@ -1,0 +1,50 @@
+# Illumination: per plate x channel flat-field and dark-field, estimated from a deterministic
+# sample of fields (of the plate, or of every plate of its batch) and applied in memory by the
+# later stages (segmentation, features) through illumination_inputs(plate).
+
+
+rule illumination:
+    input:
+        manifests=lambda wc: [
+            f"{RESULTS}/manifest/{p}.parquet" for p in illumination_group(wc.plate)
+        ],
+    output:
+        npz=f"{RESULTS}/illumination/{{plate}}/{{channel}}.npz",
+        png=f"{RESULTS}/illumination/{{plate}}/{{channel}}.png",
+    log:
+        f"{LOGS}/illumination/{{plate}}_{{channel}}.log",
+    benchmark:
+        f"{BENCH}/illumination/{{plate}}_{{channel}}.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        plates=lambda wc: illumination_group(wc.plate),
+        illumination=config["illumination"],
+    script:
+        "../workflow_scripts/illumination.py"
+
+
+rule illumination_corrected:
+    input:
+        manifest=f"{RESULTS}/manifest/{{plate}}.parquet",
+        npz=lambda wc: list(illumination_inputs(wc.plate).values()),
+    output:
+        folder=directory(f"{RESULTS}/illumination/{{plate}}/corrected"),
+    log:
+        f"{LOGS}/illumination/{{plate}}_corrected.log",
+    benchmark:
+        f"{BENCH}/illumination/{{plate}}_corrected.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        channels=lambda wc: list(illumination_inputs(wc.plate)),
+    script:
+        "../workflow_scripts/illumination_correct.py"

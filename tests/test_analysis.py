@@ -1,0 +1,270 @@
+"""Tests of hcsflow.analysis: activity and consistency mAP, NSC accuracy, UMAP, clustering."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# umap-learn compiles its numba functions on first use (~30 s); a cache shared by the test
+# process and the workflow subprocesses it starts compiles them once.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "hcsflow-numba"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from hcsflow import analysis as A  # noqa: E402
+
+
+def make_screen(
+    seed: int = 0,
+    n_features: int = 40,
+    n_moa: int = 3,
+    compounds_per_moa: int = 2,
+    doses: tuple[float, ...] = (1.0, 3.0, 10.0),
+    replicates: int = 3,
+    n_negcon: int = 24,
+    effect: float = 3.0,
+    n_inactive: int = 1,
+) -> pd.DataFrame:
+    """Well profiles: negcon ~ N(0, 1); a compound adds dose-scaled shift along its MoA."""
+    rng = np.random.default_rng(seed)
+    moa_dirs = rng.normal(size=(n_moa, n_features))
+    moa_dirs /= np.linalg.norm(moa_dirs, axis=1, keepdims=True)
+    rows, x = [], []
+    for i in range(n_negcon):
+        rows.append(
+            dict(
+                Metadata_Compound="DMSO",
+                Metadata_Dose=0.0,
+                Metadata_Role="negcon",
+                Metadata_MoA=None,
+                Metadata_Plate=f"P{i % 2}",
+            )
+        )
+        x.append(rng.normal(size=n_features))
+    comps = [(f"C{m}{c}", f"moa{m}", m) for m in range(n_moa) for c in range(compounds_per_moa)]
+    comps += [(f"INACT{i}", "none", -1) for i in range(n_inactive)]
+    for name, moa, m in comps:
+        own = rng.normal(size=n_features) * 0.3 / np.sqrt(n_features)  # compound-specific
+        for d in doses:
+            scale = effect * np.log10(d * 10) / 2
+            for r in range(replicates):
+                rows.append(
+                    dict(
+                        Metadata_Compound=name,
+                        Metadata_Dose=d,
+                        Metadata_Role="trt",
+                        Metadata_MoA=moa,
+                        Metadata_Plate=f"P{r % 2}",
+                    )
+                )
+                shift = 0.0 if m < 0 else scale * (moa_dirs[m] + own) * np.sqrt(n_features)
+                x.append(rng.normal(size=n_features) + shift)
+    meta = pd.DataFrame(rows)
+    meta["Metadata_Well"] = [f"{chr(65 + i // 24)}{i % 24 + 1:02d}" for i in range(len(meta))]
+    feats = pd.DataFrame(np.array(x), columns=[f"Cells_F_{j:03d}" for j in range(n_features)])
+    return pd.concat([meta, feats], axis=1)
+
+
+def consensus_of(profiles: pd.DataFrame) -> pd.DataFrame:
+    feats = A.feature_columns(profiles)
+    keys = ["Metadata_Compound", "Metadata_Dose"]
+    med = profiles.groupby(keys, sort=True)[feats].median()
+    meta = profiles.groupby(keys, sort=True)[["Metadata_Role", "Metadata_MoA"]].first()
+    return meta.join(med).reset_index()
+
+
+@pytest.fixture(scope="module")
+def screen() -> pd.DataFrame:
+    return make_screen()
+
+
+def test_activity_real_shift_vs_negcon_drawn(screen):
+    df = screen.copy()
+    # a fake compound made of negcon wells: must look like chance
+    neg_idx = df.index[df["Metadata_Role"] == "negcon"][:4]
+    df.loc[neg_idx, ["Metadata_Compound", "Metadata_Role"]] = ["FAKE", "trt"]
+    df.loc[neg_idx, "Metadata_Dose"] = 1.0
+    before = df.copy()
+    act = A.phenotypic_activity(df, null_size=2000, seed=1)
+    pd.testing.assert_frame_equal(df, before)  # input untouched
+    hi = act[(act.Metadata_Compound == "C00") & (act.Metadata_Dose == 10.0)].iloc[0]
+    assert hi.mean_average_precision > 0.9
+    assert hi.q_value < 0.05 and hi.active
+    fake = act[act.Metadata_Compound == "FAKE"].iloc[0]
+    assert fake.n_replicates == 4
+    assert fake.mean_average_precision < 0.6
+    assert fake.q_value > 0.05 and not fake.active
+    inact = act[act.Metadata_Compound == "INACT0"]
+    assert not inact.active.any()
+    # every real compound at top dose is active; negcon never appears as a treatment
+    assert act[(act.Metadata_Dose == 10.0) & act.Metadata_Compound.str.startswith("C")].active.all()
+    assert "DMSO" not in set(act.Metadata_Compound)
+    assert (act.q_value >= act.p_value - 1e-12).all()
+    # negcon distance ~1 for negcon-like, large for shifted
+    assert fake.negcon_distance < 1.5 < hi.negcon_distance
+
+
+def test_activity_deterministic_and_single_replicate(screen):
+    a = A.phenotypic_activity(screen, null_size=1000, seed=3)
+    b = A.phenotypic_activity(screen, null_size=1000, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    one = screen.drop(screen.index[(screen.Metadata_Compound == "C10")][1:])
+    act = A.phenotypic_activity(one, null_size=1000)
+    row = act[act.Metadata_Compound == "C10"].iloc[0]
+    assert row.n_replicates == 1 and np.isnan(row.mean_average_precision) and not row.active
+
+
+def test_activity_errors(screen):
+    with pytest.raises(ValueError, match="negative-control"):
+        A.phenotypic_activity(screen.assign(Metadata_Role="trt"))
+    bad = screen.copy()
+    bad.loc[3, "Cells_F_001"] = np.nan
+    with pytest.raises(ValueError, match="Cells_F_001"):
+        A.phenotypic_activity(bad)
+    with pytest.raises(ValueError, match="distance"):
+        A.phenotypic_activity(screen, distance="hamming")
+
+
+def test_hierarchical_fdr(screen):
+    act = A.phenotypic_activity(screen, null_size=1000, fdr="hierarchical")
+    assert act[(act.Metadata_Dose == 10.0) & act.Metadata_Compound.str.startswith("C")].active.all()
+    assert not act[act.Metadata_Compound == "INACT0"].active.any()
+
+
+def test_moa_consistency(screen):
+    cons = consensus_of(screen)
+    cons = cons[cons.Metadata_Compound != "INACT0"]
+    res = A.moa_consistency(cons, null_size=2000)
+    assert list(res.Metadata_MoA) == ["moa0", "moa1", "moa2"]
+    assert (res.n_compounds == 2).all() and (res.n_profiles == 6).all()
+    assert (res.mean_average_precision > 0.8).all() and res.consistent.all()
+    # shuffled MoA labels across compounds: consistency collapses
+    shuf = cons.copy()
+    lab = {"C00": "moa0", "C01": "moa1", "C10": "moa2", "C11": "moa0", "C20": "moa1", "C21": "moa2"}
+    shuf["Metadata_MoA"] = shuf.Metadata_Compound.map(lab)
+    res2 = A.moa_consistency(shuf, null_size=2000)
+    assert (res2.mean_average_precision < 0.7).all() and not res2.consistent.any()
+
+
+def test_nsc_hand_made():
+    # 4 compounds, 2 MoAs. Each compound's nearest profile overall is its own other dose;
+    # excluding the same compound, A's nearest is B (same MoA) and C's nearest is A
+    # (wrong MoA), D's nearest is C.
+    x = np.array(
+        [
+            [1.0, 0.0, 0.0],  # A d1  moa X
+            [1.0, 0.01, 0.0],  # A d2
+            [0.9, 0.3, 0.0],  # B  moa X
+            [0.7, 0.0, 0.7],  # C  moa Y  -> nearest other compound: A (0.707) vs D (0.6?)
+            [0.0, 0.0, 1.0],  # D  moa Y
+        ]
+    )
+    df = pd.DataFrame(x, columns=["f1", "f2", "f3"])
+    df["Metadata_Compound"] = ["A", "A", "B", "C", "D"]
+    df["Metadata_MoA"] = ["X", "X", "X", "Y", "Y"]
+    res = A.nsc_accuracy(df, batch_column=None)
+    p = res.predictions
+    assert list(p.neighbor_compound) == ["B", "B", "A", "A", "C"]
+    assert list(p.correct) == [True, True, True, False, True]
+    assert res.accuracy == pytest.approx(4 / 5)
+    assert np.isnan(res.accuracy_nscb)
+    # with batches: A and B share a batch, so under NSCB A's neighbour must be C
+    df["Metadata_Batch"] = ["b1", "b1", "b1", "b2", "b2"]
+    res = A.nsc_accuracy(df)
+    assert list(res.predictions.predicted_moa_nscb) == ["Y", "Y", "Y", "X", "X"]
+    assert res.accuracy_nscb == 0.0
+
+
+def test_nsc_on_screen(screen):
+    cons = consensus_of(screen)
+    res = A.nsc_accuracy(cons[cons.Metadata_Compound != "INACT0"])
+    assert res.accuracy == 1.0
+    # the same-compound neighbour is never used
+    assert (res.predictions.neighbor_compound != res.predictions.Metadata_Compound).all()
+
+
+def test_umap_and_cluster_deterministic(screen):
+    cons = consensus_of(screen)
+    cons = cons[cons.Metadata_Role == "trt"].reset_index(drop=True)
+    e1 = A.embed_umap(cons, seed=7, n_neighbors=5)
+    e2 = A.embed_umap(cons, seed=7, n_neighbors=5)
+    assert list(e1.columns) == ["UMAP_1", "UMAP_2"] and len(e1) == len(cons)
+    np.testing.assert_array_equal(e1.to_numpy(), e2.to_numpy())
+    l1 = A.cluster(e1.to_numpy(), "hdbscan", min_cluster_size=3)
+    l2 = A.cluster(e2.to_numpy(), "hdbscan", min_cluster_size=3)
+    np.testing.assert_array_equal(l1, l2)
+    x = cons[A.feature_columns(cons)].to_numpy()
+    h = A.cluster(x, "hierarchical", n_clusters=4)
+    assert set(h) == {0, 1, 2, 3}
+    from sklearn.metrics import adjusted_rand_score
+
+    top = (cons.Metadata_Dose >= 3.0) & (cons.Metadata_MoA != "none")
+    hx = A.cluster(x[top.to_numpy()], "hierarchical", n_clusters=3)
+    assert adjusted_rand_score(cons.Metadata_MoA[top], hx) == 1.0
+    with pytest.raises(ValueError, match="method"):
+        A.cluster(x, "kmeans")
+
+
+def test_nearest_neighbors_exclude_same_compound(screen):
+    cons = consensus_of(screen)
+    nn = A.nearest_neighbors(cons, k=2)
+    assert (nn["Metadata_Neighbor_1"] != cons["Metadata_Compound"]).all()
+    assert (nn["Metadata_Neighbor_2"] != cons["Metadata_Compound"]).all()
+    assert (nn["Metadata_Neighbor_1_Similarity"] >= nn["Metadata_Neighbor_2_Similarity"]).all()
+    c00 = nn[(cons.Metadata_Compound == "C00") & (cons.Metadata_Dose == 10.0)].iloc[0]
+    assert c00["Metadata_Neighbor_1"] == "C01"
+
+
+def test_run_analysis(screen):
+    cons = consensus_of(screen)
+    res = A.run_analysis(screen, cons, {"null_size": 1000, "umap": {"n_neighbors": 5}})
+    cl = res.clusters
+    assert {"UMAP_1", "UMAP_2", "Metadata_Cluster", "Metadata_Active"} <= set(cl.columns)
+    assert "DMSO" not in set(cl.Metadata_Compound)
+    assert (cl.loc[~cl.Metadata_Active, "Metadata_Cluster"] == -1).all()
+    assert res.summary["nsc_accuracy"] == 1.0
+    dr = res.dose_response.set_index("Metadata_Compound")
+    assert not dr.loc["INACT0", "active"] and dr.loc["C00", "active"]
+    assert dr.loc["C00", "dose_distance_spearman"] > 0.9
+    assert set(res.consistency.Metadata_MoA) == {"moa0", "moa1", "moa2"}
+    with pytest.raises(ValueError, match="unknown config key"):
+        A.run_analysis(screen, cons, {"nul_size": 3})
+
+
+LINCS = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "lincs_profiles"
+    / "SQ00015054_normalized_feature_select.csv.gz"
+)
+
+
+@pytest.mark.skipif(not LINCS.exists(), reason=f"{LINCS} not present")
+def test_activity_on_lincs_plate():
+    from hcsflow.profiling import read_profiles_table
+
+    prof = read_profiles_table(LINCS)
+    # DMSO wells 0-5 become a pseudo-compound (6 "doses" like the real ones): not active
+    neg = prof.index[prof["Metadata_Role"] == "negcon"][:6]
+    prof.loc[neg, "Metadata_Compound"] = "PSEUDO-DMSO"
+    prof.loc[neg, "Metadata_Role"] = "trt"
+    act = A.phenotypic_activity(prof, group_by=["Metadata_Compound"], null_size=2000)
+    assert len(act) == prof.loc[prof.Metadata_Role == "trt", "Metadata_Compound"].nunique()
+    assert not act.set_index("Metadata_Compound").loc["PSEUDO-DMSO", "active"]
+    # a Cell Painting plate of bioactive compounds: many compounds are distinguishable
+    assert act["active"].mean() > 0.3
+    # the proteasome inhibitors have a strong, well-known phenotype
+    prot = act[act["Metadata_MoA"].fillna("").str.contains("proteasome inhibitor")]
+    assert len(prot) and prot["active"].all()
+
+
+def test_activity_negcon_same_plate(screen):
+    act = A.phenotypic_activity(screen, null_size=1000, negcon_same_plate=True)
+    top = act[(act.Metadata_Dose == 10.0) & act.Metadata_Compound.str.startswith("C")]
+    assert top.active.all()
+    with pytest.raises(ValueError, match="Metadata_Plate"):
+        A.phenotypic_activity(screen.drop(columns="Metadata_Plate"), negcon_same_plate=True)

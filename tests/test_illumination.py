@@ -1,0 +1,215 @@
+"""Tests of flat-field / dark-field estimation, screening, correction and files."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from hcsflow import illumination as il
+from hcsflow.simulate import simulate_illumination_stack
+
+SHAPE = (128, 128)
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def stack_dark():
+    return simulate_illumination_stack(40, SHAPE, vignetting="offcenter", dark_offset=True, seed=1)
+
+
+@pytest.fixture(scope="module")
+def stack_nodark():
+    return simulate_illumination_stack(40, SHAPE, vignetting="radial", dark_offset=False, seed=2)
+
+
+def test_recovers_flatfield_without_dark(stack_nodark):
+    stack, flat, _ = stack_nodark
+    est, dark = il.estimate(stack, "basic", darkfield=False)
+    assert est.shape == SHAPE and est.dtype == np.float32 and dark.dtype == np.float32
+    assert abs(est.mean() - 1) < 1e-4
+    assert np.all(dark == 0)
+    # the truth varies by tens of percent; the estimate is within a few
+    assert rmse(np.ones(SHAPE), flat) > 0.15
+    assert rmse(est, flat) < 0.05
+
+
+def test_recovers_flatfield_and_darkfield(stack_dark):
+    stack, flat, dark = stack_dark
+    est_flat, est_dark = il.estimate(stack, "basic", darkfield=True)
+    assert rmse(est_flat, flat) < 0.08
+    assert abs(float(est_dark.mean()) - float(dark.mean())) < 10
+    # ignoring the dark-field biases the flat-field much more on these fields
+    biased, _ = il.estimate(stack, "basic", darkfield=False)
+    assert rmse(biased, flat) > 2 * rmse(est_flat, flat)
+
+
+def test_mean_smooth_recovers_flatfield(stack_nodark):
+    stack, flat, _ = stack_nodark
+    est, dark = il.estimate(stack, "mean_smooth")
+    assert rmse(est, flat) < 0.05
+    assert np.all(dark == 0)
+
+
+def test_none_method_is_identity(stack_nodark):
+    flat, dark = il.estimate(stack_nodark[0], "none")
+    assert np.all(flat == 1) and np.all(dark == 0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_correcting_flat_image_gives_constant(stack_dark, offset):
+    flat, dark = stack_dark[1], stack_dark[2] * (offset > 0)
+    image = (500.0 * flat + dark).astype(np.float32)
+    before = image.copy()
+    out = il.correct(image, flat, dark)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, 500.0, rtol=1e-5)
+    np.testing.assert_array_equal(image, before)  # input untouched
+
+
+def test_correct_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="does not match"):
+        il.correct(np.zeros((4, 5)), np.ones((4, 4)), np.zeros((4, 4)))
+
+
+def test_screening_excludes_blank_saturated_and_blurred(stack_nodark):
+    stack = stack_nodark[0][:20].copy()
+    bad = stack[:3].copy()
+    bad[0] = 100  # blank: a constant frame
+    bad[1][:40, :] = np.iinfo(np.uint16).max  # saturated: a quarter of the field clipped
+    bad[2] = ndi.gaussian_filter(stack[2].astype(float), 6).astype(np.uint16)  # out of focus
+    full = np.concatenate([stack, bad])
+    res = il.fit(full, "basic", darkfield=False)
+    assert res.excluded == {20: "blank", 21: "saturated", 22: "out_of_focus"}
+    assert res.used.sum() == 20
+    assert res.meta()["excluded"] == {"blank": 1, "out_of_focus": 1, "saturated": 1}
+    # without screening every field is used
+    assert il.fit(full, "basic", darkfield=False, screen=False).used.all()
+
+
+def test_too_few_fields_warns_and_falls_back(stack_nodark):
+    few = stack_nodark[0][:5]
+    with pytest.warns(il.IlluminationWarning, match="only 5 of 5 fields"):
+        res = il.fit(few, "basic", min_fields=10, fallback="mean_smooth")
+    assert res.method == "mean_smooth"
+    assert not np.all(res.flatfield == 1)
+    with pytest.warns(il.IlluminationWarning):
+        res = il.fit(few, "basic", min_fields=10, fallback="none")
+    assert res.method == "none" and np.all(res.flatfield == 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert il.fit(few, "basic", min_fields=5).method == "basic"
+
+
+def test_shape_mismatch_names_the_file(tmp_path, stack_nodark):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"field{i}.tif"
+        img = stack_nodark[0][i] if i < 2 else stack_nodark[0][i][:100]
+        tifffile.imwrite(p, img)
+        paths.append(p)
+    with pytest.raises(ValueError, match="field2.tif has shape"):
+        il.estimate_from_files(paths)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "tophat"}, "illumination method"),
+        ({"method": "basic", "fallback": "basic"}, "illumination fallback"),
+    ],
+)
+def test_bad_arguments(stack_nodark, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        il.fit(stack_nodark[0][:3], **kwargs)
+
+
+def test_empty_and_nan_stacks():
+    with pytest.raises(ValueError, match="empty"):
+        il.fit(iter([]))
+    bad = np.ones((3, 8, 8), np.float32)
+    bad[1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="field 1 contains NaN"):
+        il.fit(bad)
+
+
+def test_npz_round_trip_is_byte_identical(tmp_path, stack_nodark):
+    flat, dark = il.estimate(stack_nodark[0], "basic")
+    meta = {"method": "basic", "n_used": 40}
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    il.save(a, flat, dark, meta)
+    il.save(b, flat, dark, meta)
+    assert a.read_bytes() == b.read_bytes()
+    flat2, dark2 = il.load(a)
+    np.testing.assert_array_equal(flat2, flat)
+    np.testing.assert_array_equal(dark2, dark)
+    assert flat2.dtype == np.float32 and dark2.dtype == np.float32
+    assert il.load_meta(a) == meta
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="cannot read illumination file"):
+        il.load(tmp_path / "missing.npz")
+
+
+def test_plot_writes_png(tmp_path, stack_dark):
+    out = tmp_path / "DNA.png"
+    il.plot(out, stack_dark[1], stack_dark[2], "plate / DNA")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_estimation_is_deterministic(stack_dark):
+    a = il.estimate(stack_dark[0], "basic")
+    b = il.estimate(iter(list(stack_dark[0])), "basic")  # a generator of fields
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_sample_fields_is_deterministic_and_order_free():
+    wells = [f"{r}{c:02d}" for r in "ABCD" for c in range(1, 13)]
+    man = pd.DataFrame(
+        {
+            "Metadata_Plate": "P1",
+            "Metadata_Well": np.repeat(wells, 4),
+            "Metadata_Site": np.tile(np.arange(1, 5), len(wells)),
+        }
+    )
+    s1 = il.sample_fields(man, 50, seed=0)
+    s2 = il.sample_fields(man.sample(frac=1, random_state=3), 50, seed=0)
+    assert len(s1) == 50 and s1.equals(s2)
+    assert not s1.equals(il.sample_fields(man, 50, seed=1))
+    assert len(il.sample_fields(man, 1000)) == len(man)
+    with pytest.raises(ValueError, match="max_fields"):
+        il.sample_fields(man, 0)
+
+
+def test_estimate_from_manifest_and_write_corrected(tmp_path, stack_dark):
+    stack, flat, dark = stack_dark
+    rows = []
+    for i in range(12):
+        name = f"P1_A01_s{i + 1}_w1.tif"
+        tifffile.imwrite(tmp_path / name, stack[i])
+        rows.append(
+            {
+                "Metadata_Plate": "P1",
+                "Metadata_Well": "A01",
+                "Metadata_Site": i + 1,
+                "PathName_DNA": str(tmp_path),
+                "FileName_DNA": name,
+            }
+        )
+    man = pd.DataFrame(rows)
+    res = il.estimate_from_manifest(man, "DNA", "basic", max_fields=10, min_fields=5)
+    assert res.n_fields == 10 and res.method == "basic"
+    with pytest.raises(ValueError, match="PathName_ER"):
+        il.estimate_from_manifest(man, "ER")
+    il.save(tmp_path / "DNA.npz", flat, dark)
+    n = il.write_corrected(man.iloc[:2], {"DNA": tmp_path / "DNA.npz"}, tmp_path / "corr")
+    assert n == 2
+    out = tifffile.imread(tmp_path / "corr" / "P1_A01_s1_w1.tif")
+    np.testing.assert_allclose(out, (stack[0] - dark) / flat, rtol=1e-5)
