@@ -340,9 +340,14 @@ def aggregate(
     _require_columns(cells, qc_columns, "QC exclusion (config profiles.qc_columns)")
     meta_cols = metadata_columns(cells)
     meta_cols += [c for c in qc_columns if c not in meta_cols]
+    # features as rows, each contiguous: the median kernel reads one feature of a well at a time
+    dtype = np.float32 if all(cells[f].dtype == np.float32 for f in feats) else np.float64
+    xt = np.empty((len(feats), len(cells)), dtype=dtype)
+    for j, f in enumerate(feats):
+        xt[j] = cells[f].to_numpy(dtype=dtype, na_value=np.nan)
     return _aggregate_arrays(
         cells[meta_cols],
-        cells[feats].to_numpy().T,
+        xt,
         feats,
         strata,
         method,
