@@ -564,21 +564,21 @@ class Segmenter:
         """
         import torch
 
-        T, O = self.tile_size, self.tile_overlap
+        tsize, ovl = self.tile_size, self.tile_overlap
         acc = [np.zeros((6, *x.shape[-2:]), np.float32) for x in inputs]
         wsum = [np.zeros(x.shape[-2:], np.float32) for x in inputs]
         # tiles grouped by shape so that each batch is one tensor
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for k, x in enumerate(inputs):
             h, w = x.shape[-2:]
-            th, ys = tile_layout(h, T, O, self.multiple)
-            tw, xs = tile_layout(w, T, O, self.multiple)
+            th, ys = tile_layout(h, tsize, ovl, self.multiple)
+            tw, xs = tile_layout(w, tsize, ovl, self.multiple)
             for y0 in ys:
                 for x0 in xs:
                     groups.setdefault((th, tw), []).append((k, y0, x0))
         with torch.inference_mode():
             for (th, tw), tiles in groups.items():
-                weight = _ramp(th, O)[:, None] * _ramp(tw, O)[None, :]
+                weight = _ramp(th, ovl)[:, None] * _ramp(tw, ovl)[None, :]
                 for b in range(0, len(tiles), self.batch_size):
                     chunk = tiles[b : b + self.batch_size]
                     batch = np.stack([inputs[k][:, y : y + th, x : x + tw] for k, y, x in chunk])
