@@ -1,0 +1,268 @@
+"""Tests of the synthetic Cell Painting screen (hcsflow.simulate)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from hcsflow import cli
+from hcsflow.simulate import (
+    CHANNELS,
+    MOA_PROFILES,
+    VIGNETTING,
+    default_platemap,
+    make_illumination,
+    random_appearance,
+    simulate_field,
+    simulate_illumination_stack,
+    simulate_plate,
+    truth_cell_table,
+)
+
+SHAPE = (160, 160)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return simulate_field(3, SHAPE, density=2.0)
+
+
+def test_field_types_and_shapes(field):
+    assert field.image.dtype == np.uint16 and field.image.shape == (5, *SHAPE)
+    assert field.nuclei.dtype == np.uint32 and field.cells.dtype == np.uint32
+    assert field.flatfield.shape == (5, *SHAPE) and field.darkfield.shape == (5, *SHAPE)
+    assert field.info["n_cells"] == int(field.cells.max()) > 3
+
+
+def test_same_seed_identical_different_seed_differs(field):
+    again = simulate_field(3, SHAPE, density=2.0)
+    assert again.image.tobytes() == field.image.tobytes()
+    assert np.array_equal(again.cells, field.cells)
+    other = simulate_field(4, SHAPE, density=2.0)
+    assert other.image.tobytes() != field.image.tobytes()
+
+
+def test_one_nucleus_per_cell_same_label(field):
+    nuc, cells = field.nuclei, field.cells
+    n = int(cells.max())
+    assert set(np.unique(nuc)) == set(range(n + 1))
+    assert set(np.unique(cells)) == set(range(n + 1))
+    # every nucleus pixel lies in the cell with the same label
+    inside = nuc > 0
+    assert np.array_equal(cells[inside], nuc[inside])
+    # each cell and each nucleus is one connected component
+    for lab in range(1, n + 1):
+        assert ndi.label(cells == lab)[1] == 1
+        assert ndi.label(nuc == lab)[1] == 1
+    assert np.all(np.bincount(cells.ravel())[1:] > np.bincount(nuc.ravel())[1:] * 0.99)
+
+
+def _corrected(f):
+    return (f.image.astype(np.float32) - f.darkfield) / f.flatfield
+
+
+def test_stains_agree_with_masks(field):
+    img = _corrected(field)
+    nuc, cells = field.nuclei > 0, field.cells > 0
+    cyto = cells & ~nuc
+    dna = img[CHANNELS.index("DNA")]
+    assert dna[nuc].mean() > 4 * dna[cyto].mean()
+    # AGP: borders between / around cells brighter than cell interiors
+    agp = img[CHANNELS.index("AGP")]
+    border = field.cells != ndi.grey_erosion(field.cells, size=3)
+    border &= cells
+    interior = cells & ~ndi.binary_dilation(border, iterations=3) & ~nuc
+    assert agp[border].mean() > 1.5 * agp[interior].mean()
+    # ER and Mito live in the cytoplasm
+    for ch in ("ER", "Mito"):
+        x = img[CHANNELS.index(ch)]
+        assert x[cyto].mean() > 3 * x[~cells].mean()
+
+
+def test_background_is_dark_offset(field):
+    raw = field.image.astype(np.float32)
+    bg = ndi.binary_erosion(field.cells == 0, iterations=15)
+    assert bg.sum() > 100
+    for c in range(len(CHANNELS)):
+        excess = np.median(raw[c][bg] - field.darkfield[c][bg])
+        signal = np.percentile(raw[c][field.cells > 0] - field.darkfield[c][field.cells > 0], 90)
+        assert 0 <= excess < 0.25 * signal, CHANNELS[c]
+    assert 80 < field.darkfield.mean() < 150
+
+
+@pytest.mark.parametrize("kind", VIGNETTING)
+def test_illumination(kind):
+    flat, dark = make_illumination((64, 96), vignetting=kind, seed=1)
+    assert flat.shape == dark.shape == (5, 64, 96)
+    assert np.allclose(flat.mean(axis=(1, 2)), 1.0, atol=1e-5)
+    if kind == "none":
+        assert np.allclose(flat, 1.0)
+    else:
+        assert flat.min() < 0.9 < 1.05 < flat.max()
+    flat0, dark0 = make_illumination((64, 96), vignetting=kind, dark_offset=False, seed=1)
+    assert np.all(dark0 == 0) and np.all(dark > 50)
+
+
+def test_flat_field_applied_in_raw():
+    flat, dark = make_illumination(SHAPE, vignetting="offcenter", seed=2)
+    stack, f, d = simulate_illumination_stack(
+        12, SHAPE, vignetting="offcenter", seed=2, density=0.5, channel="ER"
+    )
+    assert stack.shape == (12, *SHAPE) and stack.dtype == np.uint16
+    assert np.allclose(f, flat[1]) and np.allclose(d, dark[1])
+    # the mean of many fields follows the flat-field
+    mean = ndi.gaussian_filter(stack.astype(np.float32).mean(0) - d, 12)
+    assert np.corrcoef(mean.ravel(), f.ravel())[0, 1] > 0.6
+
+
+def test_out_of_focus_is_blurred():
+    sharp = simulate_field(5, SHAPE, density=2.0)
+    blur = simulate_field(5, SHAPE, density=2.0, out_of_focus=True)
+    lap = []
+    for x in (sharp, blur):
+        dna = _corrected(x)[0]
+        lap.append((ndi.gaussian_filter(dna, 1.5) - ndi.gaussian_filter(dna, 4)).std())
+    assert lap[1] < 0.5 * lap[0] and blur.info["out_of_focus"]
+
+
+def test_random_appearance_varies_and_is_valid():
+    rng = np.random.default_rng(0)
+    apps = [random_appearance(rng) for _ in range(4)]
+    assert len({a["cell_scale"] for a in apps}) == 4
+    f = simulate_field(1, (96, 96), appearance=apps[0])
+    assert f.image.shape == (5, 96, 96)
+    with pytest.raises(ValueError, match="unknown appearance"):
+        simulate_field(1, (96, 96), appearance={"colour": 1})
+
+
+def test_bad_phenotype_key():
+    with pytest.raises(ValueError, match="nucleus_sise"):
+        simulate_field(1, (64, 64), phenotype={"nucleus_sise": 1})
+
+
+@pytest.mark.parametrize("n_wells,n_neg", [(96, 12), (384, 48)])
+def test_default_platemap(n_wells, n_neg):
+    pm = default_platemap(n_wells)
+    assert len(pm) == n_wells and pm["well"].is_unique
+    assert set(pm["role"]) <= {"negcon", "poscon", "trt", "empty"}
+    assert (pm["role"] == "negcon").sum() >= n_neg
+    assert (pm["role"] == "poscon").sum() >= 3
+    trt = pm[pm["role"] == "trt"]
+    assert trt["moa"].nunique() >= 7
+    per_moa = trt[trt["moa"].isin(list(MOA_PROFILES))].groupby("moa")["compound"].nunique()
+    assert per_moa.min() >= 3
+    assert trt.groupby("compound")["dose_um"].nunique().min() >= 3
+    assert (trt["moa"] == "inactive").any()
+    assert default_platemap(n_wells).equals(pm)
+
+
+def test_phenotype_shifts_features():
+    base = simulate_field(7, (200, 200), density=2.0)
+    big = simulate_field(7, (200, 200), density=2.0, phenotype={"nucleus_size": 0.3})
+    area = [np.bincount(f.nuclei.ravel())[1:].mean() for f in (base, big)]
+    assert area[1] > 1.4 * area[0]
+
+
+@pytest.fixture(scope="module")
+def plate_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plate")
+    pm = default_platemap(96)
+    topo = pm[(pm["moa"] == "topoisomerase inhibitor") & (pm["dose_um"] == 10.0)].head(3)
+    rows = pd.concat([pm[pm["role"] == "negcon"].head(3), topo, pm[pm["role"] == "empty"]])
+    rows.to_csv(out / "map.csv", index=False)
+    code = cli.main(
+        [
+            "simulate",
+            str(out / "p"),
+            "--plate",
+            "TP1",
+            "--sites",
+            "2",
+            "--size",
+            "160",
+            "--seed",
+            "5",
+            "--workers",
+            "2",
+            "--platemap",
+            str(out / "map.csv"),
+        ]
+    )
+    assert code == 0
+    return out / "p"
+
+
+def test_cli_writes_promised_files(plate_dir):
+    pm = pd.read_csv(plate_dir / "platemap.csv")
+    assert list(pm.columns) == ["well", "compound", "dose_um", "role", "moa", "target"]
+    pat = re.compile(r"^(?P<plate>TP1)_(?P<well>[A-P]\d\d)_s(?P<site>\d+)_w(?P<ch>[1-5])\.tif$")
+    names = sorted(p.name for p in (plate_dir / "images").iterdir())
+    assert len(names) == len(pm) * 2 * 5
+    for n in names:
+        m = pat.match(n)
+        assert m and m["well"] in set(pm["well"])
+        img = tifffile.imread(plate_dir / "images" / n)
+        assert img.dtype == np.uint16 and img.shape == (160, 160)
+    truth = plate_dir / "truth"
+    for name in (
+        "fields.csv",
+        "compounds.csv",
+        "treatments.csv",
+        "simulation.json",
+        "illumination.npz",
+    ):
+        assert (truth / name).exists(), name
+    ill = np.load(truth / "illumination.npz")
+    assert ill["flatfield"].shape == (5, 160, 160)
+    assert np.allclose(ill["flatfield"].mean(axis=(1, 2)), 1, atol=1e-5)
+    assert list(ill["channels"]) == list(CHANNELS)
+    m = np.load(truth / "masks" / f"{pm['well'][0]}_s1.npz")
+    assert m["nuclei"].dtype == np.uint32 and m["cells"].shape == (160, 160)
+    fields = pd.read_csv(truth / "fields.csv")
+    assert {
+        "well",
+        "site",
+        "n_cells",
+        "out_of_focus",
+        "n_mitotic",
+        "n_apoptotic",
+        "n_debris",
+    } <= set(fields.columns)
+    treat = pd.read_csv(truth / "treatments.csv")
+    assert treat.loc[treat["compound"] == "DMSO", "truly_active"].eq(False).all()
+    sim = json.loads((truth / "simulation.json").read_text())
+    assert sim["seed"] == 5 and sim["plate"] == "TP1"
+
+
+def test_plate_independent_of_workers(plate_dir, tmp_path):
+    pm = pd.read_csv(plate_dir / "platemap.csv", keep_default_na=False)
+    simulate_plate(tmp_path, plate="TP1", sites=2, size=160, seed=5, platemap=pm, n_workers=1)
+    for p in sorted((plate_dir / "images").iterdir())[:10]:
+        assert (tmp_path / "images" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_truth_cell_table(plate_dir):
+    df = truth_cell_table(plate_dir)
+    fields = pd.read_csv(plate_dir / "truth" / "fields.csv")
+    assert len(df) == fields["n_cells"].sum()
+    for col in (
+        "Metadata_Plate",
+        "Metadata_ObjectNumber",
+        "Metadata_Compound",
+        "Metadata_Dose",
+        "Metadata_MoA",
+        "Nuclei_Location_Center_X",
+        "Cells_AreaShape_Solidity",
+        "Nuclei_AreaShape_Perimeter",
+        "Cytoplasm_Intensity_MeanIntensity_Mito",
+        "Cells_Intensity_StdIntensity_AGP",
+    ):
+        assert col in df.columns, col
+    by_role = df.groupby("Metadata_MoA")["Nuclei_AreaShape_Area"].mean()
+    assert by_role["topoisomerase inhibitor"] > 1.3 * by_role["control"]
