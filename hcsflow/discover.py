@@ -1,0 +1,306 @@
+"""Plate discovery: a folder of vendor-named images and a plate map -> the plate's manifest.
+
+The manifest has one row per field (well x site) with CellProfiler LoadData columns
+(``FileName_<channel>``, ``PathName_<channel>``), the field's ``Metadata_*`` keys and the plate
+map's treatment columns. Problems are either errors (default) or, when the configuration says
+``drop``, fields left out and recorded in a QC table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from hcsflow.layouts import ImageKey, parse_filename, split_well
+from hcsflow.platemap import read_platemap, well_sort_key
+
+QC_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Issue", "Detail"]
+
+
+class DiscoveryError(ValueError):
+    """A plate folder or plate map that does not give a usable manifest."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of the assay: its name in tables, its id in file names, its role."""
+
+    name: str
+    id: str
+    role: str = "other"
+
+
+@dataclass
+class Discovery:
+    """Result of :func:`discover_plate`: the manifest and the QC records of dropped fields."""
+
+    manifest: pd.DataFrame
+    qc: pd.DataFrame
+    listing_digest: str
+    n_files: int
+    notes: list[str] = field(default_factory=list)
+
+
+def iter_image_files(folder: str | os.PathLike[str]) -> Iterator[tuple[str, str, int]]:
+    """Yield ``(directory, file name, size)`` of every file under ``folder``, recursively.
+
+    Hidden files and folders (starting with ``.``) are skipped. Order is the file system's.
+    """
+    stack = [os.fspath(folder)]
+    while stack:
+        current = stack.pop()
+        with os.scandir(current) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=True):
+                    yield current, entry.name, entry.stat().st_size
+
+
+def probe_channels(
+    folder: str | os.PathLike[str], layout: str, channel_ids: Sequence[str]
+) -> tuple[set[str], set[str], int]:
+    """List ``folder`` only until every channel id has matched a file.
+
+    Cheap enough to run for every plate when the workflow starts: a folder whose channels are
+    interleaved is left after a few entries; only a channel id that matches nothing makes the
+    whole folder be listed.
+
+    Returns
+    -------
+    found : set of str
+        The wanted channel ids seen.
+    seen : set of str
+        Every channel id seen in the part of the folder that was listed.
+    n_images : int
+        Number of files that matched the layout in the part that was listed.
+    """
+    wanted = set(channel_ids)
+    found: set[str] = set()
+    seen: set[str] = set()
+    n = 0
+    for _, name, _ in iter_image_files(folder):
+        key = parse_filename(name, layout)
+        if key is None:
+            continue
+        n += 1
+        seen.add(key.channel)
+        if key.channel in wanted:
+            found.add(key.channel)
+            if found == wanted:
+                break
+    return found, seen, n
+
+
+def discover_plate(
+    plate: str,
+    images: str | os.PathLike[str],
+    layout: str,
+    platemap: str | os.PathLike[str],
+    channels: Sequence[Channel | Mapping[str, str]],
+    *,
+    batch: str | None = None,
+    on_missing_channel: str = "error",
+    on_unmapped_well: str = "error",
+    plane: int | None = None,
+    timepoint: int | None = None,
+) -> Discovery:
+    """Build the manifest of one plate.
+
+    Parameters
+    ----------
+    plate : str
+        Plate name (``Metadata_Plate``).
+    images : path
+        Folder holding the plate's images (searched recursively).
+    layout : str
+        File-name layout (see :mod:`hcsflow.layouts`).
+    platemap : path
+        Plate map CSV (see :func:`hcsflow.platemap.read_platemap`).
+    channels : sequence of Channel or mapping
+        The channels to collect; ids as in the file names.
+    batch : str, optional
+        Batch of the plate (``Metadata_Batch``).
+    on_missing_channel, on_unmapped_well : {"error", "drop"}
+        What to do with a field lacking a channel and with a well absent from the plate map.
+    plane, timepoint : int, optional
+        Which z-plane / time point to keep when the layout records several.
+
+    Returns
+    -------
+    Discovery
+        ``manifest`` sorted by well and site; ``qc`` with one row per dropped field or unimaged
+        well (columns ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Issue``,
+        ``Detail``).
+
+    Raises
+    ------
+    DiscoveryError
+        No image matches the layout; a channel matches no file; several files for one image; a
+        field without some channel or a well absent from the plate map (when set to
+        ``error``); several z-planes or time points without a choice. The message names the
+        folder, file, well or channel.
+    """
+    chans = [c if isinstance(c, Channel) else Channel(**c) for c in channels]
+    images = Path(images)
+    if not images.is_dir():
+        raise DiscoveryError(f"plate {plate}: image folder {images} does not exist")
+    by_id = {c.id: c for c in chans}
+
+    keys: list[tuple[ImageKey, str, str]] = []
+    listing = []
+    for directory, name, size in iter_image_files(images):
+        key = parse_filename(name, layout)
+        if key is None:
+            continue
+        listing.append(f"{os.path.relpath(os.path.join(directory, name), images)}\t{size}")
+        keys.append((key, directory, name))
+    if not keys:
+        raise DiscoveryError(f"plate {plate}: no file in {images} matches layout {layout!r}")
+    listing.sort()
+    digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+    keys = _select_plate(plate, keys, images)
+    keys = _select_dimension(plate, keys, "z", "plane", plane, images)
+    keys = _select_dimension(plate, keys, "t", "timepoint", timepoint, images)
+
+    seen_ids = {k.channel for k, _, _ in keys}
+    absent = [c for c in chans if c.id not in seen_ids]
+    if absent:
+        desc = ", ".join(f"{c.name} (id {c.id!r})" for c in absent)
+        raise DiscoveryError(
+            f"plate {plate}: channel {desc} matches no file in {images} (layout {layout!r}); "
+            f"channel ids found there: {', '.join(sorted(seen_ids))}"
+        )
+
+    files: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+    for key, directory, name in keys:
+        if key.channel not in by_id:
+            continue
+        slot = files.setdefault((key.well, key.site), {})
+        ch = by_id[key.channel].name
+        if ch in slot:
+            first = os.path.join(*slot[ch])
+            raise DiscoveryError(
+                f"plate {plate}: two files for well {key.well} site {key.site} channel {ch}: "
+                f"{first} and {os.path.join(directory, name)}"
+            )
+        slot[ch] = (os.path.abspath(directory), name)
+
+    qc_rows: list[dict[str, object]] = []
+    pm = read_platemap(platemap)
+    mapped = set(pm["Metadata_Well"])
+    rows = []
+    for (well, site), slot in sorted(
+        files.items(), key=lambda kv: (well_sort_key(kv[0][0]), kv[0][1])
+    ):
+        missing = [c.name for c in chans if c.name not in slot]
+        if missing:
+            some = next(iter(slot.values()))
+            detail = f"no image of channel(s) {', '.join(missing)} (e.g. beside {some[1]})"
+            if on_missing_channel == "error":
+                raise DiscoveryError(
+                    f"plate {plate}: well {well} site {site} has {detail} in {images}; set "
+                    "discovery.on_missing_channel: drop to leave such fields out"
+                )
+            qc_rows.append(_qc(plate, well, site, "missing_channel", detail))
+            continue
+        if well not in mapped:
+            if on_unmapped_well == "error":
+                raise DiscoveryError(
+                    f"plate {plate}: well {well} was imaged but is absent from plate map "
+                    f"{platemap}; add it (role empty if unused) or set "
+                    "discovery.on_unmapped_well: drop"
+                )
+            qc_rows.append(_qc(plate, well, site, "unmapped_well", f"absent from {platemap}"))
+            continue
+        row_letter, column = split_well(well)
+        rec: dict[str, object] = {
+            "Metadata_Plate": plate,
+            "Metadata_Well": well,
+            "Metadata_Row": row_letter,
+            "Metadata_Column": column,
+            "Metadata_Site": site,
+            "Metadata_Batch": batch if batch else "default",
+        }
+        for c in chans:
+            rec[f"FileName_{c.name}"] = slot[c.name][1]
+            rec[f"PathName_{c.name}"] = slot[c.name][0]
+        rows.append(rec)
+
+    imaged_wells = {w for w, _ in files}
+    for well in pm["Metadata_Well"]:
+        if well not in imaged_wells:
+            qc_rows.append(_qc(plate, well, None, "not_imaged", "in the plate map, no image"))
+
+    if not rows:
+        raise DiscoveryError(f"plate {plate}: no usable field in {images} after discovery checks")
+    fields = pd.DataFrame(rows)
+    manifest = fields.merge(pm, on="Metadata_Well", how="left", validate="many_to_one")
+    meta = [c for c in manifest.columns if c.startswith("Metadata_")]
+    rest = [c for c in manifest.columns if not c.startswith("Metadata_")]
+    manifest = manifest[meta + rest]
+    manifest["Metadata_Site"] = manifest["Metadata_Site"].astype("int64")
+    manifest["Metadata_Column"] = manifest["Metadata_Column"].astype("int64")
+    qc = pd.DataFrame(qc_rows, columns=QC_COLUMNS)
+    qc["Metadata_Site"] = qc["Metadata_Site"].astype("Int64")
+    return Discovery(manifest=manifest, qc=qc, listing_digest=digest, n_files=len(listing))
+
+
+def _qc(plate: str, well: str, site: int | None, issue: str, detail: str) -> dict[str, object]:
+    return {
+        "Metadata_Plate": plate,
+        "Metadata_Well": well,
+        "Metadata_Site": site,
+        "Issue": issue,
+        "Detail": detail,
+    }
+
+
+def _select_plate(
+    plate: str, keys: list[tuple[ImageKey, str, str]], images: Path
+) -> list[tuple[ImageKey, str, str]]:
+    """Keep the files of ``plate`` when a folder holds several plates' images."""
+    names = {k.plate for k, _, _ in keys if k.plate is not None}
+    if len(names) <= 1:
+        return keys
+    if plate in names:
+        return [t for t in keys if t[0].plate == plate]
+    raise DiscoveryError(
+        f"plate {plate}: {images} holds images of several plates ({', '.join(sorted(names))}) "
+        f"and none is named {plate!r}; name the plate as in its files or give each plate its "
+        "own folder"
+    )
+
+
+def _select_dimension(
+    plate: str,
+    keys: list[tuple[ImageKey, str, str]],
+    attr: str,
+    option: str,
+    choice: int | None,
+    images: Path,
+) -> list[tuple[ImageKey, str, str]]:
+    values = sorted({getattr(k, attr) for k, _, _ in keys if getattr(k, attr) is not None})
+    if choice is not None:
+        kept = [t for t in keys if getattr(t[0], attr) in (None, choice)]
+        if values and choice not in values:
+            raise DiscoveryError(
+                f"plate {plate}: discovery.{option} is {choice} but {images} has "
+                f"{option}s {', '.join(map(str, values))}"
+            )
+        return kept
+    if len(values) > 1:
+        raise DiscoveryError(
+            f"plate {plate}: {images} has {len(values)} {option}s "
+            f"({', '.join(map(str, values[:10]))}); hcsflow processes 2-D fields: choose one "
+            f"with discovery.{option}"
+        )
+    return keys

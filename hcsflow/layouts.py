@@ -1,0 +1,170 @@
+"""File-name layouts of high-content imagers.
+
+A layout turns an image file name into the key of the image it holds: plate (when the name
+carries one), well, site (field), channel id, and optionally z-plane and time point. Channel ids
+are returned exactly as they appear in the name (``w1``, ``d0``, ``ch1``, ``C01``) so that the
+configuration can name them the way users see them.
+
+Supported layouts
+-----------------
+``imagexpress``
+    MetaXpress / ImageXpress: ``{plate}_{well}_s{site}_w{n}.tif``, with an optional GUID glued
+    after the channel digit (``..._w1A1B2C3D4-....tif``); ``_s{site}`` is absent for single-site
+    acquisitions (site 1); ``_thumb`` files are thumbnails and ignored.
+``broad``
+    The Broad Institute naming: ``{plate}_{well}f{site:02d}d{n}.tif``
+    (e.g. ``AS_09125_050116030001_D03f00d0.tif``).
+``phenix``
+    PerkinElmer/Revvity Opera and Operetta Phenix: ``r01c01f01p01-ch1sk1fk1fl1.tiff``
+    (row and column numbers, field, plane, channel, time point); the plate comes from the sheet.
+``cv7000``
+    Yokogawa CV7000/CV8000: ``{prefix}_{well}_T0001F001L01A01Z01C01.tif``.
+``regex:<pattern>``
+    Any other naming, by a regular expression with named groups ``well``, ``site``, ``channel``
+    and optional ``plate``, ``z``, ``t`` (``row`` and ``column`` may replace ``well``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+LAYOUTS = ("imagexpress", "broad", "phenix", "cv7000")
+
+_WELL = r"[A-Za-z]{1,2}\d{1,3}"
+_GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+
+_PATTERNS = {
+    "imagexpress": (
+        rf"^(?P<plate>.+?)_(?P<well>{_WELL})(?:_s(?P<site>\d+))?_(?P<channel>w\d+)"
+        rf"(?:{_GUID})?\.tiff?$"
+    ),
+    "broad": rf"^(?P<plate>.+)_(?P<well>{_WELL})f(?P<site>\d+)(?P<channel>d\d+)\.tiff?$",
+    "phenix": (
+        r"^r(?P<row>\d+)c(?P<column>\d+)f(?P<site>\d+)p(?P<z>\d+)-(?P<channel>ch\d+)"
+        r"sk(?P<t>\d+)fk\d+fl\d+\.tiff?$"
+    ),
+    "cv7000": (
+        rf"^(?P<plate>.+)_(?P<well>{_WELL})_T(?P<t>\d+)F(?P<site>\d+)L\d+A\d+"
+        r"Z(?P<z>\d+)(?P<channel>C\d+)\.tiff?$"
+    ),
+}
+
+
+class LayoutError(ValueError):
+    """A layout name or regular expression that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ImageKey:
+    """What a file name says about the image it holds."""
+
+    well: str
+    site: int
+    channel: str
+    plate: str | None = None
+    z: int | None = None
+    t: int | None = None
+
+
+def row_letters(row: int) -> str:
+    """Plate row number (1-based) to letters: 1 -> ``A``, 26 -> ``Z``, 27 -> ``AA``."""
+    if row < 1:
+        raise ValueError(f"row number must be >= 1, got {row}")
+    letters = ""
+    while row:
+        row, rem = divmod(row - 1, 26)
+        letters = chr(ord("A") + rem) + letters
+    return letters
+
+
+def row_number(letters: str) -> int:
+    """Plate row letters to number: ``A`` -> 1, ``P`` -> 16, ``AF`` -> 32."""
+    n = 0
+    for ch in letters.upper():
+        n = n * 26 + (ord(ch) - ord("A") + 1)
+    return n
+
+
+_WELL_RE = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")
+
+
+def normalize_well(well: str) -> str:
+    """Return a well name in ``A01`` form (``a1``, ``A1``, ``A001`` -> ``A01``).
+
+    Raises ``ValueError`` if ``well`` is not a row letter followed by a column number.
+    """
+    m = _WELL_RE.match(str(well).strip())
+    if not m or int(m.group(2)) < 1:
+        raise ValueError(f"not a well name: {well!r} (expected a row letter and column, e.g. A01)")
+    return f"{m.group(1).upper()}{int(m.group(2)):02d}"
+
+
+def split_well(well: str) -> tuple[str, int]:
+    """``A01`` -> (``A``, 1)."""
+    m = _WELL_RE.match(well)
+    if not m:
+        raise ValueError(f"not a well name: {well!r}")
+    return m.group(1).upper(), int(m.group(2))
+
+
+@lru_cache(maxsize=64)
+def compile_layout(layout: str) -> re.Pattern[str]:
+    """Compile a layout name or ``regex:<pattern>`` into a regular expression.
+
+    Raises ``LayoutError`` for an unknown name, an invalid pattern, or a pattern without the
+    required named groups.
+    """
+    if layout in _PATTERNS:
+        return re.compile(_PATTERNS[layout], re.IGNORECASE)
+    if not layout.startswith("regex:"):
+        raise LayoutError(
+            f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)} or regex:<pattern>"
+        )
+    try:
+        pattern = re.compile(layout[len("regex:") :])
+    except re.error as exc:
+        raise LayoutError(f"layout {layout!r} is not a valid regular expression: {exc}") from exc
+    groups = set(pattern.groupindex)
+    has_well = "well" in groups or {"row", "column"} <= groups
+    missing = [g for g in ("site", "channel") if g not in groups]
+    if not has_well:
+        missing.insert(0, "well (or row and column)")
+    if missing:
+        raise LayoutError(
+            f"layout {layout!r} lacks the named group(s) {', '.join(missing)}; "
+            "use (?P<well>...), (?P<site>...), (?P<channel>...) and optionally "
+            "(?P<plate>...), (?P<z>...), (?P<t>...)"
+        )
+    return pattern
+
+
+def parse_filename(name: str, layout: str) -> ImageKey | None:
+    """Parse one file name (not a path) with a layout.
+
+    Returns ``None`` for files that are not images of that layout (other suffixes, thumbnails,
+    names that do not match).
+    """
+    if not name.lower().endswith(IMAGE_SUFFIXES) or "_thumb" in name.lower():
+        return None
+    m = compile_layout(layout).match(name)
+    if m is None:
+        return None
+    g = m.groupdict()
+    if g.get("well") is not None:
+        well = normalize_well(g["well"])
+    else:
+        row, col = g["row"], g["column"]
+        row_label = row_letters(int(row)) if row.isdigit() else row.upper()
+        well = normalize_well(f"{row_label}{int(col)}")
+    site = int(g["site"]) if g.get("site") is not None else 1
+    return ImageKey(
+        well=well,
+        site=site,
+        channel=g["channel"],
+        plate=g.get("plate"),
+        z=int(g["z"]) if g.get("z") is not None else None,
+        t=int(g["t"]) if g.get("t") is not None else None,
+    )

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny plate folders in each vendor layout, written as real TIFF files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Limit threads in every test: CI has 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_tif(path: Path, value: int = 100, shape=(8, 8)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.full(shape, value, dtype=np.uint16))
+
+
+def write_platemap(path: Path, wells, extra_columns: dict | None = None) -> Path:
+    rows = [
+        "well,compound,dose_um,role,moa,target" + "".join(f",{c}" for c in (extra_columns or {}))
+    ]
+    for i, w in enumerate(wells):
+        role = "negcon" if i % 4 == 0 else "trt"
+        compound = "DMSO" if role == "negcon" else f"cmpd{i % 3}"
+        dose = "0" if role == "negcon" else "1.5"
+        extra = "".join(
+            f",{v[i] if isinstance(v, list) else v}" for v in (extra_columns or {}).values()
+        )
+        rows.append(f"{w},{compound},{dose},{role},moa{i % 2},T{i}{extra}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def imagexpress_plate(tmp_path: Path):
+    """A 2-well x 2-site x 3-channel ImageXpress plate folder and its plate map."""
+    images = tmp_path / "P1" / "images"
+    for well in ("A01", "B02"):
+        for site in (1, 2):
+            for ch in (1, 2, 3):
+                write_tif(images / f"P1_{well}_s{site}_w{ch}.tif", value=10 * ch)
+    pm = write_platemap(tmp_path / "P1" / "platemap.csv", ["A01", "B02", "C03"])
+    return tmp_path / "P1", images, pm
+
+
+CHANNELS3 = [
+    {"name": "DNA", "id": "w1", "role": "nuclear"},
+    {"name": "ER", "id": "w2", "role": "cytoplasm"},
+    {"name": "Mito", "id": "w3", "role": "other"},
+]
