@@ -330,6 +330,8 @@ class Segmenter:
         self._post_extra = dict(postprocess or {})
         cls_kw = dict(classical or {})
         cls_kw.setdefault("expand_um", self.expand_um)
+        if nuclear_diameter_um is not None:
+            cls_kw.setdefault("nuclear_diameter_um", float(nuclear_diameter_um))
         cls_kw.setdefault("min_nucleus_area_um2", self.min_nucleus_area_um2)
         self.classical_params = ClassicalParams(**cls_kw)
         if method == "deep":
@@ -428,6 +430,7 @@ class Segmenter:
         self,
         fields: Sequence[tuple[np.ndarray, np.ndarray | None]],
         image_mpp: float | None | Sequence[float | None] = None,
+        flags: Sequence[Sequence[str]] | None = None,
     ) -> list[SegmentationResult]:
         """Segment several fields, batching their tiles through the network.
 
@@ -436,6 +439,9 @@ class Segmenter:
         fields : sequence of (nuclear, cytoplasm)
             Each ``nuclear`` of shape (H_i, W_i); ``cytoplasm`` of the same shape or None.
         image_mpp : float, None, or sequence of those (one per field)
+        flags : sequence of sequence of str, optional
+            QC flags already known per field (e.g. decided on the raw images before
+            illumination correction); a field flagged ``blank`` is not segmented.
 
         Returns
         -------
@@ -449,8 +455,11 @@ class Segmenter:
         )
         if len(mpps) != len(fields):
             raise ValueError(f"{len(fields)} fields but {len(mpps)} image_mpp values")
+        known = [()] * len(fields) if flags is None else [tuple(f) for f in flags]
+        if len(known) != len(fields):
+            raise ValueError(f"{len(fields)} fields but {len(known)} sets of flags")
         prepared = []
-        for i, ((nuc, cyto), mpp) in enumerate(zip(fields, mpps, strict=True)):
+        for i, ((nuc, cyto), mpp, given) in enumerate(zip(fields, mpps, known, strict=True)):
             nuc = np.asarray(nuc)
             if nuc.ndim != 2:
                 raise ValueError(f"field {i}: nuclear image must be 2-D, got shape {nuc.shape}")
@@ -462,7 +471,7 @@ class Segmenter:
                 raise ValueError(f"field {i}: nuclear image contains NaN or infinite values")
             if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
                 raise ValueError(f"field {i}: image_mpp must be a positive number, got {mpp!r}")
-            flags = field_flags(nuc, self.saturation_fraction)
+            flags = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
             estimated = False
             if mpp is None and "blank" not in flags:
                 diam = estimate_nuclear_diameter(nuc)
@@ -499,7 +508,7 @@ class Segmenter:
                     nuclei,
                     cells,
                     stats,
-                    tuple(flags),
+                    tuple(sorted(flags)),
                     mpp,
                     estimated,
                     {"network": t_net, "postprocess": time.perf_counter() - t1},
@@ -520,7 +529,13 @@ class Segmenter:
             flags.append("no_objects")
         dt = time.perf_counter() - t0
         return SegmentationResult(
-            nuclei, cells, stats, tuple(flags), mpp, estimated, {"network": 0.0, "postprocess": dt}
+            nuclei,
+            cells,
+            stats,
+            tuple(sorted(flags)),
+            mpp,
+            estimated,
+            {"network": 0.0, "postprocess": dt},
         )
 
     def _model_input(self, nuc: np.ndarray, cyto: np.ndarray | None, mpp: float) -> np.ndarray:
