@@ -4,7 +4,9 @@ The reference method of the field, as CellProfiler's IdentifyPrimaryObjects (nuc
 IdentifySecondaryObjects with the Propagation method (cells):
 
 **Nuclei.** The nuclear channel is normalised (1st-99.8th percentile), smoothed with a Gaussian of
-``smoothing_um`` and thresholded with Otsu's method; small holes are filled. Touching nuclei are
+``smoothing_um`` and thresholded with Otsu's method; small holes are filled. A field whose
+Otsu classes are not separated -- foreground mean less than ``min_contrast`` background standard
+deviations above the background mean, as for camera noise alone (about 2.7) -- has no nuclei. Touching nuclei are
 split by a marker watershed on the negated Euclidean distance to the background, the markers
 being its local maxima at least ``0.3 * nuclear_diameter_um`` apart (the distance map is
 smoothed first so that one nucleus gives one maximum). Nuclei smaller than
@@ -61,6 +63,9 @@ class ClassicalParams:
         Expansion of nuclei into cells when there is no cytoplasm channel.
     min_cell_area_um2 : float
         Smallest anucleate foreground region counted as a cell without nucleus.
+    min_contrast : float
+        Separation of the Otsu classes (in background standard deviations) below which the
+        field is taken to hold no nuclei.
     """
 
     nuclear_diameter_um: float = 10.0
@@ -69,6 +74,7 @@ class ClassicalParams:
     compactness: float = 0.001
     expand_um: float = 5.0
     min_cell_area_um2: float = 30.0
+    min_contrast: float = 5.0
 
 
 def _normalize(image: np.ndarray) -> np.ndarray:
@@ -111,6 +117,9 @@ def classical_nuclei(
     if thr is None:
         return np.zeros(img.shape, np.int32), 0
     mask = img > thr
+    bg = img[~mask]
+    if bg.size == 0 or img[mask].mean() - bg.mean() < params.min_contrast * max(bg.std(), 1e-6):
+        return np.zeros(img.shape, np.int32), 0
     px_area = mpp * mpp
     mask = remove_small_holes(
         mask, max_size=int(np.pi * (params.nuclear_diameter_um / 4 / mpp) ** 2)
