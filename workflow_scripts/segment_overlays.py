@@ -1,5 +1,7 @@
 """Snakemake script: outlines of a few fields of one plate, as a PNG for QC."""
 
+from pathlib import Path
+
 from hcsflow.io import read_table
 from hcsflow.logutil import log_to
 from hcsflow.segmentation.shard import load_illumination, render_plate_overlays
@@ -7,8 +9,9 @@ from hcsflow.segmentation.shard import load_illumination, render_plate_overlays
 sm = snakemake  # noqa: F821 - provided by Snakemake
 with log_to(sm.log[0]) as log:
     p = sm.params
+    results = Path(sm.input.masks[0]).parents[2]  # {results}/masks/{plate}/{shard}.npz
     chosen = render_plate_overlays(
-        p.results,
+        results,
         sm.wildcards.plate,
         read_table(sm.input.manifest),
         p.channels,
