@@ -58,7 +58,7 @@ VIGNETTING = ("radial", "offcenter", "tilted", "elliptic", "none")
 
 #: Mean number of cells per mm^2 at ``density=1`` (about 60 cells in a 540 x 540 field at
 #: 0.65 um/px, 240 in a 1080 x 1080 field): a sub-confluent Cell Painting well.
-CELLS_PER_MM2 = 500.0
+CELLS_PER_MM2 = 450.0
 
 #: An effect fraction (Hill response times maximal effect) at or above this value is called
 #: truly active in ``truth/treatments.csv``: at 0.25 the full phenotype's shifts are between
@@ -409,7 +409,7 @@ def _place_centres(
         return np.zeros((0, 2)), np.zeros(0, int)
     n_cand = 4 * n + 20
     n_cl = int(round(n_cand * clustering))
-    n_par = max(1, int(round(n_cl / 10)))
+    n_par = max(1, int(round(n_cl / 14)))
     parents = rng.uniform((0, 0), (h, w), size=(n_par, 2))
     off = parents[rng.integers(0, n_par, n_cl)] + rng.normal(0, cluster_sigma, (n_cl, 2))
     uni = rng.uniform((0, 0), (h, w), size=(n_cand - n_cl, 2))
@@ -437,7 +437,7 @@ def _place_centres(
 def _fourier_radius(rng: np.random.Generator, amp: float, modes: int) -> np.ndarray:
     """Random Fourier coefficients (m, amplitude, phase) of a star-shaped outline."""
     ms = np.arange(2, modes + 1)
-    a = np.abs(rng.normal(0, amp, len(ms))) / ms**0.8
+    a = np.abs(rng.normal(0, amp, len(ms))) / (ms - 1.0) ** 0.9
     p = rng.uniform(0, 2 * np.pi, len(ms))
     return np.stack([ms, a, p], 1)
 
@@ -596,8 +596,8 @@ def _simulate(
     p_apo = min(0.9, 0.012 + 0.15 * ph["toxicity"])
     u = g_geo.random(n)
     state = np.where(u < p_mit, 1, np.where(u < p_mit + p_apo, 2, 0))  # 0 inter, 1 mit, 2 apo
-    r_nuc = 6.0 * scale * np.exp(ph["nucleus_size"] + g_geo.normal(0, 0.13, n)) * px
-    r_cell = 15.0 * scale * np.exp(ph["cell_size"] + g_geo.normal(0, 0.18, n)) * px
+    r_nuc = 6.5 * scale * np.exp(ph["nucleus_size"] + g_geo.normal(0, 0.13, n)) * px
+    r_cell = 17.5 * scale * np.exp(ph["cell_size"] + g_geo.normal(0, 0.2, n)) * px
     asp_nuc = 1.0 + np.abs(g_geo.normal(0.22, 0.12, n)) + ph["nucleus_elongation"]
     asp_cell = 1.0 + g_geo.gamma(2.0, 0.25, n) + ph["cell_elongation"]
     mit = state == 1
@@ -616,7 +616,7 @@ def _simulate(
     a_nuc = r_nuc * np.sqrt(asp_nuc)
     sep = a_nuc * 1.02 + 1.0
     pos, idx = _place_centres(
-        g_geo, (h, w), n, sep, cluster_sigma=1.6 * 15.0 * scale * px, clustering=app["clustering"]
+        g_geo, (h, w), n, sep, cluster_sigma=1.4 * 17.5 * scale * px, clustering=app["clustering"]
     )
     sel = lambda a: a[idx]  # noqa: E731
     state, r_nuc, r_cell, asp_nuc, asp_cell, metaphase = map(
@@ -629,7 +629,7 @@ def _simulate(
     off_mag = g_geo.uniform(0, 0.35, n) * (r_cell * np.sqrt(asp_cell) - r_nuc)
     off_mag[state != 0] *= 0.2
     cpos = pos + np.stack([np.sin(off_ang), np.cos(off_ang)], 1) * off_mag[:, None]
-    irr = 0.10 + ph["cell_irregularity"]
+    irr = 0.14 + ph["cell_irregularity"]
 
     nuclei = np.zeros((h, w), np.int32)
     rho_n = np.ones((h, w), np.float32)  # normalised radius inside nuclei (dome profile)
@@ -684,8 +684,9 @@ def _simulate(
 
     # cell territories: watershed from the nuclei over the normalised distance + noise
     warp = _smooth_noise(g_geo, (h, w), 2.5 * px)
-    edge = _smooth_noise(g_geo, (h, w), 1.2 * px)
-    fg = (rmin + 0.10 * edge < 1.0) | (nuclei > 0)
+    edge = 0.08 * _smooth_noise(g_geo, (h, w), 2.0 * px)
+    edge += 0.035 * _smooth_noise(g_geo, (h, w), 0.7 * px)
+    fg = (rmin + edge < 1.0) | (nuclei > 0)
     if n:
         from skimage.segmentation import watershed
 
@@ -698,6 +699,8 @@ def _simulate(
     cyto = cell_mask & ~nuc_mask
     border, touching = _touching(cells)
     border &= cell_mask
+    # widefield projection: cytoplasmic organelles above and below the nucleus
+    over = (cyto + 0.3 * nuc_mask).astype(np.float32)
 
     # per-cell levels (index 0 = background)
     def per_cell(sigma: float) -> np.ndarray:
@@ -768,7 +771,7 @@ def _simulate(
                 s = (
                     700.0
                     * lvl[cells]
-                    * (cyto * prof * (0.25 * fill + 0.9 * reticulum) + 0.6 * envelope)
+                    * (over * prof * (0.25 * fill + 0.9 * reticulum) + 0.6 * envelope)
                     + 70.0 * lvl[cells] * nuc_mask
                 )
             elif name == "RNA":
@@ -785,12 +788,14 @@ def _simulate(
                 lvl[mit_l] *= 1.4
                 memb = ndi.gaussian_filter(border.astype(np.float32), 0.45 * px)
                 memb = memb / max(float(memb.max()), 1e-6)
+                d_b = ndi.distance_transform_edt(~border).astype(np.float32)
+                cortex = np.exp(-d_b / (1.2 * px))
                 fib = _fibres(gch, cells, n, theta_c, r_cell, asp_cell, state, px)
                 fib *= 0.9 * math.exp(ph["actin_fibres"]) * tex_gain
                 tex = 1.0 + 0.3 * tex_gain * _bandpass(gch, (h, w), 0.5 * px, 2.0 * px)
                 golgi = _golgi(gch, (h, w), pos, r_nuc, state, px) * cyto
                 s = lvl[cells] * (
-                    1300.0 * float(app["membrane"]) * memb * cell_mask
+                    float(app["membrane"]) * (900.0 * memb + 250.0 * cortex) * cell_mask
                     + 180.0 * float(app["cytoplasm"]) * cell_mask * np.clip(tex, 0.1, None)
                     + 600.0 * fib
                     + 500.0 * golgi
@@ -807,7 +812,7 @@ def _simulate(
                 s = (
                     1100.0
                     * lvl[cells]
-                    * cyto
+                    * over
                     * prof
                     * (0.12 * fill + 0.9 * organelles + 0.8 * puncta)
                 )
@@ -888,17 +893,17 @@ def _fibres(
         cy = (sl[0].start + sl[0].stop) / 2
         cx = (sl[1].start + sl[1].stop) / 2
         length = r_cell[k] * np.sqrt(asp[k]) * 2.2
-        for _ in range(int(rng.integers(3, 9))):
-            t = theta[k] + rng.normal(0, 0.15)
+        for _ in range(int(rng.integers(2, 7))):
+            t = theta[k] + rng.normal(0, 0.3)
             o = rng.uniform(-0.8, 0.8) * r_cell[k] / np.sqrt(asp[k])
             my, mx = cy + o * np.cos(t), cx - o * np.sin(t)
-            half = length * rng.uniform(0.3, 0.5)
+            half = length * rng.uniform(0.15, 0.5)
             y0, x0 = my - half * np.sin(t), mx - half * np.cos(t)
             y1, x1 = my + half * np.sin(t), mx + half * np.cos(t)
             rr, cc = line(int(round(y0)), int(round(x0)), int(round(y1)), int(round(x1)))
             ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
             rr, cc = rr[ok], cc[ok]
-            canvas[rr, cc] = rng.uniform(0.4, 1.0)
+            canvas[rr, cc] = rng.uniform(0.2, 1.0)
             owner[rr, cc] = k + 1
     canvas *= owner == cells
     return ndi.gaussian_filter(canvas, 0.35 * px, truncate=3.0) * (2.0 * 0.35 * px)
