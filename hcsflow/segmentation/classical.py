@@ -68,7 +68,7 @@ class ClassicalParams:
         field is taken to hold no nuclei.
     """
 
-    nuclear_diameter_um: float = 10.0
+    nuclear_diameter_um: float = 12.0
     min_nucleus_area_um2: float = 15.0
     smoothing_um: float = 0.8
     compactness: float = 0.001

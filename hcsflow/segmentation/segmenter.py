@@ -20,10 +20,11 @@ How a field is processed (method ``"deep"``):
    from the nuclear channel by :func:`estimate_nuclear_diameter` (a granulometry: Otsu mask,
    the maximum of the distance transform in each connected component is the radius of the
    nuclei it holds, clumped or not; the median diameter over components) as
-   ``image_mpp = nuclear_diameter_um / diameter_px``. ``nuclear_diameter_um`` is the diameter
-   the same estimator reports on the training data (checkpoint ``meta`` or the constructor),
-   so the estimate rescales the field to the object size the network was trained on -- as
-   Cellpose's size model does. The estimate is reported in the result.
+   ``image_mpp = nuclear_diameter_um / diameter_px``. By default ``nuclear_diameter_um`` is
+   the nuclear diameter the network was trained at (``meta["nuclear_diameter_px"]`` model
+   pixels), so the estimate rescales the field to the object size the network knows -- as
+   Cellpose's size model does; for the classical method it is 12 µm. The estimate is reported
+   in the result.
 3. **Network.** The normalized two-channel input is cut into ``tile_size`` tiles overlapping by
    ``tile_overlap`` pixels; tiles of one or several fields go through the network in batches.
    Tile outputs are blended with weights that fall linearly to the tile edge over the overlap,
@@ -145,14 +146,21 @@ def field_flags(nuclear: np.ndarray, saturation_fraction: float = 0.05) -> list[
     return ["saturated"] if at_max > saturation_fraction else []
 
 
+#: Ratio of twice the median per-component maximal distance to the median equivalent-circle
+#: diameter of the nuclei, measured on DSB2018 training images (0.86, 75 images) and on
+#: simulated fields of random appearance (0.88, 8 fields).
+GRANULOMETRY_RATIO = 0.87
+
+
 def estimate_nuclear_diameter(nuclear: np.ndarray) -> float:
     """Median nuclear diameter in pixels, by granulometry of the nuclear channel.
 
-    The image is smoothed lightly and thresholded with Otsu's method; in each connected
-    component the maximum of the Euclidean distance to the background is the radius of the
-    (largest) nucleus it holds, whether the component is one nucleus or a clump. The estimate
-    is twice the median of these radii over components of at least 2 pixels radius (smaller
-    specks are noise).
+    The image is normalized, smoothed lightly and thresholded with Otsu's method; in each
+    connected component the maximum of the Euclidean distance to the background is the radius
+    of the (largest) nucleus it holds, whether the component is one nucleus or a clump. Twice
+    the median of these radii over components (specks under 2 pixels radius are noise),
+    divided by :data:`GRANULOMETRY_RATIO`, estimates the median equivalent-circle diameter
+    (to about 10 %).
 
     Parameters
     ----------
@@ -161,7 +169,7 @@ def estimate_nuclear_diameter(nuclear: np.ndarray) -> float:
     Returns
     -------
     float
-        Diameter in pixels, ``nan`` if nothing is found.
+        Diameter in pixels, ``nan`` if the image has no foreground.
     """
     from skimage.filters import threshold_otsu
 
@@ -177,11 +185,11 @@ def estimate_nuclear_diameter(nuclear: np.ndarray) -> float:
     if n == 0:
         return float("nan")
     dist = ndi.distance_transform_edt(mask)
-    radius = ndi.maximum(dist, labels, index=np.arange(1, n + 1))
-    radius = radius[radius >= 2.0]  # specks of noise are not nuclei
+    radius = np.asarray(ndi.maximum(dist, labels, index=np.arange(1, n + 1)))
+    radius = radius[radius >= 2.0]
     if radius.size == 0:
         return float("nan")
-    return float(2.0 * np.median(radius))
+    return float(2.0 * np.median(radius) / GRANULOMETRY_RATIO)
 
 
 def resize_float(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -273,7 +281,8 @@ class Segmenter:
     min_nucleus_area_um2 : float
         Smaller nuclei are removed.
     nuclear_diameter_um : float or None
-        Reference nuclear diameter for ``image_mpp=None``; default from ``meta`` or 10 µm.
+        Reference nuclear diameter for ``image_mpp=None``; default
+        ``meta["nuclear_diameter_px"] * meta["model_mpp"]``, or 12 µm without a model.
     saturation_fraction : float
         See :func:`field_flags`.
     postprocess : dict, optional
@@ -320,13 +329,14 @@ class Segmenter:
         self.batch_size = int(batch_size)
         self.expand_um = float(expand_um)
         self.min_nucleus_area_um2 = float(min_nucleus_area_um2)
-        self.nuclear_diameter_um = float(
-            nuclear_diameter_um
-            if nuclear_diameter_um is not None
-            else self.meta.get("nuclear_diameter_um", 10.0)
-        )
-        self.saturation_fraction = float(saturation_fraction)
         self.model_mpp = float(self.meta.get("model_mpp", float("nan")))
+        if nuclear_diameter_um is None:
+            if "nuclear_diameter_px" in self.meta:
+                nuclear_diameter_um = float(self.meta["nuclear_diameter_px"]) * self.model_mpp
+            else:
+                nuclear_diameter_um = ClassicalParams().nuclear_diameter_um
+        self.nuclear_diameter_um = float(nuclear_diameter_um)
+        self.saturation_fraction = float(saturation_fraction)
         self._post_extra = dict(postprocess or {})
         cls_kw = dict(classical or {})
         cls_kw.setdefault("expand_um", self.expand_um)
