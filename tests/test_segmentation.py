@@ -19,6 +19,8 @@ from hcsflow.segmentation.metrics import (
     iou_matrix,
     match,
     pooled_counts,
+    subset_counts,
+    touching_labels,
 )
 from hcsflow.segmentation.postprocess import (
     PostprocessParams,
@@ -444,3 +446,16 @@ def test_segment_fields_from_manifest(tmp_path, sim_field):
     assert f1_at(masks[("A01", 1)][1], sim_field.cells) >= 0.8
     with pytest.raises(ValueError, match="nuclear"):
         segment_fields(pd.DataFrame(rows), channels[1:], seg, 0.65)
+
+
+def test_touching_subset_counts():
+    true = np.zeros((20, 30), np.int32)
+    true[2:8, 2:8] = 1
+    true[2:8, 8:14] = 2  # touches 1
+    true[12:18, 20:26] = 3  # alone
+    np.testing.assert_array_equal(touching_labels(true), [1, 2])
+    pred = np.zeros_like(true)
+    pred[2:8, 2:14] = 1  # 1 and 2 merged: IoU 0.5 with each, no match
+    pred[12:18, 20:26] = 2
+    assert subset_counts(pred, true, touching_labels(true)) == {"tp": 0, "fp": 1, "fn": 2}
+    assert subset_counts(pred, true, [3]) == {"tp": 1, "fp": 0, "fn": 0}

@@ -263,3 +263,64 @@ def pooled_counts(matchings: list[Matching]) -> dict[str, float]:
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
         "ap": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
     }
+
+
+def touching_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels of the objects that share a border (8-connected) with another object.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+
+    Returns
+    -------
+    ndarray of shape (K,)
+        Sorted labels of the touching objects.
+    """
+    lab = np.asarray(labels)
+    found = []
+    for a, b in (
+        (lab[:, :-1], lab[:, 1:]),
+        (lab[:-1, :], lab[1:, :]),
+        (lab[:-1, :-1], lab[1:, 1:]),
+        (lab[:-1, 1:], lab[1:, :-1]),
+    ):
+        sel = (a > 0) & (b > 0) & (a != b)
+        found += [a[sel], b[sel]]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, lab.dtype)
+
+
+def subset_counts(
+    pred: np.ndarray, true: np.ndarray, subset: np.ndarray, iou: float = 0.5
+) -> dict[str, int]:
+    """TP/FP/FN restricted to a subset of the true objects (e.g. touching cells).
+
+    A true object of the subset is a TP when matched, else a FN; an unmatched prediction is a
+    FP of the subset when the true object it overlaps most (by IoU) belongs to the subset.
+
+    Parameters
+    ----------
+    pred, true : ndarray of int, shape (H, W)
+    subset : array-like of int
+        Labels of ``true`` that form the subset.
+    iou : float
+        IoU threshold.
+
+    Returns
+    -------
+    dict with ``tp``, ``fp``, ``fn``
+    """
+    mat, pred_ids, true_ids = iou_matrix(pred, true)
+    r, c = _match_from_iou(mat, float(iou))
+    in_sub = np.isin(true_ids, np.asarray(subset))
+    tp = int(in_sub[c].sum())
+    fn = int(in_sub.sum()) - tp
+    unmatched = np.ones(pred_ids.size, bool)
+    unmatched[r] = False
+    fp = 0
+    if mat.shape[1] and unmatched.any():
+        rows = np.nonzero(unmatched)[0]
+        best = mat[rows].argmax(axis=1)
+        overlaps = mat[rows, best] > 0
+        fp = int((overlaps & in_sub[best]).sum())
+    return {"tp": tp, "fp": fp, "fn": fn}
