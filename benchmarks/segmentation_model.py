@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hcsflow.segmentation import Segmenter
+    from hcsflow.segmentation.model import load_checkpoint
 
-    seg = Segmenter.load(args.model, device="cpu", threads=args.threads)
+    # the checkpoint's own post-processing settings (seed spacing etc.), when it has them
+    post = load_checkpoint(args.model)[1].get("postprocess", {})
+    seg = Segmenter.load(args.model, device="cpu", threads=args.threads, postprocess=post)
     t0 = time.time()
     rows = []
     res: dict[str, dict] = {}
