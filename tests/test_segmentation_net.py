@@ -231,7 +231,7 @@ def test_shipped_checkpoint_finds_nuclei():
 
     rim = (lab > 0) & ~ndi.binary_erosion(lab > 0, iterations=2)
     core = ndi.binary_erosion(lab > 0, iterations=5)
-    assert inner[core].mean() > inner[rim].mean() + 0.25
+    assert inner[core].mean() > inner[rim].mean() + 0.3
 
 
 def test_train_cli_on_user_folder(tmp_path):

@@ -497,11 +497,12 @@ def predict_maps(model, inp: np.ndarray) -> np.ndarray:
 def postprocess_params(nuclear_diameter: float) -> dict[str, Any]:
     """Deep-watershed settings stored with a checkpoint (``meta["postprocess"]``).
 
-    Seeds must be maxima over a neighbourhood of a third of the nuclear diameter the network
-    was trained at: smaller neighbourhoods split nuclei at shallow secondary maxima of the
-    inner distance (chosen with ``benchmarks/tune_postprocess.py`` on training images).
+    Seeds must be maxima over a neighbourhood of about 0.45 of the nuclear diameter the network
+    was trained at, with an inner distance above 0.5: smaller neighbourhoods split nuclei at
+    shallow secondary maxima of the inner distance (chosen with
+    ``benchmarks/tune_postprocess.py`` on DSB2018 training images and simulated fields).
     """
-    return {"min_distance": max(3, int(round(nuclear_diameter / 3)))}
+    return {"min_distance": max(3, int(round(0.45 * nuclear_diameter))), "seed_threshold": 0.5}
 
 
 def _instances(maps: np.ndarray, post: dict[str, Any], cells: bool):
