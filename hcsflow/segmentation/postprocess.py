@@ -57,6 +57,9 @@ class PostprocessParams:
         Minimum inner-distance value of a seed.
     min_distance : int
         Half-size of the neighbourhood in which a seed must be the maximum (pixels).
+    seed_smoothing : float
+        Standard deviation (pixels) of the Gaussian applied to the inner distance before its
+        maxima are sought, so that a ridge or a flat top gives one seed (0: none).
     min_nucleus_size : int
         Nuclei with fewer pixels are removed.
     min_cell_size : int
@@ -70,6 +73,7 @@ class PostprocessParams:
     fg_threshold: float = 0.5
     seed_threshold: float = 0.1
     min_distance: int = 3
+    seed_smoothing: float = 1.0
     min_nucleus_size: int = 20
     min_cell_size: int = 40
     max_hole_size: int = 64
@@ -187,7 +191,8 @@ def nuclei_from_maps(
     mask = fg > params.fg_threshold
     if params.max_hole_size > 0:
         mask = remove_small_holes(mask, max_size=params.max_hole_size)
-    seeds, n = find_seeds(inner, mask, params.min_distance, params.seed_threshold)
+    peaks = ndi.gaussian_filter(inner, params.seed_smoothing) if params.seed_smoothing else inner
+    seeds, n = find_seeds(peaks, mask, params.min_distance, params.seed_threshold)
     if n == 0:
         return np.zeros(inner.shape, np.int32), 0
     nuclei = watershed(-inner, seeds, mask=mask)
