@@ -231,4 +231,33 @@ def test_shipped_checkpoint_finds_nuclei():
 
     rim = (lab > 0) & ~ndi.binary_erosion(lab > 0, iterations=2)
     core = ndi.binary_erosion(lab > 0, iterations=5)
-    assert inner[core].mean() > inner[rim].mean() + 0.3
+    assert inner[core].mean() > inner[rim].mean() + 0.25
+
+
+def test_train_cli_on_user_folder(tmp_path):
+    """``hcsflow train-segmenter`` on a folder of npz pairs writes a loadable checkpoint + card."""
+    from hcsflow.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "annotated"
+    data.mkdir()
+    for k in range(2):
+        lab = disks(shape=(40, 48), centres=((12, 12), (26, 30)), radii=(5, 7 + k))
+        img = (lab > 0) * 500.0 + rng.normal(100, 10, lab.shape)
+        np.savez(data / f"f{k}.npz", nuclear=img, cytoplasm=img, nuclei=lab, cells=lab, mpp=0.65)
+    out = tmp_path / "m.pt"
+    args = ["train-segmenter", "--out", str(out), "--user", str(data), "--steps", "2"]
+    args += ["--batch", "2", "--size", "32", "--widths", "4", "8", "8", "--blocks", "1", "1", "1"]
+    args += ["--snapshot-every", "1"]
+    assert main(args) == 0
+    model, meta = load_checkpoint(out)
+    assert meta["arch"]["widths"] == [4, 8, 8] and meta["model_mpp"] == 0.65
+    assert meta["card"]["training"]["steps"] == 2
+    assert "train-segmenter" in meta["card"]["command"]
+    card = out.with_suffix(".md").read_text()
+    assert "BSD-3-Clause" in card and "--user" in card
+    assert (tmp_path / "m.step2.pt").exists()
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        main(["train-segmenter", "--out", str(out), "--user", str(bad), "--steps", "1"])

@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +433,8 @@ def train_model(
     log=None,
     model=None,
     device: str = "cpu",
+    snapshot=None,
+    snapshot_every: int = 0,
 ):
     """Train a :class:`~hcsflow.segmentation.model.SegNet` for ``steps`` steps.
 
@@ -469,6 +470,8 @@ def train_model(
         opt.step()
         sched.step()
         history.append(float(loss.detach()))
+        if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0:
+            snapshot(model, step + 1)
         if log is not None and (step % 50 == 0 or step == steps - 1):
             recent = np.mean(history[-50:])
             log(f"step {step + 1}/{steps} loss {recent:.4f} ({time.time() - t0:.0f} s)")
@@ -505,7 +508,6 @@ def quick_instances(
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     mask = fg > 0.5
@@ -521,9 +523,10 @@ def quick_instances(
     markers = np.zeros(inner.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     markers = ndi.label(ndi.binary_dilation(markers > 0, iterations=1) & mask)[0] * (markers > 0)
-    lab = watershed(-inner, markers, mask=mask)
-    lab = remove_small_objects(lab, min_size)
-    return lab.astype(np.int32)
+    lab = watershed(-inner, markers, mask=mask).astype(np.int32)
+    sizes = np.bincount(lab.ravel())
+    lab[sizes[lab] < min_size] = 0
+    return lab
 
 
 def _scores(pred: np.ndarray, true: np.ndarray) -> tuple[int, int, int, list[int]]:
@@ -633,6 +636,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.33))
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--blocks", type=int, nargs="+", default=[1, 1, 2, 2, 2])
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="also write <out>.step<N>.pt every N steps (0: never)",
+    )
     parser.add_argument("--init", default=None, help="checkpoint to start from (fine-tuning)")
     parser.add_argument("--name", default=None, help="model name in the card (default: file stem)")
 
@@ -678,6 +687,19 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         init, _ = load_checkpoint(args.init)
     mix = {"dsb": args.mix_dsb, "sim": args.mix_sim, "user": args.mix_user}
+    base_meta = {
+        "model_mpp": args.model_mpp,
+        "nuclear_diameter_px": args.nuclear_diameter,
+        "heads": list(HEADS),
+        "arch": {"in_channels": 2, "widths": list(args.widths), "blocks": list(args.blocks)},
+        "normalization": _norm_kwargs(),
+    }
+
+    def snapshot(model, step: int) -> None:
+        path = out.with_name(f"{out.stem}.step{step}.pt")
+        save_checkpoint(path, model, {**base_meta, "card": {"snapshot_step": step}})
+        model.train()
+
     t_train = time.time()
     model, history = train_model(
         fields,
@@ -694,6 +716,8 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         model=init,
         device=args.device,
+        snapshot=snapshot,
+        snapshot_every=args.snapshot_every,
     )
     train_s = time.time() - t_train
     metrics: dict[str, Any] = {}
@@ -705,11 +729,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["sim_val_nuclear_only"] = evaluate_fields(model, sim_val, use_cytoplasm=False)
         log(f"simulated validation: {metrics['sim_val']}")
     name = args.name or out.stem
-    command = (
-        "hcsflow train-segmenter " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if (len(sys.argv) > 1 and sys.argv[1] == "train-segmenter")
-        else " ".join(shlex.quote(a) for a in sys.argv)
-    )
+    command = command_line(args)
     card = {
         "name": name,
         "licence": "BSD-3-Clause (weights trained by the hcsflow authors); DSB2018 data CC0",
@@ -752,18 +772,30 @@ def run(args: argparse.Namespace) -> int:
         "command": command,
         "parameters": count_parameters(model),
     }
-    meta = {
-        "model_mpp": args.model_mpp,
-        "nuclear_diameter_px": args.nuclear_diameter,
-        "heads": list(HEADS),
-        "arch": {"in_channels": 2, "widths": list(args.widths), "blocks": list(args.blocks)},
-        "normalization": _norm_kwargs(),
-        "card": card,
-    }
+    meta = {**base_meta, "card": card}
     save_checkpoint(out, model, meta)
     write_card(out.with_suffix(".md"), meta)
     log(f"wrote {out} and {out.with_suffix('.md')} in {time.time() - t_start:.0f} s")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The explicit ``hcsflow train-segmenter`` command (every option) of parsed arguments."""
+    parts = ["hcsflow", "train-segmenter"]
+    for key, value in vars(args).items():
+        if value is None or value is False or value == []:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "user":
+            for v in value:
+                parts += [flag, str(v)]
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        elif value is True:
+            parts.append(flag)
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def write_card(path: str | Path, meta: dict[str, Any]) -> None:
