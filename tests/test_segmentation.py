@@ -459,3 +459,23 @@ def test_touching_subset_counts():
     pred[12:18, 20:26] = 2
     assert subset_counts(pred, true, touching_labels(true)) == {"tp": 0, "fp": 1, "fn": 2}
     assert subset_counts(pred, true, [3]) == {"tp": 1, "fp": 0, "fn": 0}
+
+
+def test_inference_model_folds_batchnorm_without_changing_outputs():
+    from hcsflow.segmentation.model import SegNet
+    from hcsflow.segmentation.segmenter import inference_model
+
+    torch.manual_seed(0)
+    net = SegNet(widths=(4, 8, 8), blocks=(1, 1, 1))
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    fast = inference_model(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # input untouched
+    x = torch.rand(2, 2, 37, 45)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
