@@ -316,7 +316,8 @@ class Segmenter:
         See :func:`field_flags`.
     postprocess : dict, optional
         Other :class:`~hcsflow.segmentation.postprocess.PostprocessParams` fields
-        (``fg_threshold``, ``seed_threshold``, ``min_distance``, ...).
+        (``fg_threshold``, ``seed_threshold``, ``min_distance``, ...); they override the
+        checkpoint's ``meta["postprocess"]``, which overrides the defaults.
     classical : dict, optional
         :class:`~hcsflow.segmentation.classical.ClassicalParams` fields.
     """
@@ -422,7 +423,8 @@ class Segmenter:
         return cls(model, meta, method="deep", device=dev, **options)
 
     def _post_params(self, mpp: float) -> PostprocessParams:
-        kw = dict(self._post_extra)
+        kw = dict(self.meta.get("postprocess", {}))
+        kw.update(self._post_extra)
         kw.setdefault("min_nucleus_size", int(round(self.min_nucleus_area_um2 / (mpp * mpp))))
         return PostprocessParams(**kw)
 
