@@ -49,6 +49,10 @@ _STRUCT8 = np.ones((3, 3), dtype=bool)
 class PostprocessParams:
     """Parameters of :func:`deep_watershed`; sizes in pixels of the maps.
 
+    The defaults were chosen with ``benchmarks/segmentation_tune.py`` on validation data
+    (simulated fields and DSB2018 training images, never the benchmark's test data), for the
+    shipped model's resolution, at which a typical nucleus is about 18 pixels across.
+
     Attributes
     ----------
     fg_threshold : float
@@ -70,10 +74,10 @@ class PostprocessParams:
         Fraction of a nucleus's area that must lie in the cell foreground for it to be kept.
     """
 
-    fg_threshold: float = 0.5
+    fg_threshold: float = 0.4
     seed_threshold: float = 0.1
-    min_distance: int = 3
-    seed_smoothing: float = 1.0
+    min_distance: int = 9
+    seed_smoothing: float = 2.0
     min_nucleus_size: int = 20
     min_cell_size: int = 40
     max_hole_size: int = 64
