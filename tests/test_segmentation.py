@@ -376,8 +376,8 @@ def test_empty_blank_and_saturated_fields(method):
     assert r_blank.nuclei.shape == (200, 200) and not r_blank.cells.any()
     assert "saturated" in r_sat.flags and "blank" not in r_sat.flags
     assert "blank" not in r_empty.flags and "saturated" not in r_empty.flags
-    if method == "classical":  # noise alone gives no objects
-        assert r_empty.stats.n_cells == 0 and r_empty.flags == ("no_objects",)
+    # noise alone gives no objects
+    assert r_empty.stats.n_cells == 0 and r_empty.flags == ("no_objects",)
     assert field_flags(np.full((4, 4), 7.0)) == ["blank"]
 
 
@@ -479,3 +479,22 @@ def test_inference_model_folds_batchnorm_without_changing_outputs():
     x = torch.rand(2, 2, 37, 45)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+def test_shipped_model_on_empty_and_simulated_fields(sim_field):
+    from hcsflow.segmentation.segmenter import default_model_path
+
+    assert default_model_path().exists()
+    seg = Segmenter.load(threads=1)
+    assert seg.model_mpp > 0 and seg.device in ("cpu", "cuda")
+    rng = np.random.default_rng(5)
+    empty = simulate_field(11, (256, 256), 0.65, density=0.0).image
+    noise = rng.poisson(200, (256, 256)).astype(np.uint16)
+    for nuc, cyto in ((empty[0], empty[1]), (noise, noise)):
+        res = seg.predict_with_qc(nuc, cyto, 0.65)
+        assert res.stats.n_cells == 0 and "no_objects" in res.flags
+    f = sim_field
+    nuclei, cells = seg.predict(f.image[0], f.image[3], 0.65)
+    assert nuclei.shape == f.image[0].shape and cells.dtype == np.uint32
+    np.testing.assert_array_equal(cells[nuclei > 0], nuclei[nuclei > 0])
+    assert nuclei.max() > 0.5 * f.nuclei.max()

@@ -12,7 +12,8 @@
 How a field is processed (method ``"deep"``):
 
 1. **QC.** A field whose nuclear channel is constant is flagged ``blank`` and gets no objects
-   without running the network. A field with more than ``saturation_fraction`` of its pixels at
+   without running the network; so does a field whose nuclear channel holds nothing but noise
+   and background (Otsu class separation below ``empty_contrast``). A field with more than ``saturation_fraction`` of its pixels at
    the image's maximum value (clipped detector) is flagged ``saturated`` and still segmented. A
    field in which nothing is found is flagged ``no_objects``.
 2. **Scale.** The images are rescaled by ``image_mpp / model_mpp`` (bilinear, antialiased when
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from hcsflow.segmentation.classical import ClassicalParams, segment_classical
+from hcsflow.segmentation.classical import ClassicalParams, field_contrast, segment_classical
 from hcsflow.segmentation.postprocess import (
     PostprocessParams,
     PostStats,
@@ -314,6 +315,10 @@ class Segmenter:
         ``meta["nuclear_diameter_px"] * meta["model_mpp"]``, or 12 µm without a model.
     saturation_fraction : float
         See :func:`field_flags`.
+    empty_contrast : float
+        Deep method: a field whose nuclear :func:`~hcsflow.segmentation.classical.field_contrast`
+        is below this (noise or background only) gets no objects without running the network,
+        which would otherwise find objects in the stretched noise.
     postprocess : dict, optional
         Other :class:`~hcsflow.segmentation.postprocess.PostprocessParams` fields
         (``fg_threshold``, ``seed_threshold``, ``min_distance``, ...); they override the
@@ -336,6 +341,7 @@ class Segmenter:
         min_nucleus_area_um2: float = 15.0,
         nuclear_diameter_um: float | None = None,
         saturation_fraction: float = 0.05,
+        empty_contrast: float = 4.0,
         postprocess: dict[str, Any] | None = None,
         classical: dict[str, Any] | None = None,
     ) -> None:
@@ -367,6 +373,7 @@ class Segmenter:
                 nuclear_diameter_um = ClassicalParams().nuclear_diameter_um
         self.nuclear_diameter_um = float(nuclear_diameter_um)
         self.saturation_fraction = float(saturation_fraction)
+        self.empty_contrast = float(empty_contrast)
         self._post_extra = dict(postprocess or {})
         cls_kw = dict(classical or {})
         cls_kw.setdefault("expand_um", self.expand_um)
@@ -529,7 +536,8 @@ class Segmenter:
         t0 = time.perf_counter()
         inputs: list[np.ndarray | None] = []
         for nuc, cyto, mpp, _, flags in prepared:
-            inputs.append(None if "blank" in flags else self._model_input(nuc, cyto, mpp))
+            skip = "blank" in flags or field_contrast(nuc) < self.empty_contrast
+            inputs.append(None if skip else self._model_input(nuc, cyto, mpp))
         maps = self.predict_maps([x for x in inputs if x is not None])
         t_net = (time.perf_counter() - t0) / max(1, len(fields))
         out = []
@@ -540,7 +548,7 @@ class Segmenter:
                 nuclei = np.zeros(nuc.shape, np.uint32)
                 cells, stats = nuclei.copy(), PostStats()
             else:
-                nuclei, cells, stats = self._postprocess(next(it), cyto is None, nuc.shape)
+                nuclei, cells, stats = self._postprocess(next(it), x[0], cyto is None, nuc.shape)
             flags = list(flags)
             if stats.n_nuclei == 0 and "blank" not in flags:
                 flags.append("no_objects")
@@ -588,15 +596,19 @@ class Segmenter:
         return resize_float(x, shape)
 
     def _postprocess(
-        self, maps: np.ndarray, nuclei_only_field: bool, shape: tuple[int, int]
+        self,
+        maps: np.ndarray,
+        nuclear: np.ndarray,
+        nuclei_only_field: bool,
+        shape: tuple[int, int],
     ) -> tuple[np.ndarray, np.ndarray, PostStats]:
         p = self.post_params
         if nuclei_only_field:
             nuclei, cells, stats = nuclei_only(
-                maps[0], maps[2], p, grow=self.expand_um / self.model_mpp
+                maps[0], maps[2], p, grow=self.expand_um / self.model_mpp, nuclear=nuclear
             )
         else:
-            nuclei, cells, stats = deep_watershed(maps, p)
+            nuclei, cells, stats = deep_watershed(maps, p, nuclear=nuclear)
         if nuclei.shape != tuple(shape):
             nuclei, cells, lost = pair_labels(
                 resize_labels(nuclei, shape), resize_labels(cells, shape)
