@@ -8,8 +8,9 @@ Prints Markdown tables:
    and whole cells, deep vs classical, and F1@0.5 on the touching cells (true cells sharing a
    border with another cell).
 2. Time per 1080 x 1080 field on CPU with ``--threads`` threads, split into network
-   (normalization, rescaling, inference, blending) and post-processing, end to end; the same on
-   CUDA when a GPU is present.
+   (normalization, rescaling, inference, blending) and post-processing, end to end (wall
+   clock), and the CPU time the process used (summed over threads; on a busy machine it is
+   the better guide to what a quiet machine does); the same on CUDA when a GPU is present.
 3. The nuclear part on the real DSB2018 validation split (the ids recorded in the checkpoint's
    meta): mean per-image F1@0.5 and DSB score, with the scale given by the annotations
    (``oracle``: nuclei rescaled to the training diameter) and estimated from the image
@@ -112,8 +113,10 @@ def bench_speed(segs: dict, size: int, mpp: float, repeats: int) -> None:
     f = simulate_field((2026, 999), (size, size), mpp)
     cyto = cytoplasm_of(f.image)
     print(f"\n### Time per {size} x {size} field (median of {repeats})\n")
-    print("| method | device | threads | network s | post-processing s | end to end s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| method | device | threads | network s | post-processing s | end to end s | CPU time s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, seg in segs.items():
         devices = ["cpu"]
         if name == "deep" and torch.cuda.is_available():
@@ -123,24 +126,25 @@ def bench_speed(segs: dict, size: int, mpp: float, repeats: int) -> None:
                 seg.model.to(dev)
                 seg.device = dev
             seg.predict_with_qc(f.image[0], cyto, mpp)  # warm-up
-            net, post, tot = [], [], []
+            net, post, tot, cpu = [], [], [], []
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = seg.predict_with_qc(f.image[0], cyto, mpp)
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 tot.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
                 net.append(res.timings["network"])
                 post.append(res.timings["postprocess"])
             print(
                 f"| {name} | {dev} | {torch.get_num_threads()} | {np.median(net):.2f} | "
-                f"{np.median(post):.2f} | {np.median(tot):.2f} |"
+                f"{np.median(post):.2f} | {np.median(tot):.2f} | {np.median(cpu):.2f} |"
             )
             if dev == "cuda":
                 seg.model.to("cpu")
                 seg.device = "cpu"
     if not torch.cuda.is_available():
-        print("| deep | cuda | | (no GPU on this machine) | | |")
+        print("| deep | cuda | | (no GPU on this machine) | | | |")
 
 
 def _val_ids(meta: dict) -> list[str]:
