@@ -95,7 +95,8 @@ def _otsu(values: np.ndarray) -> float | None:
 def field_contrast(nuclear: np.ndarray, sigma: float = 1.0) -> float:
     """Separation of the Otsu classes of a nuclear image, in background standard deviations.
 
-    The image is normalized (percentiles 1-99.8) and smoothed (``sigma`` pixels); the result is
+    The image is normalized (percentiles 1-99.8) and smoothed (``sigma`` pixels); the statistics
+    are taken over every other row and column (a quarter of the pixels); the result is
     ``(mean above the Otsu threshold - mean below) / std below``. Camera noise alone and empty
     simulated fields (background, vignetting, debris) give 2.6-3.3; the 447 DSB2018 images
     4.5-60 (median 12). 0 for a constant image.
@@ -106,7 +107,7 @@ def field_contrast(nuclear: np.ndarray, sigma: float = 1.0) -> float:
     sigma : float
         Gaussian smoothing in pixels.
     """
-    img = ndi.gaussian_filter(_normalize(nuclear), sigma)
+    img = ndi.gaussian_filter(_normalize(nuclear), sigma)[::2, ::2]
     thr = _otsu(img)
     if thr is None:
         return 0.0
