@@ -498,3 +498,16 @@ def test_shipped_model_on_empty_and_simulated_fields(sim_field):
     assert nuclei.shape == f.image[0].shape and cells.dtype == np.uint32
     np.testing.assert_array_equal(cells[nuclei > 0], nuclei[nuclei > 0])
     assert nuclei.max() > 0.5 * f.nuclei.max()
+
+
+def test_shipped_model_tiled_equals_untiled(sim_field):
+    f = sim_field
+    tiled = Segmenter.load(threads=1, tile_size=160, tile_overlap=48)
+    whole = Segmenter.load(threads=1, tile_size=2048)
+    for a, b in zip(
+        tiled.predict(f.image[0], f.image[3], 0.65),
+        whole.predict(f.image[0], f.image[3], 0.65),
+        strict=True,
+    ):
+        assert np.mean(a == b) > 0.98
+        assert match(a, b, 0.8).f1 >= 0.95
