@@ -519,45 +519,45 @@ class Segmenter:
                 raise ValueError(f"field {i}: nuclear image contains NaN or infinite values")
             if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
                 raise ValueError(f"field {i}: image_mpp must be a positive number, got {mpp!r}")
-            flags = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
+            fl = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
             estimated = False
-            if mpp is None and "blank" not in flags:
+            if mpp is None and "blank" not in fl:
                 diam = estimate_nuclear_diameter(nuc)
                 if np.isfinite(diam):
                     mpp, estimated = self.nuclear_diameter_um / diam, True
-            if mpp is None:  # blank, or no foreground at all: nothing to scale
+            if mpp is None:
+                # blank, or no foreground to measure: the scale is unknown and irrelevant
                 mpp = self.model_mpp if self.method == "deep" else 1.0
-                estimated = True
-            prepared.append((nuc, cyto, float(mpp), estimated, flags))
+            prepared.append((nuc, cyto, float(mpp), estimated, fl))
 
         if self.method == "classical":
             return [self._classical_one(*p) for p in prepared]
 
         t0 = time.perf_counter()
         inputs: list[np.ndarray | None] = []
-        for nuc, cyto, mpp, _, flags in prepared:
-            skip = "blank" in flags or field_contrast(nuc) < self.empty_contrast
+        for nuc, cyto, mpp, _, fl in prepared:
+            skip = "blank" in fl or field_contrast(nuc) < self.empty_contrast
             inputs.append(None if skip else self._model_input(nuc, cyto, mpp))
         maps = self.predict_maps([x for x in inputs if x is not None])
         t_net = (time.perf_counter() - t0) / max(1, len(fields))
         out = []
         it = iter(maps)
-        for (nuc, cyto, mpp, estimated, flags), x in zip(prepared, inputs, strict=True):
+        for (nuc, cyto, mpp, estimated, fl), x in zip(prepared, inputs, strict=True):
             t1 = time.perf_counter()
             if x is None:
                 nuclei = np.zeros(nuc.shape, np.uint32)
                 cells, stats = nuclei.copy(), PostStats()
             else:
                 nuclei, cells, stats = self._postprocess(next(it), x[0], cyto is None, nuc.shape)
-            flags = list(flags)
-            if stats.n_nuclei == 0 and "blank" not in flags:
-                flags.append("no_objects")
+            fl = list(fl)
+            if stats.n_nuclei == 0 and "blank" not in fl:
+                fl.append("no_objects")
             out.append(
                 SegmentationResult(
                     nuclei,
                     cells,
                     stats,
-                    tuple(sorted(flags)),
+                    tuple(sorted(fl)),
                     mpp,
                     estimated,
                     {"network": t_net, "postprocess": time.perf_counter() - t1},
