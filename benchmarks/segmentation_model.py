@@ -80,6 +80,28 @@ def evaluate_sim(seg, n: int, seed: int, shape: tuple[int, int], mpp: float) -> 
     }
 
 
+def update_card(path: Path, rows: list, argv: list[str] | None) -> None:
+    """Record the benchmark table in the checkpoint's card (weights unchanged)."""
+    import shlex
+    import sys
+
+    from hcsflow.segmentation.model import load_checkpoint, save_checkpoint
+    from hcsflow.segmentation.train import write_card
+
+    model, meta = load_checkpoint(path)
+    argv = sys.argv[1:] if argv is None else argv
+    meta["card"]["benchmark"] = {
+        "rows": [
+            {"data": d, "objects": o, "f1_05": r["f1_05"], "dsb": r["dsb"], "n": r["n"]}
+            for d, o, r in rows
+        ],
+        "command": "python benchmarks/segmentation_model.py "
+        + " ".join(shlex.quote(a) for a in argv),
+    }
+    save_checkpoint(path, model, meta)
+    write_card(path.with_suffix(".md"), meta)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v1.pt"))
@@ -91,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="first N validation images only")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--update-card",
+        action="store_true",
+        help="store the table in the checkpoint's card and rewrite its Markdown card (.md)",
+    )
     args = parser.parse_args(argv)
 
     from hcsflow.segmentation import Segmenter
+    from hcsflow.segmentation.model import load_checkpoint
 
-    seg = Segmenter.load(args.model, device="cpu", threads=args.threads)
+    # the checkpoint's own post-processing settings (seed spacing etc.), when it has them
+    post = load_checkpoint(args.model)[1].get("postprocess", {})
+    seg = Segmenter.load(args.model, device="cpu", threads=args.threads, postprocess=post)
     t0 = time.time()
     rows = []
     res: dict[str, dict] = {}
@@ -117,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
+    if args.update_card:
+        update_card(Path(args.model), rows, argv)
     return 0
 
 

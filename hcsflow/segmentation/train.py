@@ -494,72 +494,51 @@ def predict_maps(model, inp: np.ndarray) -> np.ndarray:
     return out
 
 
-def quick_instances(
-    inner: np.ndarray,
-    fg: np.ndarray,
-    min_distance: int = 3,
-    threshold: float = 0.4,
-    min_size: int = 8,
-) -> np.ndarray:
-    """Simple deep watershed used for validation during training.
+def postprocess_params(nuclear_diameter: float) -> dict[str, Any]:
+    """Deep-watershed settings stored with a checkpoint (``meta["postprocess"]``).
 
-    Seeds are local maxima of ``inner`` above ``threshold``; the watershed of ``-inner`` is
-    restricted to ``fg > 0.5``.
+    Seeds must be maxima over a neighbourhood of a third of the nuclear diameter the network
+    was trained at: smaller neighbourhoods split nuclei at shallow secondary maxima of the
+    inner distance (chosen with ``benchmarks/tune_postprocess.py`` on training images).
     """
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
+    return {"min_distance": max(3, int(round(nuclear_diameter / 3)))}
 
-    mask = fg > 0.5
-    if not mask.any():
-        return np.zeros(inner.shape, np.int32)
-    peaks = peak_local_max(
-        inner,
-        min_distance=min_distance,
-        threshold_abs=threshold,
-        labels=mask.astype(np.int32),
-        exclude_border=False,
+
+def _instances(maps: np.ndarray, post: dict[str, Any], cells: bool):
+    from hcsflow.segmentation.postprocess import (
+        PostprocessParams,
+        cells_from_nuclei,
+        nuclei_from_maps,
     )
-    markers = np.zeros(inner.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    markers = ndi.label(ndi.binary_dilation(markers > 0, iterations=1) & mask)[0] * (markers > 0)
-    lab = watershed(-inner, markers, mask=mask).astype(np.int32)
-    sizes = np.bincount(lab.ravel())
-    lab[sizes[lab] < min_size] = 0
-    return lab
+
+    params = PostprocessParams(**post)
+    nuclei, _ = nuclei_from_maps(maps[0], maps[2], params)
+    if not cells:
+        return nuclei, None
+    nuclei, cell_labels, _ = cells_from_nuclei(nuclei, maps[3], maps[5], params)
+    return nuclei, cell_labels
 
 
-def _scores(pred: np.ndarray, true: np.ndarray) -> tuple[int, int, int, list[int]]:
-    """(n_pred, n_true, TP@0.5, TP at 0.5:0.95) by IoU matching (unique for IoU >= 0.5)."""
-    p = pred.ravel().astype(np.int64)
-    t = true.ravel().astype(np.int64)
-    np_, nt = int(p.max()) + 1, int(t.max()) + 1
-    inter = np.bincount(p * nt + t, minlength=np_ * nt).reshape(np_, nt)[1:, 1:]
-    ap = np.bincount(p, minlength=np_)[1:]
-    at = np.bincount(t, minlength=nt)[1:]
-    keep_p, keep_t = ap > 0, at > 0
-    inter = inter[keep_p][:, keep_t]
-    union = ap[keep_p][:, None] + at[keep_t][None, :] - inter
-    iou = inter / np.maximum(union, 1)
-    best = iou.max(axis=1) if iou.size else np.zeros(int(keep_p.sum()))
-    tps = [int((best > t_).sum()) for t_ in np.round(np.arange(0.5, 1.0, 0.05), 2)]
-    return int(keep_p.sum()), int(keep_t.sum()), tps[0], tps
+def _scores(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    from hcsflow.segmentation.metrics import dsb_score, f1_at
+
+    return f1_at(pred, true, 0.5), dsb_score(pred, true)
 
 
-def summarize(counts: list[tuple[int, int, int, list[int]]]) -> dict[str, float]:
+def summarize(scores: list[tuple[float, float]]) -> dict[str, float]:
     """Mean per-image F1@0.5 and DSB score (mean over IoU 0.5:0.95 of TP/(TP+FP+FN))."""
-    f1s, dsbs = [], []
-    for n_p, n_t, tp, tps in counts:
-        if n_p + n_t == 0:
-            continue
-        f1s.append(2 * tp / (n_p + n_t))
-        dsbs.append(float(np.mean([t / (n_p + n_t - t) for t in tps])))
-    return {"f1_05": float(np.mean(f1s)), "dsb": float(np.mean(dsbs)), "n_images": len(f1s)}
+    return {
+        "f1_05": float(np.mean([a for a, _ in scores])),
+        "dsb": float(np.mean([b for _, b in scores])),
+        "n_images": len(scores),
+    }
 
 
-def evaluate_dsb(model, root: str | Path, ids: list[str], nuclear_diameter: float) -> dict:
+def evaluate_dsb(
+    model, root: str | Path, ids: list[str], nuclear_diameter: float, post: dict[str, Any]
+) -> dict:
     """Nuclear F1@0.5 and DSB score on DSB2018 images (rescaled by the annotated size)."""
-    counts = []
+    scores = []
     for i in ids:
         img, lab = read_dsb(root, i)
         d = median_diameter(lab)
@@ -567,32 +546,32 @@ def evaluate_dsb(model, root: str | Path, ids: list[str], nuclear_diameter: floa
             continue
         x = rescale_image(normalize(img, **_norm_kwargs()), nuclear_diameter / d)
         maps = predict_maps(model, np.stack([x, np.zeros_like(x)]))
-        pred = rescale_labels(quick_instances(maps[0], maps[2]), lab.shape)
-        counts.append(_scores(pred, lab))
-    return summarize(counts)
+        pred = rescale_labels(_instances(maps, post, cells=False)[0], lab.shape)
+        scores.append(_scores(pred, lab))
+    return summarize(scores)
 
 
-def evaluate_fields(model, fields: list[Field], use_cytoplasm: bool = True) -> dict:
-    """Nuclear and whole-cell F1@0.5 / DSB score on fields at model resolution."""
-    nuc_counts, cell_counts = [], []
+def evaluate_fields(
+    model, fields: list[Field], post: dict[str, Any], use_cytoplasm: bool = True
+) -> dict:
+    """Nuclear and whole-cell F1@0.5 / DSB score on fields at model resolution.
+
+    The cytoplasm input is the field's third candidate channel (AGP for simulated fields)
+    or its only one.
+    """
+    nuc_scores, cell_scores = [], []
     for f in fields:
-        cyto = (
-            f.cytoplasm[2]
-            if (use_cytoplasm and f.cytoplasm.shape[0] >= 3)
-            else (
-                f.cytoplasm[0]
-                if use_cytoplasm and f.cytoplasm.shape[0]
-                else np.zeros_like(f.nuclear)
-            )
-        )
+        k = f.cytoplasm.shape[0]
+        has_cyto = use_cytoplasm and k > 0
+        cyto = f.cytoplasm[min(2, k - 1)] if has_cyto else np.zeros_like(f.nuclear)
         maps = predict_maps(model, np.stack([f.nuclear, cyto]))
-        nuc_counts.append(_scores(quick_instances(maps[0], maps[2]), f.nuclei))
-        if f.cells is not None and use_cytoplasm:
-            cells = quick_instances(maps[3], maps[5], min_distance=6, threshold=0.4, min_size=30)
-            cell_counts.append(_scores(cells, f.cells))
-    out = {"nuclei": summarize(nuc_counts)}
-    if cell_counts:
-        out["cells"] = summarize(cell_counts)
+        nuclei, cells = _instances(maps, post, cells=has_cyto and f.cells is not None)
+        nuc_scores.append(_scores(nuclei, f.nuclei))
+        if cells is not None:
+            cell_scores.append(_scores(cells, f.cells))
+    out = {"nuclei": summarize(nuc_scores)}
+    if cell_scores:
+        out["cells"] = summarize(cell_scores)
     return out
 
 
@@ -693,6 +672,7 @@ def run(args: argparse.Namespace) -> int:
         "heads": list(HEADS),
         "arch": {"in_channels": 2, "widths": list(args.widths), "blocks": list(args.blocks)},
         "normalization": _norm_kwargs(),
+        "postprocess": postprocess_params(args.nuclear_diameter),
     }
 
     def snapshot(model, step: int) -> None:
@@ -722,11 +702,14 @@ def run(args: argparse.Namespace) -> int:
     train_s = time.time() - t_train
     metrics: dict[str, Any] = {}
     if val_ids:
-        metrics["dsb2018_val"] = evaluate_dsb(model, args.dsb, val_ids, args.nuclear_diameter)
+        metrics["dsb2018_val"] = evaluate_dsb(
+            model, args.dsb, val_ids, args.nuclear_diameter, base_meta["postprocess"]
+        )
         log(f"DSB2018 validation: {metrics['dsb2018_val']}")
     if sim_val:
-        metrics["sim_val"] = evaluate_fields(model, sim_val)
-        metrics["sim_val_nuclear_only"] = evaluate_fields(model, sim_val, use_cytoplasm=False)
+        post = base_meta["postprocess"]
+        metrics["sim_val"] = evaluate_fields(model, sim_val, post)
+        metrics["sim_val_nuclear_only"] = evaluate_fields(model, sim_val, post, use_cytoplasm=False)
         log(f"simulated validation: {metrics['sim_val']}")
     name = args.name or out.stem
     command = command_line(args)
@@ -815,6 +798,7 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
         f"- Model resolution: {meta['model_mpp']} µm/px; DSB2018 images rescaled so the median "
         f"nucleus is {meta['nuclear_diameter_px']} px across",
         f"- Normalization: `{json.dumps(meta['normalization'])}`",
+        f"- Post-processing: `{json.dumps(meta.get('postprocess', {}))}`",
         f"- Licence: {card['licence']}",
         "",
         "## Data",
@@ -829,12 +813,12 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
         json.dumps(card["training"], indent=1),
         "```",
         "",
-        "## Validation metrics",
+        "## Validation metrics (at the end of training)",
         "",
         "F1 at IoU 0.5 and DSB score (mean over IoU 0.50:0.05:0.95 of TP / (TP + FP + FN)), "
-        "mean per image; DSB2018 images rescaled by their annotated nuclear size; instances from "
-        "a simple deep watershed (local maxima of the inner distance, watershed within the "
-        "foreground).",
+        "mean per image, at the model's resolution; DSB2018 images rescaled by their annotated "
+        "nuclear size; instances from the deep watershed "
+        "(`hcsflow.segmentation.postprocess`) with the settings above.",
         "",
         "| data | objects | F1@0.5 | DSB score | images |",
         "|---|---|---|---|---|",
@@ -851,6 +835,23 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
                 rows.append((label, obj, m[key][obj]))
     for data, obj, r in rows:
         lines.append(f"| {data} | {obj} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n_images']} |")
+    bench = card.get("benchmark")
+    if bench:
+        lines += [
+            "",
+            "## Benchmark through `Segmenter` (`benchmarks/segmentation_model.py`)",
+            "",
+            "Whole pipeline at the input resolution (normalize, rescale, tile, network, deep "
+            "watershed, labels back to the input size).",
+            "",
+            "| data | objects | F1@0.5 | DSB score | images |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['data']} | {r['objects']} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n']} |"
+            for r in bench["rows"]
+        ]
+        lines += ["", f"Command: `{bench['command']}`"]
     lines += ["", "## Command", "", "```", card["command"], "```", ""]
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines))
