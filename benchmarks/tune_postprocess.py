@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsb-images", type=int, default=40)
     parser.add_argument("--sim-fields", type=int, default=3)
     parser.add_argument("--sim-seed", type=int, default=800_000)
+    parser.add_argument("--min-distances", type=int, nargs="+", default=[3, 4, 5, 6, 8])
+    parser.add_argument("--seed-thresholds", type=float, nargs="+", default=[0.1, 0.3, 0.5])
+    parser.add_argument("--fg-thresholds", type=float, nargs="+", default=[0.4, 0.5])
     args = parser.parse_args(argv)
 
     import torch
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         "| sim F1 | sim score |"
     )
     print("|---|---|---|---|---|---|---|")
-    for md, st, ft in itertools.product((3, 4, 5, 6, 8), (0.1, 0.3, 0.5), (0.4, 0.5)):
+    for md, st, ft in itertools.product(
+        args.min_distances, args.seed_thresholds, args.fg_thresholds
+    ):
         p = PostprocessParams(
             fg_threshold=ft, seed_threshold=st, min_distance=md, min_nucleus_size=20
         )

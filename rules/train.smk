@@ -1,25 +1,10 @@
-# Training the segmentation network (not part of rule all; run by target:
+# Training the segmentation network. Not part of rule all; run by target, e.g.
 #   snakemake --cores 2 results/models/segmenter.pt
-# ). The trained checkpoint is protected: retraining means deleting it on purpose.
+# Options come from the optional config block segmentation.train (keys: dsb, user, user_mpp,
+# sim_fields, steps, seed, device). The checkpoint is protected: retraining means deleting it.
 import shlex
 
-
-def _train_segmenter_args():
-    """Command-line options of ``hcsflow train-segmenter`` from ``segmentation.train``."""
-    train = config.get("segmentation", {}).get("train", {})
-    args = []
-    if train.get("dsb"):
-        args += ["--dsb", str(train["dsb"])]
-    for folder in train.get("user", []):
-        args += ["--user", str(folder)]
-    if train.get("user_mpp"):
-        args += ["--user-mpp", str(train["user_mpp"])]
-    args += ["--sim", str(train.get("sim_fields", 48))]
-    args += ["--sim-mpp", str(config.get("image_mpp", 0.65))]
-    args += ["--steps", str(train.get("steps", 3000))]
-    args += ["--seed", str(train.get("seed", 0))]
-    args += ["--device", str(train.get("device", "cpu"))]
-    return " ".join(shlex.quote(a) for a in args)
+from hcsflow.segmentation.train import options_from_config
 
 
 rule train_segmenter:
@@ -37,7 +22,12 @@ rule train_segmenter:
         mem_mb=8000,
         runtime=480,
     params:
-        args=_train_segmenter_args(),
+        options=shlex.join(
+            options_from_config(
+                config.get("segmentation", {}).get("train"),
+                config.get("image_mpp", 0.65),
+            )
+        ),
     shell:
         "python -m hcsflow.cli train-segmenter --out {output.model} --threads {threads} "
-        "{params.args} > {log} 2>&1"
+        "{params.options} > {log} 2>&1"

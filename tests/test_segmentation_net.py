@@ -231,7 +231,7 @@ def test_shipped_checkpoint_finds_nuclei():
 
     rim = (lab > 0) & ~ndi.binary_erosion(lab > 0, iterations=2)
     core = ndi.binary_erosion(lab > 0, iterations=5)
-    assert inner[core].mean() > inner[rim].mean() + 0.25
+    assert inner[core].mean() > inner[rim].mean() + 0.3
 
 
 def test_train_cli_on_user_folder(tmp_path):
@@ -261,3 +261,19 @@ def test_train_cli_on_user_folder(tmp_path):
     bad.mkdir()
     with pytest.raises(ValueError, match="empty"):
         main(["train-segmenter", "--out", str(out), "--user", str(bad), "--steps", "1"])
+
+
+def test_options_from_config():
+    from hcsflow.segmentation.train import add_arguments, options_from_config
+
+    opts = options_from_config({"dsb": "d", "steps": 7, "user": ["a", "b"]}, 0.5)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "m.pt", *opts])
+    assert args.dsb == "d" and args.steps == 7 and args.user == ["a", "b"]
+    assert args.sim_mpp == 0.5 and args.sim == 48 and args.device == "cpu"
+    assert "--dsb" not in options_from_config(None, 0.65)
+    with pytest.raises(ValueError, match="stepz"):
+        options_from_config({"stepz": 3}, 0.65)

@@ -497,11 +497,12 @@ def predict_maps(model, inp: np.ndarray) -> np.ndarray:
 def postprocess_params(nuclear_diameter: float) -> dict[str, Any]:
     """Deep-watershed settings stored with a checkpoint (``meta["postprocess"]``).
 
-    Seeds must be maxima over a neighbourhood of a third of the nuclear diameter the network
-    was trained at: smaller neighbourhoods split nuclei at shallow secondary maxima of the
-    inner distance (chosen with ``benchmarks/tune_postprocess.py`` on training images).
+    Seeds must be maxima over a neighbourhood of about 0.45 of the nuclear diameter the network
+    was trained at, with an inner distance above 0.5: smaller neighbourhoods split nuclei at
+    shallow secondary maxima of the inner distance (chosen with
+    ``benchmarks/tune_postprocess.py`` on DSB2018 training images and simulated fields).
     """
-    return {"min_distance": max(3, int(round(nuclear_diameter / 3)))}
+    return {"min_distance": max(3, int(round(0.45 * nuclear_diameter))), "seed_threshold": 0.5}
 
 
 def _instances(maps: np.ndarray, post: dict[str, Any], cells: bool):
@@ -762,6 +763,50 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Keys of the workflow's ``segmentation.train`` configuration and their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "dsb": None,
+    "user": [],
+    "user_mpp": None,
+    "sim_fields": 48,
+    "steps": 3000,
+    "seed": 0,
+    "device": "cpu",
+}
+
+
+def options_from_config(train: dict[str, Any] | None, image_mpp: float) -> list[str]:
+    """``hcsflow train-segmenter`` options from the workflow's ``segmentation.train`` block.
+
+    Parameters
+    ----------
+    train : mapping or None
+        Keys of :data:`CONFIG_DEFAULTS` (missing keys take their defaults).
+    image_mpp : float
+        Pixel size of the simulated training fields (the workflow's ``image_mpp``).
+
+    Returns
+    -------
+    list of str
+    """
+    cfg = dict(CONFIG_DEFAULTS)
+    unknown = sorted(set(train or {}) - set(cfg))
+    if unknown:
+        raise ValueError(f"segmentation.train: unknown keys {unknown}; known: {sorted(cfg)}")
+    cfg.update(train or {})
+    args: list[str] = []
+    if cfg["dsb"]:
+        args += ["--dsb", str(cfg["dsb"])]
+    for folder in cfg["user"]:
+        args += ["--user", str(folder)]
+    if cfg["user_mpp"]:
+        args += ["--user-mpp", str(cfg["user_mpp"])]
+    args += ["--sim", str(int(cfg["sim_fields"])), "--sim-mpp", str(float(image_mpp))]
+    args += ["--steps", str(int(cfg["steps"])), "--seed", str(int(cfg["seed"]))]
+    args += ["--device", str(cfg["device"])]
+    return args
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The explicit ``hcsflow train-segmenter`` command (every option) of parsed arguments."""
     parts = ["hcsflow", "train-segmenter"]
@@ -852,6 +897,8 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
             for r in bench["rows"]
         ]
         lines += ["", f"Command: `{bench['command']}`"]
+    if card.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
     lines += ["", "## Command", "", "```", card["command"], "```", ""]
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines))
