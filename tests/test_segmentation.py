@@ -233,12 +233,12 @@ def test_small_nuclei_removed_and_holes_filled():
     nuclei, cells = disc_field(touching=False)
     maps = maps_from_masks(nuclei, cells)
     maps[2][18:21, 18:21] = 0.0  # a hole inside nucleus 1
-    maps[2][150:152, 100:102] = 1.0  # a 4-pixel speck
-    maps[0][150:152, 100:102] = 1.0
-    maps[5][150:152, 100:102] = 1.0
-    pn, _, stats = deep_watershed(maps, PostprocessParams(min_nucleus_size=10))
+    maps[2][100:104, 118:122] = 1.0  # a 16-pixel speck
+    maps[0][100:104, 118:122] = 1.0
+    maps[5][100:104, 118:122] = 1.0
+    pn, _, stats = deep_watershed(maps, PostprocessParams(min_nucleus_size=20))
     assert stats.small_nuclei == 1
-    assert not pn[150:152, 100:102].any()
+    assert not pn[100:104, 118:122].any()
     assert pn[18:21, 18:21].all()
 
 
@@ -376,8 +376,8 @@ def test_empty_blank_and_saturated_fields(method):
     assert r_blank.nuclei.shape == (200, 200) and not r_blank.cells.any()
     assert "saturated" in r_sat.flags and "blank" not in r_sat.flags
     assert "blank" not in r_empty.flags and "saturated" not in r_empty.flags
-    if method == "classical":  # noise alone gives no objects
-        assert r_empty.stats.n_cells == 0 and r_empty.flags == ("no_objects",)
+    # noise alone gives no objects
+    assert r_empty.stats.n_cells == 0 and r_empty.flags == ("no_objects",)
     assert field_flags(np.full((4, 4), 7.0)) == ["blank"]
 
 
@@ -459,3 +459,56 @@ def test_touching_subset_counts():
     pred[12:18, 20:26] = 2
     assert subset_counts(pred, true, touching_labels(true)) == {"tp": 0, "fp": 1, "fn": 2}
     assert subset_counts(pred, true, [3]) == {"tp": 1, "fp": 0, "fn": 0}
+
+
+def test_inference_model_folds_batchnorm_without_changing_outputs():
+    from hcsflow.segmentation.model import SegNet
+    from hcsflow.segmentation.segmenter import inference_model
+
+    torch.manual_seed(0)
+    net = SegNet(widths=(4, 8, 8), blocks=(1, 1, 1))
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    fast = inference_model(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # input untouched
+    x = torch.rand(2, 2, 37, 45)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+def test_shipped_model_on_empty_and_simulated_fields(sim_field):
+    from hcsflow.segmentation.segmenter import default_model_path
+
+    assert default_model_path().exists()
+    seg = Segmenter.load(threads=1)
+    assert seg.model_mpp > 0 and seg.device in ("cpu", "cuda")
+    rng = np.random.default_rng(5)
+    empty = simulate_field(11, (256, 256), 0.65, density=0.0).image
+    noise = rng.poisson(200, (256, 256)).astype(np.uint16)
+    for nuc, cyto in ((empty[0], empty[1]), (noise, noise)):
+        res = seg.predict_with_qc(nuc, cyto, 0.65)
+        assert res.stats.n_cells == 0 and "no_objects" in res.flags
+    f = sim_field
+    nuclei, cells = seg.predict(f.image[0], f.image[3], 0.65)
+    assert nuclei.shape == f.image[0].shape and cells.dtype == np.uint32
+    np.testing.assert_array_equal(cells[nuclei > 0], nuclei[nuclei > 0])
+    assert nuclei.max() > 0.5 * f.nuclei.max()
+
+
+def test_shipped_model_tiled_equals_untiled(sim_field):
+    f = sim_field
+    tiled = Segmenter.load(threads=1, tile_size=160, tile_overlap=48)
+    whole = Segmenter.load(threads=1, tile_size=2048)
+    for a, b in zip(
+        tiled.predict(f.image[0], f.image[3], 0.65),
+        whole.predict(f.image[0], f.image[3], 0.65),
+        strict=True,
+    ):
+        # the network sees different borders in a tile: maps differ slightly near tile edges
+        assert np.mean(a == b) > 0.95
+        assert match(a, b, 0.5).f1 >= 0.9

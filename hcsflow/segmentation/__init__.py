@@ -8,7 +8,9 @@ The public entry point is :class:`Segmenter`::
 Sub-modules: :mod:`~hcsflow.segmentation.metrics` (object matching, F1, AP, DSB score),
 :mod:`~hcsflow.segmentation.postprocess` (deep watershed),
 :mod:`~hcsflow.segmentation.classical` (Otsu + watershed, propagation),
-:mod:`~hcsflow.segmentation.preprocess`, :mod:`~hcsflow.segmentation.model` (the network).
+:mod:`~hcsflow.segmentation.preprocess`, :mod:`~hcsflow.segmentation.model` (the network),
+:mod:`~hcsflow.segmentation.shard` (one workflow job: manifest rows -> masks + QC table),
+:mod:`~hcsflow.segmentation.overlay` (outline pictures for QC).
 ``Segmenter`` is imported lazily so that the metrics do not pull in torch.
 """
 

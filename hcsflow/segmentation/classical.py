@@ -5,8 +5,9 @@ IdentifySecondaryObjects with the Propagation method (cells):
 
 **Nuclei.** The nuclear channel is normalised (1st-99.8th percentile), smoothed with a Gaussian of
 ``smoothing_um`` and thresholded with Otsu's method; small holes are filled. A field whose
-Otsu classes are not separated -- foreground mean less than ``min_contrast`` background standard
-deviations above the background mean, as for camera noise alone (about 2.7) -- has no nuclei. Touching nuclei are
+Otsu classes are not separated -- foreground mean less than ``min_contrast`` (4) background
+standard deviations above the background mean, as for camera noise alone (about 2.7) -- has no
+nuclei (:func:`field_contrast`). Touching nuclei are
 split by a marker watershed on the negated Euclidean distance to the background, the markers
 being its local maxima at least ``0.3 * nuclear_diameter_um`` apart (the distance map is
 smoothed first so that one nucleus gives one maximum). Nuclei smaller than
@@ -74,7 +75,7 @@ class ClassicalParams:
     compactness: float = 0.001
     expand_um: float = 5.0
     min_cell_area_um2: float = 30.0
-    min_contrast: float = 5.0
+    min_contrast: float = 4.0
 
 
 def _normalize(image: np.ndarray) -> np.ndarray:
@@ -89,6 +90,31 @@ def _otsu(values: np.ndarray) -> float | None:
     if values.size == 0 or values.min() == values.max():
         return None
     return float(threshold_otsu(values))
+
+
+def field_contrast(nuclear: np.ndarray, sigma: float = 1.0) -> float:
+    """Separation of the Otsu classes of a nuclear image, in background standard deviations.
+
+    The image is normalized (percentiles 1-99.8) and smoothed (``sigma`` pixels); the statistics
+    are taken over every other row and column (a quarter of the pixels); the result is
+    ``(mean above the Otsu threshold - mean below) / std below``. Camera noise alone and empty
+    simulated fields (background, vignetting, debris) give 2.6-3.3; the 447 DSB2018 images
+    4.5-60 (median 12). 0 for a constant image.
+
+    Parameters
+    ----------
+    nuclear : ndarray, shape (H, W)
+    sigma : float
+        Gaussian smoothing in pixels.
+    """
+    img = ndi.gaussian_filter(_normalize(nuclear), sigma)[::2, ::2]
+    thr = _otsu(img)
+    if thr is None:
+        return 0.0
+    fg, bg = img[img > thr], img[img <= thr]
+    if fg.size == 0 or bg.size == 0:
+        return 0.0
+    return float((fg.mean() - bg.mean()) / max(float(bg.std()), 1e-6))
 
 
 def classical_nuclei(
@@ -119,7 +145,7 @@ def classical_nuclei(
     mask = img > thr
     bg = img[~mask]
     if bg.size == 0 or img[mask].mean() - bg.mean() < params.min_contrast * max(bg.std(), 1e-6):
-        return np.zeros(img.shape, np.int32), 0
+        return np.zeros(img.shape, np.int32), 0  # see field_contrast
     px_area = mpp * mpp
     mask = remove_small_holes(
         mask, max_size=int(np.pi * (params.nuclear_diameter_um / 4 / mpp) ** 2)

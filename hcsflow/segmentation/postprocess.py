@@ -49,6 +49,10 @@ _STRUCT8 = np.ones((3, 3), dtype=bool)
 class PostprocessParams:
     """Parameters of :func:`deep_watershed`; sizes in pixels of the maps.
 
+    The defaults were chosen with ``benchmarks/segmentation_tune.py`` on validation data
+    (simulated fields and DSB2018 training images, never the benchmark's test data), for the
+    shipped model's resolution, at which a typical nucleus is about 18 pixels across.
+
     Attributes
     ----------
     fg_threshold : float
@@ -57,6 +61,9 @@ class PostprocessParams:
         Minimum inner-distance value of a seed.
     min_distance : int
         Half-size of the neighbourhood in which a seed must be the maximum (pixels).
+    seed_smoothing : float
+        Standard deviation (pixels) of the Gaussian applied to the inner distance before its
+        maxima are sought, so that a ridge or a flat top gives one seed (0: none).
     min_nucleus_size : int
         Nuclei with fewer pixels are removed.
     min_cell_size : int
@@ -65,15 +72,24 @@ class PostprocessParams:
         Holes of the foreground up to this many pixels are filled.
     min_nucleus_in_cell : float
         Fraction of a nucleus's area that must lie in the cell foreground for it to be kept.
+    min_contrast : float
+        When the nuclear image is given, a nucleus whose mean intensity exceeds the mean of the
+        background ring around it by less than this many noise standard deviations is removed
+        (0: no test).
+    ring_width : int
+        Width in pixels of that background ring.
     """
 
-    fg_threshold: float = 0.5
+    fg_threshold: float = 0.4
     seed_threshold: float = 0.1
-    min_distance: int = 3
+    min_distance: int = 9
+    seed_smoothing: float = 2.0
     min_nucleus_size: int = 20
     min_cell_size: int = 40
     max_hole_size: int = 64
     min_nucleus_in_cell: float = 0.5
+    min_contrast: float = 1.0
+    ring_width: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fg_threshold < 1.0:
@@ -103,6 +119,8 @@ class PostStats:
         Anucleate cell-foreground regions removed.
     small_nuclei : int
         Nuclei removed because they are smaller than ``min_nucleus_size``.
+    dim_nuclei : int
+        Nuclei removed because they are not brighter than their surroundings.
     """
 
     n_nuclei: int = 0
@@ -110,6 +128,7 @@ class PostStats:
     nuclei_outside_cells: int = 0
     cells_without_nucleus: int = 0
     small_nuclei: int = 0
+    dim_nuclei: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -187,7 +206,8 @@ def nuclei_from_maps(
     mask = fg > params.fg_threshold
     if params.max_hole_size > 0:
         mask = remove_small_holes(mask, max_size=params.max_hole_size)
-    seeds, n = find_seeds(inner, mask, params.min_distance, params.seed_threshold)
+    peaks = ndi.gaussian_filter(inner, params.seed_smoothing) if params.seed_smoothing else inner
+    seeds, n = find_seeds(peaks, mask, params.min_distance, params.seed_threshold)
     if n == 0:
         return np.zeros(inner.shape, np.int32), 0
     nuclei = watershed(-inner, seeds, mask=mask)
@@ -197,6 +217,65 @@ def nuclei_from_maps(
     n_small = int((small[1:] & (area[1:] > 0)).sum())
     nuclei = _remove_labels(nuclei, small)
     return nuclei.astype(np.int32, copy=False), n_small
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Robust per-pixel noise level: scaled MAD of the image minus its 1-pixel Gaussian blur.
+
+    The median is taken over every other row and column (a quarter of the pixels).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    hp = (img - ndi.gaussian_filter(img, 1.0))[::2, ::2]
+    mad = float(np.median(np.abs(hp - np.median(hp))))
+    return 1.4826 * mad
+
+
+def remove_dim_nuclei(
+    nuclei: np.ndarray, image: np.ndarray, min_contrast: float, ring_width: int
+) -> tuple[np.ndarray, int]:
+    """Remove nuclei that are not brighter than the background ring around them.
+
+    Contrast of nucleus ``k`` = (mean of ``image`` over ``k`` - mean over the background pixels
+    within ``ring_width`` of ``k``) / :func:`noise_sigma`. Nuclei without background around
+    them (inside a clump) are kept. This removes objects a network finds in camera noise or in
+    smooth background (an empty field normalized to [0, 1] looks like texture).
+
+    Parameters
+    ----------
+    nuclei : ndarray of int, shape (H, W)
+    image : ndarray of float, shape (H, W)
+        The nuclear channel at the same resolution.
+    min_contrast : float
+        In noise standard deviations.
+    ring_width : int
+        Pixels.
+
+    Returns
+    -------
+    nuclei : ndarray, shape (H, W)
+        Without the dim nuclei (labels not renumbered).
+    removed : int
+    """
+    n = int(nuclei.max()) if nuclei.size else 0
+    if n == 0 or min_contrast <= 0:
+        return nuclei, 0
+    img = np.asarray(image, dtype=np.float64)
+    sigma = noise_sigma(img)
+    if not sigma > 0:
+        return nuclei, 0
+    area = np.bincount(nuclei.ravel(), minlength=n + 1)
+    inside = np.bincount(nuclei.ravel(), weights=img.ravel(), minlength=n + 1)
+    # background pixels within ring_width (chessboard distance) of a nucleus; where two nuclei
+    # are that close, the ring pixel goes to the higher label
+    grown = ndi.maximum_filter(nuclei, size=2 * int(ring_width) + 1)
+    ring = np.where(nuclei == 0, grown, 0).ravel()
+    ring_area = np.bincount(ring, minlength=n + 1)
+    ring_sum = np.bincount(ring, weights=img.ravel(), minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        contrast = (inside / area - ring_sum / ring_area) / sigma
+    dim = (area > 0) & (ring_area > 0) & (contrast < min_contrast)
+    dim[0] = False
+    return _remove_labels(nuclei, dim), int(dim.sum())
 
 
 def cells_from_nuclei(
@@ -254,7 +333,9 @@ def cells_from_nuclei(
 
 
 def deep_watershed(
-    maps: np.ndarray, params: PostprocessParams | None = None
+    maps: np.ndarray,
+    params: PostprocessParams | None = None,
+    nuclear: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, PostStats]:
     """Nuclear and whole-cell instances from the six network maps.
 
@@ -265,6 +346,9 @@ def deep_watershed(
         foreground maps are probabilities in [0, 1]. The outer distances are not used by the
         watershed (the inner distances carry the seeds and the basins).
     params : PostprocessParams, optional
+    nuclear : ndarray of float, shape (H, W), optional
+        The nuclear input image; when given, nuclei not brighter than their surroundings are
+        removed (:func:`remove_dim_nuclei`).
 
     Returns
     -------
@@ -277,13 +361,21 @@ def deep_watershed(
         raise ValueError(f"maps must have shape (6, H, W) ordered as {HEADS}, got {maps.shape}")
     params = params or PostprocessParams()
     nuclei, n_small = nuclei_from_maps(maps[0], maps[2], params)
+    n_dim = 0
+    if nuclear is not None:
+        nuclei, n_dim = remove_dim_nuclei(nuclei, nuclear, params.min_contrast, params.ring_width)
     nuclei, cells, stats = cells_from_nuclei(nuclei, maps[3], maps[5], params)
     stats.small_nuclei = n_small
+    stats.dim_nuclei = n_dim
     return nuclei, cells, stats
 
 
 def nuclei_only(
-    inner: np.ndarray, fg: np.ndarray, params: PostprocessParams, grow: int
+    inner: np.ndarray,
+    fg: np.ndarray,
+    params: PostprocessParams,
+    grow: float,
+    nuclear: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, PostStats]:
     """Nuclei from the nuclear maps and cells as the nuclei grown by ``grow`` pixels.
 
@@ -294,14 +386,19 @@ def nuclei_only(
     inner, fg : ndarray of float, shape (H, W)
         Nuclear inner distance and foreground probability.
     params : PostprocessParams
-    grow : int
+    grow : float
         Distance in pixels by which each nucleus is expanded (without overlap) into a cell.
+    nuclear : ndarray of float, shape (H, W), optional
+        The nuclear input image, for :func:`remove_dim_nuclei`.
     """
     nuclei, n_small = nuclei_from_maps(inner, fg, params)
+    n_dim = 0
+    if nuclear is not None:
+        nuclei, n_dim = remove_dim_nuclei(nuclei, nuclear, params.min_contrast, params.ring_width)
     nuclei, _ = relabel_sequential(nuclei)
     cells = grow_labels(nuclei, grow)
     n = int(nuclei.max()) if nuclei.size else 0
-    stats = PostStats(n_nuclei=n, n_cells=n, small_nuclei=n_small)
+    stats = PostStats(n_nuclei=n, n_cells=n, small_nuclei=n_small, dim_nuclei=n_dim)
     return nuclei.astype(np.uint32), cells.astype(np.uint32), stats
 
 

@@ -12,7 +12,8 @@
 How a field is processed (method ``"deep"``):
 
 1. **QC.** A field whose nuclear channel is constant is flagged ``blank`` and gets no objects
-   without running the network. A field with more than ``saturation_fraction`` of its pixels at
+   without running the network; so does a field whose nuclear channel holds nothing but noise
+   and background (Otsu class separation below ``empty_contrast``). A field with more than ``saturation_fraction`` of its pixels at
    the image's maximum value (clipped detector) is flagged ``saturated`` and still segmented. A
    field in which nothing is found is flagged ``no_objects``.
 2. **Scale.** The images are rescaled by ``image_mpp / model_mpp`` (bilinear, antialiased when
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from hcsflow.segmentation.classical import ClassicalParams, segment_classical
+from hcsflow.segmentation.classical import ClassicalParams, field_contrast, segment_classical
 from hcsflow.segmentation.postprocess import (
     PostprocessParams,
     PostStats,
@@ -252,6 +253,35 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.clip(edge / (overlap + 1.0), 1e-3, 1.0).astype(np.float32)
 
 
+def inference_model(model: Any) -> Any:
+    """A copy of ``model`` prepared for fast inference (the input is not modified).
+
+    Every batch normalization that follows a convolution (``convN``/``bnN`` attribute pairs and
+    adjacent ``Conv2d``, ``BatchNorm2d`` in a ``Sequential``) is folded into the convolution's
+    weights, and the weights are stored channels-last; outputs equal the original model's to
+    float rounding. On CPU this makes the shipped network about a third faster.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for mod in model.modules():
+        for i in range(1, 4):
+            conv, bn = getattr(mod, f"conv{i}", None), getattr(mod, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(mod, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                setattr(mod, f"bn{i}", nn.Identity())
+        if isinstance(mod, nn.Sequential):
+            for j in range(len(mod) - 1):
+                if isinstance(mod[j], nn.Conv2d) and isinstance(mod[j + 1], nn.BatchNorm2d):
+                    mod[j] = fuse_conv_bn_eval(mod[j], mod[j + 1])
+                    mod[j + 1] = nn.Identity()
+    return model.to(memory_format=torch.channels_last)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -285,9 +315,14 @@ class Segmenter:
         ``meta["nuclear_diameter_px"] * meta["model_mpp"]``, or 12 µm without a model.
     saturation_fraction : float
         See :func:`field_flags`.
+    empty_contrast : float
+        Deep method: a field whose nuclear :func:`~hcsflow.segmentation.classical.field_contrast`
+        is below this (noise or background only) gets no objects without running the network,
+        which would otherwise find objects in the stretched noise.
     postprocess : dict, optional
         Other :class:`~hcsflow.segmentation.postprocess.PostprocessParams` fields
-        (``fg_threshold``, ``seed_threshold``, ``min_distance``, ...).
+        (``fg_threshold``, ``seed_threshold``, ``min_distance``, ...); they override the
+        checkpoint's ``meta["postprocess"]``, which overrides the defaults.
     classical : dict, optional
         :class:`~hcsflow.segmentation.classical.ClassicalParams` fields.
     """
@@ -306,6 +341,7 @@ class Segmenter:
         min_nucleus_area_um2: float = 15.0,
         nuclear_diameter_um: float | None = None,
         saturation_fraction: float = 0.05,
+        empty_contrast: float = 4.0,
         postprocess: dict[str, Any] | None = None,
         classical: dict[str, Any] | None = None,
     ) -> None:
@@ -319,7 +355,7 @@ class Segmenter:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model
+        self.model = inference_model(model) if model is not None else None
         self.meta = dict(meta or {})
         self.method = method
         self.device = device
@@ -337,6 +373,7 @@ class Segmenter:
                 nuclear_diameter_um = ClassicalParams().nuclear_diameter_um
         self.nuclear_diameter_um = float(nuclear_diameter_um)
         self.saturation_fraction = float(saturation_fraction)
+        self.empty_contrast = float(empty_contrast)
         self._post_extra = dict(postprocess or {})
         cls_kw = dict(classical or {})
         cls_kw.setdefault("expand_um", self.expand_um)
@@ -393,7 +430,8 @@ class Segmenter:
         return cls(model, meta, method="deep", device=dev, **options)
 
     def _post_params(self, mpp: float) -> PostprocessParams:
-        kw = dict(self._post_extra)
+        kw = dict(self.meta.get("postprocess", {}))
+        kw.update(self._post_extra)
         kw.setdefault("min_nucleus_size", int(round(self.min_nucleus_area_um2 / (mpp * mpp))))
         return PostprocessParams(**kw)
 
@@ -481,44 +519,45 @@ class Segmenter:
                 raise ValueError(f"field {i}: nuclear image contains NaN or infinite values")
             if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
                 raise ValueError(f"field {i}: image_mpp must be a positive number, got {mpp!r}")
-            flags = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
+            fl = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
             estimated = False
-            if mpp is None and "blank" not in flags:
+            if mpp is None and "blank" not in fl:
                 diam = estimate_nuclear_diameter(nuc)
                 if np.isfinite(diam):
                     mpp, estimated = self.nuclear_diameter_um / diam, True
-            if mpp is None:  # blank, or no foreground at all: nothing to scale
+            if mpp is None:
+                # blank, or no foreground to measure: the scale is unknown and irrelevant
                 mpp = self.model_mpp if self.method == "deep" else 1.0
-                estimated = True
-            prepared.append((nuc, cyto, float(mpp), estimated, flags))
+            prepared.append((nuc, cyto, float(mpp), estimated, fl))
 
         if self.method == "classical":
             return [self._classical_one(*p) for p in prepared]
 
         t0 = time.perf_counter()
         inputs: list[np.ndarray | None] = []
-        for nuc, cyto, mpp, _, flags in prepared:
-            inputs.append(None if "blank" in flags else self._model_input(nuc, cyto, mpp))
+        for nuc, cyto, mpp, _, fl in prepared:
+            skip = "blank" in fl or field_contrast(nuc) < self.empty_contrast
+            inputs.append(None if skip else self._model_input(nuc, cyto, mpp))
         maps = self.predict_maps([x for x in inputs if x is not None])
         t_net = (time.perf_counter() - t0) / max(1, len(fields))
         out = []
         it = iter(maps)
-        for (nuc, cyto, mpp, estimated, flags), x in zip(prepared, inputs, strict=True):
+        for (nuc, cyto, mpp, estimated, fl), x in zip(prepared, inputs, strict=True):
             t1 = time.perf_counter()
             if x is None:
                 nuclei = np.zeros(nuc.shape, np.uint32)
                 cells, stats = nuclei.copy(), PostStats()
             else:
-                nuclei, cells, stats = self._postprocess(next(it), cyto is None, nuc.shape)
-            flags = list(flags)
-            if stats.n_nuclei == 0 and "blank" not in flags:
-                flags.append("no_objects")
+                nuclei, cells, stats = self._postprocess(next(it), x[0], cyto is None, nuc.shape)
+            fl = list(fl)
+            if stats.n_nuclei == 0 and "blank" not in fl:
+                fl.append("no_objects")
             out.append(
                 SegmentationResult(
                     nuclei,
                     cells,
                     stats,
-                    tuple(sorted(flags)),
+                    tuple(sorted(fl)),
                     mpp,
                     estimated,
                     {"network": t_net, "postprocess": time.perf_counter() - t1},
@@ -557,15 +596,19 @@ class Segmenter:
         return resize_float(x, shape)
 
     def _postprocess(
-        self, maps: np.ndarray, nuclei_only_field: bool, shape: tuple[int, int]
+        self,
+        maps: np.ndarray,
+        nuclear: np.ndarray,
+        nuclei_only_field: bool,
+        shape: tuple[int, int],
     ) -> tuple[np.ndarray, np.ndarray, PostStats]:
         p = self.post_params
         if nuclei_only_field:
             nuclei, cells, stats = nuclei_only(
-                maps[0], maps[2], p, grow=self.expand_um / self.model_mpp
+                maps[0], maps[2], p, grow=self.expand_um / self.model_mpp, nuclear=nuclear
             )
         else:
-            nuclei, cells, stats = deep_watershed(maps, p)
+            nuclei, cells, stats = deep_watershed(maps, p, nuclear=nuclear)
         if nuclei.shape != tuple(shape):
             nuclei, cells, lost = pair_labels(
                 resize_labels(nuclei, shape), resize_labels(cells, shape)
@@ -608,6 +651,7 @@ class Segmenter:
                     chunk = tiles[b : b + self.batch_size]
                     batch = np.stack([inputs[k][:, y : y + th, x : x + tw] for k, y, x in chunk])
                     t = torch.from_numpy(batch).to(self.device)
+                    t = t.contiguous(memory_format=torch.channels_last)
                     y_out = self.model(t).float().cpu().numpy()
                     for (k, y, x), o in zip(chunk, y_out, strict=True):
                         acc[k][:, y : y + th, x : x + tw] += o * weight

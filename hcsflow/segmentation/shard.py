@@ -38,6 +38,7 @@ QC_COLUMNS = (
     "nuclei_outside_cells",
     "cells_without_nucleus",
     "small_nuclei",
+    "dim_nuclei",
     "flags",
     "image_mpp",
     "mpp_estimated",
@@ -58,6 +59,7 @@ def segmenter_from_config(cfg: Mapping[str, Any]) -> Segmenter:
         min_nucleus_area_um2=cfg.get("min_nucleus_area_um2", 15.0),
         nuclear_diameter_um=cfg.get("nuclear_diameter_um"),
         saturation_fraction=cfg.get("saturation_fraction", 0.05),
+        empty_contrast=cfg.get("empty_contrast", 4.0),
     )
 
 
@@ -190,7 +192,7 @@ def segment_fields(
     qc = qc.astype(
         {
             "Metadata_Site": "int64",
-            **{c: "int64" for c in QC_COLUMNS[:5]},
+            **{c: "int64" for c in QC_COLUMNS[:6]},
             "image_mpp": "float64",
             "mpp_estimated": "bool",
         }
