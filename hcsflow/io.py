@@ -229,3 +229,96 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# segmentation masks
+#
+# The masks of one plate x shard live in one compressed NumPy archive
+# ``{results}/masks/{plate}/{shard}.npz`` holding, per field, the arrays
+# ``{well}_s{site}_nuclei`` and ``{well}_s{site}_cells`` (uint32 label images, cell k contains
+# nucleus k). The archive is written with fixed zip timestamps so identical masks give
+# identical bytes.
+
+
+def mask_key(well: str, site: int, kind: str) -> str:
+    """Name of one field's label image in a mask archive (``kind``: nuclei or cells)."""
+    if kind not in ("nuclei", "cells"):
+        raise ValueError(f"mask kind must be 'nuclei' or 'cells', got {kind!r}")
+    return f"{well}_s{int(site)}_{kind}"
+
+
+def write_masks(
+    path: str | os.PathLike[str],
+    masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Write the label images of several fields to one compressed archive, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.npz``.
+    masks : mapping of (well, site) to (nuclei, cells)
+        Label images of shape (H, W), stored as uint32; fields in sorted order.
+    """
+    import zipfile
+
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+            for (well, site), pair in sorted(masks.items()):
+                for kind, arr in zip(("nuclei", "cells"), pair, strict=True):
+                    arr = np.asarray(arr)
+                    if arr.ndim != 2:
+                        raise ValueError(
+                            f"{kind} mask of well {well} site {site} has shape {arr.shape}; "
+                            "expected (H, W)"
+                        )
+                    info = zipfile.ZipInfo(
+                        mask_key(well, site, kind) + ".npy", date_time=(1980, 1, 1, 0, 0, 0)
+                    )
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    with zf.open(info, "w", force_zip64=True) as fh:
+                        np.lib.format.write_array(
+                            fh, np.ascontiguousarray(arr, dtype=np.uint32), allow_pickle=False
+                        )
+
+
+def read_masks(
+    results: str | os.PathLike[str], plate: str, well: str, site: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nuclear and whole-cell label images of one field.
+
+    The shard that holds the field is found by listing the members of each archive in
+    ``{results}/masks/{plate}/`` (the zip directory only; nothing is decompressed) in sorted
+    order; only the two arrays of the field are then decompressed.
+
+    Parameters
+    ----------
+    results : path
+        The workflow's results folder.
+    plate, well : str
+        Plate name and well (``A01`` style).
+    site : int
+        Site (field) number as in the manifest.
+
+    Returns
+    -------
+    nuclei, cells : ndarray of uint32, shape (H, W)
+        Cell ``k`` contains nucleus ``k``; 0 is background.
+    """
+    import zipfile
+
+    folder = Path(results) / "masks" / plate
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no masks for plate {plate!r}: {folder} does not exist")
+    member = mask_key(well, site, "nuclei") + ".npy"
+    for shard in sorted(folder.glob("*.npz")):
+        with zipfile.ZipFile(shard) as zf:
+            if member not in zf.namelist():
+                continue
+        with np.load(shard, allow_pickle=False) as npz:
+            return (
+                npz[mask_key(well, site, "nuclei")].astype(np.uint32, copy=False),
+                npz[mask_key(well, site, "cells")].astype(np.uint32, copy=False),
+            )
+    raise KeyError(f"plate {plate!r}: no masks for well {well} site {site} in {folder}")

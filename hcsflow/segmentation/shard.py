@@ -1,0 +1,277 @@
+"""Segment the fields of one plate x shard: manifest rows in, label images and a QC table out.
+
+This is what one workflow job does; it is a plain function so that a notebook can run it too.
+
+Channels are chosen by role (``channels`` of the configuration): the ``nuclear`` channels form
+the nuclear image, the ``cytoplasm`` and ``membrane`` channels the cytoplasm image (none:
+nuclei-only assay). Several channels of one role are combined by
+:func:`hcsflow.segmentation.preprocess.combine_channels` (each normalized, then a weighted
+mean with ``weights[name]``, default 1). When illumination profiles are given, each raw channel
+is corrected in memory (``(raw - dark) / flat``) before anything else.
+
+The QC flags ``blank`` and ``saturated`` are decided on the *raw* images of the segmentation
+channels (a corrected image of a blank field is no longer constant, and clipped pixels no longer
+share one value): a blank nuclear channel gives no objects without running the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hcsflow.io import read_field
+from hcsflow.segmentation.segmenter import SegmentationResult, Segmenter, field_flags
+
+log = logging.getLogger(__name__)
+
+#: Roles whose channels make the cytoplasm image.
+CYTOPLASM_ROLES = ("cytoplasm", "membrane")
+
+#: Columns of the per-field segmentation QC table, after the Metadata_ keys.
+QC_COLUMNS = (
+    "n_nuclei",
+    "n_cells",
+    "nuclei_outside_cells",
+    "cells_without_nucleus",
+    "small_nuclei",
+    "dim_nuclei",
+    "flags",
+    "image_mpp",
+    "mpp_estimated",
+)
+
+
+def segmenter_from_config(cfg: Mapping[str, Any]) -> Segmenter:
+    """Build a :class:`Segmenter` from the ``segmentation`` section of the configuration."""
+    return Segmenter.load(
+        cfg.get("model"),
+        device=cfg.get("device", "cpu"),
+        method=cfg.get("method", "deep"),
+        threads=cfg.get("threads"),
+        tile_size=cfg.get("tile_size", 1024),
+        tile_overlap=cfg.get("tile_overlap", 64),
+        batch_size=cfg.get("batch_size", 4),
+        expand_um=cfg.get("expand_um", 5.0),
+        min_nucleus_area_um2=cfg.get("min_nucleus_area_um2", 15.0),
+        nuclear_diameter_um=cfg.get("nuclear_diameter_um"),
+        saturation_fraction=cfg.get("saturation_fraction", 0.05),
+        empty_contrast=cfg.get("empty_contrast", 4.0),
+    )
+
+
+def channels_by_role(channels: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """Names of the nuclear and of the cytoplasm/membrane channels.
+
+    Raises ``ValueError`` (naming the ``channels`` configuration key) when no channel has the
+    role ``nuclear``.
+    """
+    nuclear = [c["name"] for c in channels if c.get("role") == "nuclear"]
+    cyto = [c["name"] for c in channels if c.get("role") in CYTOPLASM_ROLES]
+    if not nuclear:
+        raise ValueError(
+            "config key 'channels': segmentation needs at least one channel with role 'nuclear'"
+        )
+    return nuclear, cyto
+
+
+def _combine(images: list[np.ndarray], names: list[str], weights: Mapping[str, float]):
+    if len(images) == 1:
+        return images[0]
+    from hcsflow.segmentation.preprocess import combine_channels
+
+    return combine_channels(images, [float(weights.get(n, 1.0)) for n in names])
+
+
+def load_illumination(paths: Mapping[str, str] | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read the illumination profiles ``{channel: path}`` as ``{channel: (flat, dark)}``."""
+    if not paths:
+        return {}
+    from hcsflow import illumination
+
+    return {ch: illumination.load(p) for ch, p in paths.items()}
+
+
+def segment_fields(
+    manifest: pd.DataFrame,
+    channels: Sequence[Mapping[str, Any]],
+    segmenter: Segmenter,
+    image_mpp: float | None,
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    weights: Mapping[str, float] | None = None,
+    fields_per_batch: int = 4,
+) -> tuple[dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
+    """Segment every field of a manifest.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Rows of one plate x shard (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``,
+        ``PathName_<ch>``, ``FileName_<ch>``).
+    channels : sequence of dict
+        The configuration's channels (``name``, ``id``, ``role``).
+    segmenter : Segmenter
+    image_mpp : float or None
+        Pixel size of the raw images; None estimates it per field.
+    illumination : mapping of channel name to (flat, dark), optional
+        Profiles of shape (H, W) to correct the raw channels with.
+    weights : mapping of channel name to float, optional
+        Weights of the channels combined within one role.
+    fields_per_batch : int
+        Fields whose tiles go through the network together.
+
+    Returns
+    -------
+    masks : dict of (well, site) to (nuclei, cells)
+        uint32 label images of shape (H, W).
+    qc : DataFrame
+        One row per field: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and
+        :data:`QC_COLUMNS`, sorted by well and site.
+    """
+    nuc_names, cyto_names = channels_by_role(channels)
+    names = nuc_names + cyto_names
+    illumination = dict(illumination or {})
+    weights = dict(weights or {})
+    if fields_per_batch < 1:
+        raise ValueError(f"fields_per_batch must be >= 1, got {fields_per_batch}")
+    rows = manifest.sort_values(["Metadata_Well", "Metadata_Site"]).to_dict("records")
+    masks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    records = []
+    for start in range(0, len(rows), fields_per_batch):
+        chunk = rows[start : start + fields_per_batch]
+        inputs, flags = [], []
+        for row in chunk:
+            stack = read_field(row, names)
+            raw_flags = set()
+            for k, name in enumerate(names):
+                f = field_flags(stack[k], segmenter.saturation_fraction)
+                if "saturated" in f:
+                    raw_flags.add("saturated")
+                if "blank" in f and name in nuc_names:
+                    raw_flags.add("blank")
+            imgs = []
+            for k, name in enumerate(names):
+                img = stack[k]
+                if name in illumination:
+                    from hcsflow.illumination import correct
+
+                    flat, dark = illumination[name]
+                    img = correct(img, flat, dark)
+                imgs.append(img)
+            nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
+            cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
+            inputs.append((nuc, cyto))
+            flags.append(sorted(raw_flags))
+        results: list[SegmentationResult] = segmenter.predict_batch(inputs, image_mpp, flags)
+        for row, res in zip(chunk, results, strict=True):
+            key = (str(row["Metadata_Well"]), int(row["Metadata_Site"]))
+            masks[key] = (res.nuclei, res.cells)
+            rec = {
+                "Metadata_Plate": str(row["Metadata_Plate"]),
+                "Metadata_Well": key[0],
+                "Metadata_Site": key[1],
+            }
+            rec.update(res.qc_record())
+            records.append(rec)
+            log.info(
+                "%s %s s%d: %d cells, flags [%s], network %.2f s, post-processing %.2f s",
+                rec["Metadata_Plate"],
+                key[0],
+                key[1],
+                rec["n_cells"],
+                rec["flags"],
+                res.timings.get("network", 0.0),
+                res.timings.get("postprocess", 0.0),
+            )
+    qc = pd.DataFrame.from_records(
+        records, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", *QC_COLUMNS]
+    )
+    qc = qc.astype(
+        {
+            "Metadata_Site": "int64",
+            **{c: "int64" for c in QC_COLUMNS[:6]},
+            "image_mpp": "float64",
+            "mpp_estimated": "bool",
+        }
+    )
+    return masks, qc
+
+
+def render_plate_overlays(
+    results: str,
+    plate: str,
+    manifest: pd.DataFrame,
+    channels: Sequence[Mapping[str, Any]],
+    out_png: str,
+    n_fields: int = 4,
+    crop: int = 512,
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """Write a PNG of outlines on ``n_fields`` fields of a plate (central crops).
+
+    Parameters
+    ----------
+    results : path
+        Results folder holding ``masks/{plate}/``.
+    plate : str
+    manifest : DataFrame
+        The plate's manifest.
+    channels : sequence of dict
+        The configuration's channels.
+    out_png : path
+        Destination.
+    n_fields : int
+        Fields shown, chosen by :func:`~hcsflow.segmentation.overlay.choose_fields`.
+    crop : int
+        Edge of the central crop shown per field, in pixels.
+    illumination, weights
+        As in :func:`segment_fields`.
+
+    Returns
+    -------
+    DataFrame
+        The manifest rows shown.
+    """
+    from hcsflow.io import read_masks
+    from hcsflow.segmentation.overlay import (
+        centre_crop,
+        choose_fields,
+        outline_overlay,
+        save_overlay_figure,
+    )
+
+    nuc_names, cyto_names = channels_by_role(channels)
+    names = nuc_names + cyto_names
+    illumination = dict(illumination or {})
+    weights = dict(weights or {})
+    chosen = choose_fields(manifest, n_fields)
+    panels = []
+    for row in chosen.to_dict("records"):
+        stack = read_field(row, names).astype(np.float32)
+        imgs = []
+        for k, name in enumerate(names):
+            img = stack[k]
+            if name in illumination:
+                from hcsflow.illumination import correct
+
+                img = correct(img, *illumination[name])
+            imgs.append(img)
+        nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
+        cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
+        well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
+        nuclei, cells = read_masks(results, plate, well, site)
+        rgb = outline_overlay(
+            centre_crop(nuc, crop),
+            None if cyto is None else centre_crop(cyto, crop),
+            centre_crop(nuclei, crop),
+            centre_crop(cells, crop),
+        )
+        n_cells = int(np.unique(cells[cells > 0]).size)
+        role = f" ({row['Metadata_Role']})" if "Metadata_Role" in row else ""
+        panels.append((f"{well} s{site}{role}: {n_cells} cells", rgb))
+    save_overlay_figure(panels, out_png, title=f"{plate}: cells (yellow), nuclei (magenta)")
+    return chosen

@@ -1,0 +1,33 @@
+# Training the segmentation network. Not part of rule all; run by target, e.g.
+#   snakemake --cores 2 results/models/segmenter.pt
+# Options come from the optional config block segmentation.train (keys: dsb, user, user_mpp,
+# sim_fields, steps, seed, device). The checkpoint is protected: retraining means deleting it.
+import shlex
+
+from hcsflow.segmentation.train import options_from_config
+
+
+rule train_segmenter:
+    output:
+        model=protected(f"{RESULTS}/models/segmenter.pt"),
+        card=f"{RESULTS}/models/segmenter.md",
+    log:
+        f"{LOGS}/train_segmenter.log",
+    benchmark:
+        f"{BENCH}/train_segmenter.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=480,
+    params:
+        options=shlex.join(
+            options_from_config(
+                config.get("segmentation", {}).get("train"),
+                config.get("image_mpp", 0.65),
+            )
+        ),
+    shell:
+        "python -m hcsflow.cli train-segmenter --out {output.model} --threads {threads} "
+        "{params.options} > {log} 2>&1"
