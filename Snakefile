@@ -11,6 +11,8 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/discover.smk"
 include: "rules/illumination.smk"
+include: "rules/segment.smk"
+include: "rules/train.smk"
 include: "rules/profiles.smk"
 include: "rules/analysis.smk"
 

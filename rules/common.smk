@@ -56,6 +56,7 @@ def all_targets():
     if not config["input_profiles"]:
         targets += expand(f"{RESULTS}/manifest/{{plate}}.parquet", plate=PLATES.index)
         targets += illumination_targets()
+        targets += segmentation_targets()
     if profile_stages_runnable():
         targets += ANALYSIS_TARGETS
     return targets
@@ -65,7 +66,8 @@ def report_figures():
     """Figures of the image stages that the report shows (none in a profile-level run)."""
     if config["input_profiles"]:
         return []
-    return [t for t in illumination_targets() if t.endswith(".png")]
+    figures = [t for t in illumination_targets() if t.endswith(".png")]
+    return figures + [f"{RESULTS}/qc/{plate}_overlays.png" for plate in PLATES.index]
 
 
 def plate_row(plate):
@@ -115,4 +117,51 @@ def illumination_targets():
         targets += [
             f"{RESULTS}/illumination/{plate}/corrected" for plate in PLATES.index
         ]
+    return targets
+
+
+# --- segmentation -------------------------------------------------------------------
+
+
+def segmentation_model():
+    """Checkpoint of the deep method (an input, so a new model reruns the jobs), or None."""
+    seg = config["segmentation"]
+    if seg["method"] != "deep":
+        return None
+    if seg["model"]:
+        return seg["model"]
+    from hcsflow.segmentation.segmenter import default_model_path
+
+    return str(default_model_path())
+
+
+def segmentation_illumination(plate):
+    """Illumination profiles {channel: npz} of a plate, {} when correction is off."""
+    return dict(illumination_inputs(plate))
+
+
+def segment_inputs(wildcards):
+    inputs = {"manifest": f"{RESULTS}/manifest/{wildcards.plate}.parquet"}
+    model = segmentation_model()
+    if model is not None:
+        inputs["model"] = model
+    for channel, path in segmentation_illumination(wildcards.plate).items():
+        inputs[f"illum_{channel}"] = path
+    return inputs
+
+
+def segmentation_gpu():
+    seg = config["segmentation"]
+    return 1 if seg["method"] == "deep" and seg["device"] == "cuda" else 0
+
+
+def segmentation_targets():
+    """QC tables of every plate x shard and the overlay figure of every plate."""
+    targets = []
+    for plate in PLATES.index:
+        targets += expand(
+            f"{RESULTS}/segmentation/{plate}/{{shard}}.parquet",
+            shard=plate_shards(plate),
+        )
+        targets.append(f"{RESULTS}/qc/{plate}_overlays.png")
     return targets

@@ -1,5 +1,5 @@
 # Segmentation: one job per plate x shard writes the shard's masks and a per-field QC table;
-# one job per plate draws outlines on a few fields for QC. Helpers: rules/segment_common.smk.
+# one job per plate draws outlines on a few fields for QC. Helpers: rules/common.smk.
 
 
 rule segment:

@@ -25,7 +25,7 @@ configfile: "config/config.yaml"
 
 include: "{REPO}/rules/common.smk"
 include: "{REPO}/rules/discover.smk"
-include: "{REPO}/rules/segment_common.smk"
+include: "{REPO}/rules/illumination.smk"
 include: "{REPO}/rules/segment.smk"
 
 
