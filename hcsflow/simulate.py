@@ -32,9 +32,12 @@ index, site))``, so a plate is byte-identical with any number of worker processe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
+import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -50,6 +53,23 @@ from scipy import ndimage as ndi
 from hcsflow import __version__
 from hcsflow.io import atomic_path
 
+__all__ = [
+    "CHANNELS",
+    "MOA_PROFILES",
+    "PHENOTYPE_KEYS",
+    "VIGNETTING",
+    "SimulatedField",
+    "SimulatedPlate",
+    "default_platemap",
+    "make_illumination",
+    "random_appearance",
+    "simulate_field",
+    "simulate_illumination_stack",
+    "simulate_plate",
+    "truth_cell_table",
+    "well_names",
+]
+
 #: Channel names in file order: ``w1`` .. ``w5``.
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 
@@ -61,8 +81,9 @@ VIGNETTING = ("radial", "offcenter", "tilted", "elliptic", "none")
 CELLS_PER_MM2 = 450.0
 
 #: An effect fraction (Hill response times maximal effect) at or above this value is called
-#: truly active in ``truth/treatments.csv``: at 0.25 the full phenotype's shifts are between
-#: 0.5 and 2 standard deviations of the per-well DMSO spread of the features each MoA moves.
+#: truly active in ``truth/treatments.csv``. Measured on the default 96-well plate (540 px,
+#: 4 sites; ``benchmarks/simulate_stats.py``), wells at effect 0.25-0.5 move their MoA's own
+#: features by 2.6-7.4 standard deviations of the DMSO well medians, wells below 0.1 by < 2.
 ACTIVE_THRESHOLD = 0.25
 
 #: Phenotype keys understood by :func:`simulate_field`; every value is 0 in DMSO. Log-scale
@@ -135,10 +156,29 @@ MOA_PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Standard deviation of the random per-well shift of each phenotype key (replicate noise).
+WELL_NOISE = {
+    "nucleus_size": 0.025,
+    "dna_intensity": 0.04,
+    "dna_texture": 0.05,
+    "cell_size": 0.035,
+    "cell_elongation": 0.05,
+    "cell_irregularity": 0.01,
+    "er_intensity": 0.05,
+    "er_texture": 0.04,
+    "rna_intensity": 0.05,
+    "nucleoli": 0.06,
+    "agp_intensity": 0.05,
+    "actin_fibres": 0.08,
+    "mito_intensity": 0.05,
+    "mito_spread": 0.05,
+    "mitotic_arrest": 0.005,
+}
+
 #: MoA label of compounds without any phenotype.
 INACTIVE_MOA = "inactive"
 
-_ZLIB_LEVEL = 6
+_ZLIB_LEVEL = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +352,8 @@ def make_illumination(
     Returns
     -------
     flatfield : ndarray of shape (n_channels, H, W), float32
-        Mean 1 per channel; corners fall to about 55-80 % of the brightest point.
+        Mean 1 per channel; for the radial kinds the corners of a square field fall to
+        about 60-80 % of the brightest point.
     darkfield : ndarray of shape (n_channels, H, W), float32
         Additive offset in raw units.
     """
@@ -328,7 +369,7 @@ def make_illumination(
     flats = np.empty((n_channels, h, w), np.float32)
     darks = np.zeros((n_channels, h, w), np.float32)
     for c in range(n_channels):
-        strength = rng.uniform(0.25, 0.45)
+        strength = rng.uniform(0.06, 0.15)
         cy, cx = 0.0, 0.0
         if vignetting in ("offcenter", "tilted"):
             ang = rng.uniform(0, 2 * np.pi)
@@ -402,32 +443,40 @@ def _place_centres(
     sep: np.ndarray,
     cluster_sigma: float,
     clustering: float,
-) -> np.ndarray:
-    """Clustered points with pairwise hard-core ``(sep_i + sep_j)``; returns (m, 2) and index."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered points (Thomas process) with a pairwise hard core.
+
+    Candidate ``i`` carries the hard-core radius ``sep[i]``; two accepted points are at least
+    ``sep_i + sep_j`` apart. Candidates are visited in random order until ``n`` are accepted.
+
+    Returns
+    -------
+    pos : ndarray of shape (m, 2)
+        Accepted (row, column) positions, ``m <= n``.
+    idx : ndarray of shape (m,)
+        Index of each accepted candidate into ``sep``.
+    """
     h, w = shape
-    if n == 0:
+    n_cand = len(sep)
+    if n == 0 or n_cand == 0:
         return np.zeros((0, 2)), np.zeros(0, int)
-    n_cand = 4 * n + 20
     n_cl = int(round(n_cand * clustering))
     n_par = max(1, int(round(n_cl / 14)))
     parents = rng.uniform((0, 0), (h, w), size=(n_par, 2))
     off = parents[rng.integers(0, n_par, n_cl)] + rng.normal(0, cluster_sigma, (n_cl, 2))
     uni = rng.uniform((0, 0), (h, w), size=(n_cand - n_cl, 2))
-    cand = np.concatenate([off, uni])
-    cand = cand[rng.permutation(len(cand))]
+    cand = np.concatenate([off, uni])[rng.permutation(n_cand)]
     inside = (cand[:, 0] >= 0) & (cand[:, 0] < h) & (cand[:, 1] >= 0) & (cand[:, 1] < w)
-    cand = cand[inside]
-    cand_sep = sep[np.arange(len(cand)) % len(sep)]
     acc_pos = np.empty((n, 2))
+    acc_sep = np.empty(n)
     acc_idx = np.empty(n, int)
     m = 0
-    for i in range(len(cand)):
+    for i in np.flatnonzero(inside):
         if m:
             d2 = ((acc_pos[:m] - cand[i]) ** 2).sum(1)
-            if np.any(d2 < (cand_sep[acc_idx[:m]] + cand_sep[i]) ** 2):
+            if np.any(d2 < (acc_sep[:m] + sep[i]) ** 2):
                 continue
-        acc_pos[m] = cand[i]
-        acc_idx[m] = i % len(sep)
+        acc_pos[m], acc_sep[m], acc_idx[m] = cand[i], sep[i], i
         m += 1
         if m == n:
             break
@@ -600,7 +649,9 @@ def _simulate(
     # ---- cell population ----------------------------------------------------------------
     area_mm2 = h * w * (image_mpp * 1e-3) ** 2
     lam = CELLS_PER_MM2 * density * area_mm2 * (1.0 - ph["toxicity"]) / scale**1.5
-    n = int(g_geo.poisson(lam)) if lam > 0 else 0
+    n_target = int(g_geo.poisson(lam)) if lam > 0 else 0
+    # properties for a pool of candidates; the point process keeps n_target of them
+    n = 4 * n_target + 20 if n_target else 0
     p_mit = min(0.9, 0.025 + ph["mitotic_arrest"])
     p_apo = min(0.9, 0.012 + 0.15 * ph["toxicity"])
     u = g_geo.random(n)
@@ -626,9 +677,14 @@ def _simulate(
     asp_cell = np.clip(asp_cell, 1.0, 4.5)
     r_cell = np.maximum(r_cell, r_nuc * 1.35)
     a_nuc = r_nuc * np.sqrt(asp_nuc)
-    sep = a_nuc * 1.02 + 1.0
+    sep = a_nuc * 0.95 + 0.5  # nuclei in colonies may touch
     pos, idx = _place_centres(
-        g_geo, (h, w), n, sep, cluster_sigma=1.4 * 17.5 * scale * px, clustering=app["clustering"]
+        g_geo,
+        (h, w),
+        n_target,
+        sep,
+        cluster_sigma=1.4 * 17.5 * scale * px,
+        clustering=app["clustering"],
     )
     sel = lambda a: a[idx]  # noqa: E731
     state, r_nuc, r_cell, asp_nuc, asp_cell, metaphase, g2 = map(
@@ -643,15 +699,46 @@ def _simulate(
     cpos = pos + np.stack([np.sin(off_ang), np.cos(off_ang)], 1) * off_mag[:, None]
     irr = 0.14 + ph["cell_irregularity"]
 
+    # outline coefficients, drawn per cell in a fixed order
+    coefs, coefs_n = [], []
+    for k in range(n):
+        coefs.append(_fourier_radius(g_geo, irr if state[k] == 0 else 0.04, 7))
+        coefs_n.append(_fourier_radius(g_geo, 0.05 if state[k] == 0 else 0.02, 4))
+
     nuclei = np.zeros((h, w), np.int32)
     rho_n = np.ones((h, w), np.float32)  # normalised radius inside nuclei (dome profile)
-    rmin = np.full((h, w), np.inf, np.float32)
     for k in range(n):
-        lab = k + 1
-        # cell outline (normalised distance; < 1 inside)
+        an = r_nuc[k] * np.sqrt(asp_nuc[k])
+        bn = r_nuc[k] / np.sqrt(asp_nuc[k])
+        coef_n = coefs_n[k]
+        ext = an * (1.0 + coef_n[:, 1].sum()) + 2
+        ny, nx = pos[k]
+        y0, y1 = max(0, int(ny - ext)), min(h, int(ny + ext) + 1)
+        x0, x1 = max(0, int(nx - ext)), min(w, int(nx + ext) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy - ny, xx - nx
+        ct, st = np.cos(theta_n[k]), np.sin(theta_n[k])
+        r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, an, bn, coef_n)
+        sub = nuclei[y0:y1, x0:x1]
+        put = (r < 1.0) & (sub == 0)
+        sub[put] = k + 1
+        rho_n[y0:y1, x0:x1][put] = r[put]
+
+    # drop nuclei mostly hidden by earlier ones or by the image border, relabel 1..n
+    expected = np.pi * r_nuc**2
+    counts = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
+    keep = counts >= np.maximum(0.5 * expected, 4)
+    lut = np.zeros(n + 1, np.int32)
+    lut[1:][keep] = np.arange(1, keep.sum() + 1)
+    nuclei = lut[nuclei]
+    kept = np.flatnonzero(keep)
+
+    # cell outlines of the kept cells (normalised distance; < 1 inside)
+    rmin = np.full((h, w), np.inf, np.float32)
+    for k in kept:
         ac = r_cell[k] * np.sqrt(asp_cell[k])
         bc = r_cell[k] / np.sqrt(asp_cell[k])
-        coef = _fourier_radius(g_geo, irr if state[k] == 0 else 0.04, 7)
+        coef = coefs[k]
         ext = ac * (1.0 + coef[:, 1].sum()) * 1.25 + 3
         cy, cx = cpos[k]
         y0, y1 = max(0, int(cy - ext)), min(h, int(cy + ext) + 1)
@@ -663,31 +750,7 @@ def _simulate(
             r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, ac, bc, coef)
             sub = rmin[y0:y1, x0:x1]
             np.minimum(sub, r, out=sub)
-        # nucleus
-        an = r_nuc[k] * np.sqrt(asp_nuc[k])
-        bn = r_nuc[k] / np.sqrt(asp_nuc[k])
-        coef_n = _fourier_radius(g_geo, 0.05 if state[k] == 0 else 0.02, 4)
-        ext = an * (1.0 + coef_n[:, 1].sum()) + 2
-        ny, nx = pos[k]
-        y0, y1 = max(0, int(ny - ext)), min(h, int(ny + ext) + 1)
-        x0, x1 = max(0, int(nx - ext)), min(w, int(nx + ext) + 1)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dy, dx = yy - ny, xx - nx
-        ct, st = np.cos(theta_n[k]), np.sin(theta_n[k])
-        r = _shape_r(dx * ct + dy * st, -dx * st + dy * ct, an, bn, coef_n)
-        sub = nuclei[y0:y1, x0:x1]
-        put = (r < 1.0) & (sub == 0)
-        sub[put] = lab
-        rho_n[y0:y1, x0:x1][put] = r[put]
 
-    # drop nuclei mostly hidden by earlier ones, relabel 1..n
-    expected = np.pi * r_nuc**2
-    counts = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
-    keep = counts >= np.maximum(0.5 * expected, 4)
-    lut = np.zeros(n + 1, np.int32)
-    lut[1:][keep] = np.arange(1, keep.sum() + 1)
-    nuclei = lut[nuclei]
-    kept = np.flatnonzero(keep)
     state, r_nuc, r_cell, theta_c, pos, asp_cell = (
         a[kept] for a in (state, r_nuc, r_cell, theta_c, pos, asp_cell)
     )
@@ -750,6 +813,7 @@ def _simulate(
         nucleoli = ndi.gaussian_filter(nucleoli, s_nl, truncate=3.0) * (2 * np.pi * s_nl**2)
         nucleoli = np.clip(nucleoli, 0, 1.2) * nuc_mask
 
+    debris, n_debris = _debris_image(ss, (h, w), cells, px)
     for ci, c in enumerate(channels):
         name = CHANNELS[c]
         gch = _child(ss, 10 + c)
@@ -830,17 +894,17 @@ def _simulate(
                     * (0.12 * fill + 0.9 * organelles + 0.8 * puncta)
                 )
         # debris and background
-        s += _debris_layer(ss, (h, w), cells, name, px)
+        s += debris * _DEBRIS_LEVEL[name]
         bgl = np.float32(45.0 * bg)
         s += bgl * (1.0 + 0.15 * _smooth_noise(gch, (h, w), 20 * px))
         signal[ci] = s * (bright * cb[c])
 
     # optics: PSF blur, out of focus
-    blur_px = float(app["blur_um"]) * px
+    blur_px = float(app["blur_um"]) * px * float(np.exp(g_cam.normal(0, 0.12)))  # focus jitter
     if out_of_focus:
         blur_px = float(g_cam.uniform(2.5, 4.5)) * px
-    for ci in range(len(channels)):
-        signal[ci] = ndi.gaussian_filter(signal[ci], blur_px * (1.0 + 0.08 * ci), truncate=3.0)
+    for ci, c in enumerate(channels):  # longer wavelengths blur a little more
+        signal[ci] = ndi.gaussian_filter(signal[ci], blur_px * (1.0 + 0.08 * c), truncate=3.0)
 
     # camera
     gain = float(app["gain"])
@@ -851,7 +915,6 @@ def _simulate(
         cnt += darkfield[c] + g_cam.normal(0, float(app["read_noise"]), (h, w)).astype(np.float32)
         image[ci] = np.clip(np.rint(cnt), 0, 65535).astype(np.uint16)
 
-    n_debris = _debris_count(ss, (h, w), cells, px)
     nuc_area = np.bincount(nuclei.ravel(), minlength=n + 1)[1:]
     cell_area = np.bincount(cells.ravel(), minlength=n + 1)[1:]
     info = {
@@ -960,20 +1023,15 @@ def _debris_points(
     return np.stack([yy[keep], xx[keep]], 1), size[keep], amp[keep]
 
 
-def _debris_count(ss: np.random.SeedSequence, shape, cells, px) -> int:
-    return len(_debris_points(ss, shape, cells, px)[0])
-
-
 _DEBRIS_LEVEL = {"DNA": 2500.0, "ER": 300.0, "RNA": 500.0, "AGP": 400.0, "Mito": 200.0}
 
 
-def _debris_layer(
-    ss: np.random.SeedSequence, shape: tuple[int, int], cells: np.ndarray, name: str, px: float
-) -> np.ndarray:
+def _debris_image(
+    ss: np.random.SeedSequence, shape: tuple[int, int], cells: np.ndarray, px: float
+) -> tuple[np.ndarray, int]:
+    """Debris blobs of unit brightness (scaled per channel by ``_DEBRIS_LEVEL``) and their count."""
     pts, size, amp = _debris_points(ss, shape, cells, px)
     img = np.zeros(shape, np.float32)
-    if len(pts) == 0:
-        return img
     # two size classes keep it to two filters
     small = size < px
     for m, s in ((small, 0.7 * px), (~small, 1.4 * px)):
@@ -981,7 +1039,7 @@ def _debris_layer(
             tmp = np.zeros(shape, np.float32)
             np.add.at(tmp, (pts[m, 0], pts[m, 1]), amp[m].astype(np.float32))
             img += ndi.gaussian_filter(tmp, s, truncate=3.0) * (2 * np.pi * s * s)
-    return img * _DEBRIS_LEVEL[name]
+    return img, len(pts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1012,7 +1070,8 @@ def simulate_illumination_stack(
     dark_offset : bool
         Whether the camera adds an offset.
     density : float
-        Cell density (0.2 mimics sparse wells, where most pixels are background).
+        Mean cell density (0.2 mimics sparse wells, where most pixels are background); each
+        field varies around it (15 % SD), and so does its brightness (10 % SD).
     seed : int
         Seed of the illumination and of every field.
     channel : str
@@ -1033,13 +1092,18 @@ def simulate_illumination_stack(
     flat, dark = make_illumination(shape, vignetting=vignetting, dark_offset=dark_offset, seed=seed)
     stack = np.empty((n_fields, *shape), np.uint16)
     for i in range(n_fields):
+        ss = np.random.SeedSequence([int(seed), 0x57AC, i])
+        # fields differ in brightness and density from well to well, as on a plate
+        g = _child(ss, 40)
+        app = dict(DEFAULT_APPEARANCE)
+        app["brightness"] = float(np.exp(g.normal(0, 0.1)))
         f = _simulate(
-            np.random.SeedSequence([int(seed), 0x57AC, i]),
+            ss,
             shape,
             0.65,
-            density=density,
+            density=density * float(np.exp(g.normal(0, 0.15))),
             phenotype=None,
-            appearance=None,
+            appearance=app,
             flatfield=flat,
             darkfield=dark,
             out_of_focus=False,
@@ -1191,6 +1255,12 @@ def _validate_platemap(pm: pd.DataFrame, n_wells: int) -> pd.DataFrame:
     pm["moa"] = pm["moa"].fillna("").astype(str)
     pm["target"] = pm["target"].fillna("").astype(str)
     pm["dose_um"] = pd.to_numeric(pm["dose_um"], errors="raise").fillna(0.0).astype(float)
+
+    def norm(well: Any) -> str:
+        m = re.fullmatch(r"\s*([A-Pa-p])0*(\d{1,2})\s*", str(well))
+        return f"{m.group(1).upper()}{int(m.group(2)):02d}" if m else str(well)
+
+    pm["well"] = pm["well"].map(norm)
     valid = set(well_names(n_wells))
     bad = sorted(set(pm["well"]) - valid)
     if bad:
@@ -1214,13 +1284,20 @@ def _well_rc(well: str) -> tuple[int, int]:
     return ord(well[0]) - 65, int(well[1:]) - 1
 
 
+@functools.lru_cache(maxsize=2)
+def _load_illumination(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-field and dark-field of a simulated plate (cached per worker process)."""
+    with np.load(path) as z:
+        return z["flatfield"], z["darkfield"]
+
+
 def _field_task(task: dict[str, Any]) -> dict[str, Any]:
     """Simulate one field and write its images and masks (runs in a worker process)."""
     t0 = time.process_time()
     ss = np.random.SeedSequence(task["entropy"])
     g = _child(ss, 30)
     oof = bool(g.random() < task["out_of_focus_fraction"])
-    illum = np.load(task["illumination"])
+    flat, dark = _load_illumination(task["illumination"])
     f = simulate_field(
         ss,
         (task["size"], task["size"]),
@@ -1228,8 +1305,8 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
         density=task["density"],
         phenotype=task["phenotype"],
         appearance=task["appearance"],
-        flatfield=illum["flatfield"],
-        darkfield=illum["darkfield"],
+        flatfield=flat,
+        darkfield=dark,
         out_of_focus=oof,
     )
     import tifffile
@@ -1239,7 +1316,11 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
         path = images_dir / f"{task['plate']}_{task['well']}_s{task['site']}_w{c + 1}.tif"
         with atomic_path(path) as tmp:
             tifffile.imwrite(
-                tmp, f.image[c], compression="zlib", compressionargs={"level": _ZLIB_LEVEL}
+                tmp,
+                f.image[c],
+                compression="zlib",
+                predictor=True,
+                compressionargs={"level": _ZLIB_LEVEL},
             )
     mpath = Path(task["masks_dir"]) / f"{task['well']}_s{task['site']}.npz"
     with atomic_path(mpath) as tmp, open(tmp, "wb") as fh:
@@ -1377,14 +1458,15 @@ def simulate_plate(
             dens, ph = 0.0, {}
         else:
             dens = density * float(np.exp(wrng.normal(0, 0.12)))
-            ph = {}
+            # biological well-to-well variation, present in every well (DMSO included)
+            ph = {k: float(wrng.normal(0, sd)) for k, sd in WELL_NOISE.items()}
             if r.moa in MOA_PROFILES and r.compound in cpar.index:
                 p = cpar.loc[r.compound]
                 f = effect_fraction(r.dose_um, p["ec50_um"], p["hill"], p["max_effect"])
                 for k, v in MOA_PROFILES[r.moa]["phenotype"].items():
-                    ph[k] = float(v * f * np.exp(wrng.normal(0, 0.1)))
-                if "toxicity" in ph:
-                    ph["toxicity"] = float(min(ph["toxicity"], 0.95))
+                    ph[k] = ph.get(k, 0.0) + float(v * f * np.exp(wrng.normal(0, 0.1)))
+            ph["toxicity"] = float(np.clip(ph.get("toxicity", 0.0), 0.0, 0.95))
+            ph["mitotic_arrest"] = float(max(ph.get("mitotic_arrest", 0.0), -0.02))
         cbr = np.exp(wrng.normal(0, 0.03, len(CHANNELS)))
         if plate_effects:
             cbr = cbr * np.exp(row_eff[ri] + col_eff[cj] + col_grad[cj])
@@ -1422,9 +1504,6 @@ def simulate_plate(
     fields = pd.DataFrame(rows)
     field_seconds = fields.pop("cpu_seconds")
 
-    pm_path = out / "platemap.csv"
-    with atomic_path(pm_path) as tmp:
-        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
     for df, name in (
         (fields, "fields.csv"),
         (compounds, "compounds.csv"),
@@ -1453,9 +1532,14 @@ def simulate_plate(
         "appearance": DEFAULT_APPEARANCE,
         "moa_profiles": MOA_PROFILES,
         "phenotype_keys": PHENOTYPE_KEYS,
+        "well_noise": WELL_NOISE,
     }
     with atomic_path(truth_dir / "simulation.json") as tmp:
         tmp.write_text(json.dumps(params, indent=2, sort_keys=True, default=list) + "\n")
+    # the plate map comes last: its presence marks a complete plate folder
+    pm_path = out / "platemap.csv"
+    with atomic_path(pm_path) as tmp:
+        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
     elapsed = time.perf_counter() - t_start
     print(
         f"simulated plate {plate}: {len(tasks)} fields of {size}x{size} in {elapsed:.1f} s "
@@ -1478,8 +1562,7 @@ def _measure_field(args: tuple[str, str, str, int]) -> pd.DataFrame:
 
     plate_dir, plate, well, site = args
     root = Path(plate_dir)
-    illum = np.load(root / "truth" / "illumination.npz")
-    flat, dark = illum["flatfield"], illum["darkfield"]
+    flat, dark = _load_illumination(str(root / "truth" / "illumination.npz"))
     masks = np.load(root / "truth" / "masks" / f"{well}_s{site}.npz")
     nuclei, cells = masks["nuclei"], masks["cells"]
     n = int(cells.max())
@@ -1649,26 +1732,32 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """Run ``hcsflow simulate``; returns the exit code."""
-    pm = None
-    if args.platemap:
-        pm = pd.read_csv(args.platemap, dtype={"well": str}, keep_default_na=False)
-    res = simulate_plate(
-        args.out_dir,
-        plate=args.plate,
-        n_wells=args.wells,
-        sites=args.sites,
-        size=args.size,
-        image_mpp=args.mpp,
-        seed=args.seed,
-        platemap=pm,
-        vignetting=args.vignetting,
-        dark_offset=not args.no_dark_offset,
-        density=args.density,
-        out_of_focus_fraction=args.out_of_focus_fraction,
-        plate_effects=not args.no_plate_effects,
-        n_workers=args.workers,
-    )
+    """Run ``hcsflow simulate``; returns the exit code (2 on bad arguments or plate map)."""
+    try:
+        pm = None
+        if args.platemap:
+            if not Path(args.platemap).exists():
+                raise ValueError(f"plate map {args.platemap} does not exist")
+            pm = pd.read_csv(args.platemap, dtype={"well": str}, keep_default_na=False)
+        res = simulate_plate(
+            args.out_dir,
+            plate=args.plate,
+            n_wells=args.wells,
+            sites=args.sites,
+            size=args.size,
+            image_mpp=args.mpp,
+            seed=args.seed,
+            platemap=pm,
+            vignetting=args.vignetting,
+            dark_offset=not args.no_dark_offset,
+            density=args.density,
+            out_of_focus_fraction=args.out_of_focus_fraction,
+            plate_effects=not args.no_plate_effects,
+            n_workers=args.workers,
+        )
+    except ValueError as exc:
+        print(f"hcsflow simulate: error: {exc}", file=sys.stderr)
+        return 2
     if args.cell_table:
         from hcsflow.io import make_provenance, write_table
 
