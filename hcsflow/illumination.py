@@ -12,7 +12,7 @@ Methods
     Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
     8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
     split into a low-rank part shared by all fields and a sparse part (the bright specimen).
-    Per-pixel order statistics across fields (median, trimmed mean) are rank-1 surfaces
+    Per-pixel order statistics across fields (median, clipped mean) are rank-1 surfaces
     ``a S(x) + D(x)`` plus the offset; they are projected onto smooth surfaces (cosine series up
     to ``max_frequency`` cycles per field). With a dark-field, its level comes, as in BaSiC,
     from the fields' own variation (the shading contrast of a field grows linearly with its
@@ -406,8 +406,8 @@ def _fit_basic(
        mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
        that regression (iterated with ``S = (M - d0) / mean(M - d0)``), bounded to ``[0, min X]``
        because the dark level cannot exceed the darkest value of the stack.
-    4. The flat-field is the inverse-variance-weighted average of the median and the (top-2 %
-       trimmed) mean surfaces above ``d0`` (:func:`_combine_surfaces`).
+    4. The flat-field is the inverse-variance-weighted average of the median and the (clipped
+       at median + 2 MAD) mean surfaces above ``d0`` (:func:`_combine_surfaces`).
 
     Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw units).
     """
@@ -450,11 +450,16 @@ def _fit_basic(
     return s_coef, d_coef
 
 
-def _robust_mean(X: torch.Tensor) -> torch.Tensor:
-    """Per-pixel mean across fields without the brightest 2% (debris, saturated spots)."""
-    n = X.shape[0]
-    k = max(1, n - int(np.ceil(0.02 * n)))
-    return X.sort(dim=0).values[:k].mean(dim=0)
+def _robust_mean(X: torch.Tensor, clip: float = 2.0) -> torch.Tensor:
+    """Per-pixel mean across fields, each value clipped at ``median + clip * MAD`` (scaled).
+
+    Like the soft-thresholded sparse part of BaSiC, clipping keeps part of the specimen's
+    signal above the background (a larger signal above the dark level than the median) while
+    bounding the influence of the bright, unevenly spread objects.
+    """
+    med = X.median(dim=0).values
+    mad = 1.4826 * (X - med).abs().median(dim=0).values
+    return torch.minimum(X, med + clip * mad).mean(dim=0)
 
 
 def _combine_surfaces(
