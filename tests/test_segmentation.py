@@ -323,7 +323,7 @@ def test_tiled_prediction_equals_untiled(sim_field):
     # blended maps differ from the whole-field maps by float rounding only, which can move a
     # watershed tie by a pixel: the objects are the same
     for a, b in ((n1, n2), (c1, c2)):
-        assert np.mean(a == b) > 0.999
+        assert np.mean(a == b) > 0.995
         m = match(a, b, 0.95)
         assert m.fp == 0 and m.fn == 0
     assert n1.max() > 0
