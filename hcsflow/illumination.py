@@ -533,7 +533,7 @@ def fit(
     working_size: int = 64,
     max_frequency: float = 4.0,
     min_fields: int = 10,
-    fallback: str = "mean_smooth",
+    fallback: str = "none",
     screen: bool = True,
     screening: ScreeningParams = ScreeningParams(),
     names: Sequence[str] | None = None,
