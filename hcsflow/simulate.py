@@ -1656,20 +1656,9 @@ def truth_cell_table(plate_dir: str | os.PathLike[str], n_workers: int = 1) -> p
         parts = [_measure_field(j) for j in jobs]
     parts = [p for p in parts if len(p)]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    pm = pd.read_csv(
-        root / "platemap.csv", dtype={"well": str, "compound": str}, keep_default_na=False
-    )
-    meta = pm.rename(
-        columns={
-            "well": "Metadata_Well",
-            "compound": "Metadata_Compound",
-            "dose_um": "Metadata_Dose",
-            "role": "Metadata_Role",
-            "moa": "Metadata_MoA",
-            "target": "Metadata_Target",
-        }
-    )
-    df = df.merge(meta, on="Metadata_Well", how="left")
+    from hcsflow.platemap import read_platemap
+
+    df = df.merge(read_platemap(root / "platemap.csv"), on="Metadata_Well", how="left")
     front = [
         "Metadata_Plate",
         "Metadata_Well",
