@@ -43,6 +43,7 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,16 +155,26 @@ def read_dsb(root: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return img, lab.astype(np.int32)
 
 
-def load_dsb(root: str | Path, ids: list[str], nuclear_diameter: float) -> list[Field]:
-    """Load DSB2018 images rescaled so that nuclei are ``nuclear_diameter`` pixels across."""
-    fields = []
+def iter_dsb_scaled(
+    root: str | Path, ids: list[str], nuclear_diameter: float
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(id, image, labels)`` of DSB2018 images, the image normalized and rescaled so
+    that nuclei are ``nuclear_diameter`` pixels across, the labels as annotated.
+
+    Images without annotated nuclei are skipped.
+    """
     for i in ids:
         img, lab = read_dsb(root, i)
         d = median_diameter(lab)
         if not np.isfinite(d):
             continue
-        f = nuclear_diameter / d
-        x = rescale_image(normalize(img, **_norm_kwargs()), f)
+        yield i, rescale_image(normalize(img, **_norm_kwargs()), nuclear_diameter / d), lab
+
+
+def load_dsb(root: str | Path, ids: list[str], nuclear_diameter: float) -> list[Field]:
+    """Load DSB2018 images rescaled so that nuclei are ``nuclear_diameter`` pixels across."""
+    fields = []
+    for i, x, lab in iter_dsb_scaled(root, ids, nuclear_diameter):
         lab = rescale_labels(lab, x.shape)
         fields.append(Field(x, np.zeros((0, *x.shape), np.float32), lab, None, "dsb", i))
     return fields
@@ -540,12 +551,7 @@ def evaluate_dsb(
 ) -> dict:
     """Nuclear F1@0.5 and DSB score on DSB2018 images (rescaled by the annotated size)."""
     scores = []
-    for i in ids:
-        img, lab = read_dsb(root, i)
-        d = median_diameter(lab)
-        if not np.isfinite(d):
-            continue
-        x = rescale_image(normalize(img, **_norm_kwargs()), nuclear_diameter / d)
+    for _, x, lab in iter_dsb_scaled(root, ids, nuclear_diameter):
         maps = predict_maps(model, np.stack([x, np.zeros_like(x)]))
         pred = rescale_labels(_instances(maps, post, cells=False)[0], lab.shape)
         scores.append(_scores(pred, lab))
