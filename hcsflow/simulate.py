@@ -36,7 +36,6 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 import time
 import zlib
@@ -1243,35 +1242,15 @@ def effect_fraction(dose_um: float, ec50_um: float, hill: float, max_effect: flo
 
 
 def _validate_platemap(pm: pd.DataFrame, n_wells: int) -> pd.DataFrame:
-    need = {"well", "compound", "dose_um", "role"}
-    missing = need - set(pm.columns)
-    if missing:
-        raise ValueError(f"plate map lacks column(s) {sorted(missing)}")
-    pm = pm.copy()
-    for col in ("moa", "target"):
-        if col not in pm.columns:
-            pm[col] = ""
-    pm["compound"] = pm["compound"].fillna("").astype(str)
-    pm["moa"] = pm["moa"].fillna("").astype(str)
-    pm["target"] = pm["target"].fillna("").astype(str)
-    pm["dose_um"] = pd.to_numeric(pm["dose_um"], errors="raise").fillna(0.0).astype(float)
+    """The plate map checked as any plate map is, plus: every well is on the plate."""
+    from hcsflow.platemap import validate_platemap
 
-    def norm(well: Any) -> str:
-        m = re.fullmatch(r"\s*([A-Pa-p])0*(\d{1,2})\s*", str(well))
-        return f"{m.group(1).upper()}{int(m.group(2)):02d}" if m else str(well)
-
-    pm["well"] = pm["well"].map(norm)
-    valid = set(well_names(n_wells))
-    bad = sorted(set(pm["well"]) - valid)
+    pm = validate_platemap(pm, "simulated plate map")
+    bad = sorted(set(pm["well"]) - set(well_names(n_wells)))
     if bad:
-        raise ValueError(f"plate map wells {bad[:5]} are not wells of a {n_wells}-well plate")
-    dup = pm["well"][pm["well"].duplicated()].tolist()
-    if dup:
-        raise ValueError(f"plate map lists well(s) {dup[:5]} more than once")
-    roles = {"negcon", "poscon", "trt", "empty"}
-    bad_roles = sorted(set(pm["role"]) - roles)
-    if bad_roles:
-        raise ValueError(f"plate map roles {bad_roles} not in {sorted(roles)}")
+        raise ValueError(
+            f"simulated plate map: wells {bad[:5]} are not wells of a {n_wells}-well plate"
+        )
     return pm
 
 
@@ -1401,9 +1380,9 @@ def simulate_plate(
     out = Path(out_dir)
     images_dir, truth_dir = out / "images", out / "truth"
     masks_dir = truth_dir / "masks"
+    pm = _validate_platemap(default_platemap(n_wells) if platemap is None else platemap, n_wells)
     for d in (images_dir, masks_dir):
         d.mkdir(parents=True, exist_ok=True)
-    pm = _validate_platemap(default_platemap(n_wells) if platemap is None else platemap, n_wells)
     wells = well_names(n_wells)
     n_rows, n_cols = (8, 12) if n_wells == 96 else (16, 24)
     plate_key = zlib.crc32(plate.encode())

@@ -12,6 +12,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from hcsflow import cli
+from hcsflow.platemap import PlatemapError
 from hcsflow.simulate import (
     CHANNELS,
     MOA_PROFILES,
@@ -291,6 +292,19 @@ def test_bad_platemap_names_the_well(tmp_path):
     pm = default_platemap(96).head(1).assign(well="a1")
     simulate_plate(tmp_path, platemap=pm, sites=1, size=32, n_workers=1)
     assert (tmp_path / "images" / "SIM-P1_A01_s1_w5.tif").exists()
+
+
+def test_simulated_platemap_checked_like_a_file(tmp_path):
+    """A plate map given as a table meets the same checks as a plate-map CSV."""
+    pm = default_platemap(96).head(3).copy()
+    bad_role = pm.assign(role=["negcon", "control", "trt"])
+    with pytest.raises(PlatemapError, match=r"simulated plate map: unknown role.*control"):
+        simulate_plate(tmp_path, platemap=bad_role, sites=1, size=32)
+    bad_dose = pm.astype({"dose_um": object})
+    bad_dose.loc[2, "dose_um"] = "ten"
+    with pytest.raises(PlatemapError, match="dose_um is not a number"):
+        simulate_plate(tmp_path, platemap=bad_dose, sites=1, size=32)
+    assert not (tmp_path / "images").exists()
 
 
 def test_replicate_plates_share_compounds(tmp_path):
