@@ -183,6 +183,12 @@ def read_plate_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
             f"- plate sheet {path}: plate name(s) {', '.join(map(repr, bad))} must start with a "
             "letter or digit and contain only letters, digits, '.', '_' and '-'"
         )
+    bad = sorted({b for b in sheet["batch"] if b and not _PLATE_NAME.match(b)})
+    if bad:
+        problems.append(
+            f"- plate sheet {path}: batch name(s) {', '.join(map(repr, bad))} must start with a "
+            "letter or digit and contain only letters, digits, '.', '_' and '-'"
+        )
     for col in ("images", "layout", "platemap"):
         empty = sheet.loc[sheet[col] == "", "plate"].tolist()
         if empty:
@@ -229,6 +235,13 @@ def load_workflow_config(
             shards={},
         )
     sheet = read_plate_sheet(filled["plates"])
+    if filled["illumination"]["group_by"] == "batch":
+        unbatched = sheet.loc[sheet["batch"] == "", "plate"].tolist()
+        if unbatched:
+            problems.append(
+                "- config key 'illumination.group_by' is 'batch' but plate sheet "
+                f"{filled['plates']} gives no batch for plate(s) {', '.join(unbatched)}"
+            )
     disc = filled["discovery"]
     shards: dict[str, dict[str, list[str]]] = {}
     for plate, row in sheet.iterrows():

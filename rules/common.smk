@@ -26,6 +26,11 @@ wildcard_constraints:
     plate="|".join(map(re.escape, PLATES.index)) if len(PLATES) else "[^/]+",
     shard=r"\d{3}",
     channel="|".join(CHANNEL_NAMES),
+    batch=(
+        "|".join(map(re.escape, sorted(set(PLATES["batch"]) - {""})))
+        if len(PLATES) and (PLATES["batch"] != "").any()
+        else "[^/]+"
+    ),
 
 
 # Final outputs of the analysis stage and the report.
@@ -91,9 +96,25 @@ def shard_wells(plate, shard):
 def illumination_group(plate):
     """Plates whose fields enter the estimate of ``plate`` (itself, or its whole batch)."""
     if config["illumination"]["group_by"] == "batch":
-        batch = PLATES.loc[plate, "batch"]
-        return sorted(PLATES.index[PLATES["batch"] == batch])
+        return batch_plates(PLATES.loc[plate, "batch"])
     return [plate]
+
+
+def batch_plates(batch):
+    """Plates of a batch (plate sheet column ``batch``), sorted."""
+    return sorted(PLATES.index[PLATES["batch"] == batch])
+
+
+def illumination_source(wildcards):
+    """Inputs of a plate's illumination job: its manifest, or its batch's estimate."""
+    if config["illumination"]["group_by"] == "batch":
+        batch = PLATES.loc[wildcards.plate, "batch"]
+        folder = f"{RESULTS}/illumination/batches/{batch}"
+        return {
+            "batch_npz": f"{folder}/{wildcards.channel}.npz",
+            "batch_png": f"{folder}/{wildcards.channel}.png",
+        }
+    return {"manifests": [f"{RESULTS}/manifest/{wildcards.plate}.parquet"]}
 
 
 def illumination_inputs(plate):

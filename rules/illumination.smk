@@ -1,13 +1,38 @@
 # Illumination: per plate x channel flat-field and dark-field, estimated from a deterministic
-# sample of fields (of the plate, or of every plate of its batch) and applied in memory by the
-# later stages (segmentation, features) through illumination_inputs(plate).
+# sample of fields and applied in memory by the later stages (segmentation, features) through
+# illumination_inputs(plate). With illumination.group_by: batch the estimate is made once per
+# batch x channel (rule illumination_batch) and each plate of the batch gets a copy of it.
+
+
+rule illumination_batch:
+    input:
+        manifests=lambda wc: [
+            f"{RESULTS}/manifest/{p}.parquet" for p in batch_plates(wc.batch)
+        ],
+    output:
+        npz=f"{RESULTS}/illumination/batches/{{batch}}/{{channel}}.npz",
+        png=f"{RESULTS}/illumination/batches/{{batch}}/{{channel}}.png",
+    log:
+        f"{LOGS}/illumination/batch_{{batch}}_{{channel}}.log",
+    benchmark:
+        f"{BENCH}/illumination/batch_{{batch}}_{{channel}}.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        plates=lambda wc: batch_plates(wc.batch),
+        illumination=config["illumination"],
+        label=lambda wc: f"batch {wc.batch}",
+    script:
+        "../workflow_scripts/illumination.py"
 
 
 rule illumination:
     input:
-        manifests=lambda wc: [
-            f"{RESULTS}/manifest/{p}.parquet" for p in illumination_group(wc.plate)
-        ],
+        unpack(illumination_source),
     output:
         npz=f"{RESULTS}/illumination/{{plate}}/{{channel}}.npz",
         png=f"{RESULTS}/illumination/{{plate}}/{{channel}}.png",
@@ -24,6 +49,7 @@ rule illumination:
     params:
         plates=lambda wc: illumination_group(wc.plate),
         illumination=config["illumination"],
+        label=lambda wc: wc.plate,
     script:
         "../workflow_scripts/illumination.py"
 

@@ -139,6 +139,28 @@ def test_sheet_errors(workspace, tmp_path):
         load_workflow_config(cfg, SCHEMA)
 
 
+def test_batch_names_and_batch_grouping(workspace):
+    cfg, sheet, images, pm = workspace
+    sheet.write_text(
+        "plate\timages\tlayout\tplatemap\tbatch\n"
+        f"P1\t{images}\timagexpress\t{pm}\tweek 1\n"
+        f"P2\t{images}\timagexpress\t{pm}\t\n"
+    )
+    with pytest.raises(ConfigError, match="batch name\\(s\\) 'week 1' must start"):
+        load_workflow_config(cfg, SCHEMA)
+    sheet.write_text(
+        "plate\timages\tlayout\tplatemap\tbatch\n"
+        f"P1\t{images}\timagexpress\t{pm}\tW1\n"
+        f"P2\t{images}\timagexpress\t{pm}\t\n"
+    )
+    load_workflow_config(cfg, SCHEMA)  # an unbatched plate is fine when grouping by plate
+    cfg["illumination"] = {"group_by": "batch"}
+    with pytest.raises(
+        ConfigError, match="'batch' but plate sheet .* no batch for plate\\(s\\) P2"
+    ):
+        load_workflow_config(cfg, SCHEMA)
+
+
 def test_layout_matching_nothing(workspace, tmp_path):
     cfg, sheet, images, pm = workspace
     sheet.write_text(f"plate\timages\tlayout\tplatemap\nP1\t{images}\tbroad\t{pm}\n")

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from hcsflow import illumination as il
 from hcsflow.io import read_masks, read_provenance, read_table
 from hcsflow.segmentation.metrics import f1_at
 from hcsflow.simulate import simulate_plate
@@ -145,3 +146,42 @@ def test_deep_method_with_illumination_is_accurate_and_reproducible(workdir):
         for d, f in (("masks", "000.npz"), ("segmentation", "000.parquet"))
     ]
     assert after == before
+
+
+def test_batch_illumination_is_estimated_once_per_batch(workdir, tmp_path):
+    """group_by: batch fits one estimate per batch x channel; each plate gets a copy."""
+    shutil.copytree(workdir / "config", tmp_path / "config")
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    images, pm = workdir / "S1" / "images", workdir / "S1" / "platemap.csv"
+    (tmp_path / "plates.tsv").write_text(
+        "plate\timages\tlayout\tplatemap\tbatch\n"
+        f"S1\t{images}\timagexpress\t{pm}\tB1\n"
+        f"S2\t{images}\timagexpress\t{pm}\tB1\n"
+    )
+    (tmp_path / "over.yaml").write_text(
+        "plates: plates.tsv\nresults: results\n"
+        "illumination: {group_by: batch, min_fields: 4, method: mean_smooth}\n"
+    )
+    targets = [f"results/illumination/{p}/DNA.npz" for p in ("S1", "S2")]
+    run = snakemake(tmp_path, "-c2", *targets)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = {}
+    for line in run.stdout.splitlines() + run.stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0].startswith(("illumination", "disc")):
+            counts[parts[0]] = int(parts[1])
+    assert counts == {"discover": 2, "illumination": 2, "illumination_batch": 1}, counts
+    res = tmp_path / "results" / "illumination"
+    batch_flat, batch_dark = il.load(res / "batches" / "B1" / "DNA.npz")
+    batch_meta = il.load_meta(res / "batches" / "B1" / "DNA.npz")
+    assert batch_meta["plates"] == ["S1", "S2"] and batch_meta["group"] == "batch B1"
+    assert batch_meta["n_fields"] == 12  # 3 wells x 2 sites of each plate
+    for plate in ("S1", "S2"):
+        flat, dark = il.load(res / plate / "DNA.npz")
+        np.testing.assert_array_equal(flat, batch_flat)
+        np.testing.assert_array_equal(dark, batch_dark)
+        assert il.load_meta(res / plate / "DNA.npz")["plate"] == plate
+        assert (res / plate / "DNA.png").read_bytes() == (
+            res / "batches" / "B1" / "DNA.png"
+        ).read_bytes()
+    assert not np.allclose(batch_flat, 1.0)  # the simulated vignetting was estimated

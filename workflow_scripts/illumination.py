@@ -1,49 +1,66 @@
-"""Snakemake script: estimate one channel's flat-field and dark-field from sampled fields."""
+"""Snakemake script: estimate one channel's flat-field and dark-field from sampled fields.
+
+For a plate whose batch estimate exists (``illumination.group_by: batch``) the plate's file is
+a copy of the batch's, with the plate named in its description.
+"""
+
+import shutil
 
 import pandas as pd
 
 from hcsflow import illumination as il
-from hcsflow.io import read_table
+from hcsflow.io import atomic_path, read_table
 from hcsflow.logutil import log_to
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
 with log_to(sm.log[0]) as log:
     p = sm.params
     opts = p.illumination
-    manifest = pd.concat([read_table(path) for path in sm.input.manifests], ignore_index=True)
-    screening = il.ScreeningParams(
-        blank_fraction=opts["blank_fraction"],
-        saturated_fraction=opts["saturated_fraction"],
-        focus_fraction=opts["focus_fraction"],
-        saturation_value=opts["saturation_value"],
-    )
-    result = il.estimate_from_manifest(
-        manifest,
-        sm.wildcards.channel,
-        opts["method"],
-        max_fields=opts["max_fields"],
-        seed=opts["seed"],
-        darkfield=opts["darkfield"],
-        working_size=opts["working_size"],
-        max_frequency=opts["max_frequency"],
-        min_fields=opts["min_fields"],
-        fallback=opts["fallback"],
-        screen=opts["screen"],
-        screening=screening,
-    )
-    meta = {
-        **result.meta(),
-        "plate": sm.wildcards.plate,
-        "channel": sm.wildcards.channel,
-        "plates": list(p.plates),
-        "config": dict(opts),
-    }
-    il.save(sm.output.npz, result.flatfield, result.darkfield, meta)
-    il.plot(
-        sm.output.png,
-        result.flatfield,
-        result.darkfield,
-        f"{sm.wildcards.plate} / {sm.wildcards.channel} ({result.method}, "
-        f"{int(result.used.sum())} of {result.n_fields} fields)",
-    )
-    log.info("%s", meta)
+    channel = sm.wildcards.channel
+    if "batch_npz" in sm.input.keys():
+        flat, dark = il.load(sm.input.batch_npz)
+        meta = {**il.load_meta(sm.input.batch_npz), "plate": sm.wildcards.plate}
+        il.save(sm.output.npz, flat, dark, meta)
+        with atomic_path(sm.output.png) as tmp:
+            shutil.copyfile(sm.input.batch_png, tmp)
+        log.info("copied the estimate of %s to plate %s: %s", meta["group"], p.label, meta)
+    else:
+        manifest = pd.concat([read_table(path) for path in sm.input.manifests], ignore_index=True)
+        screening = il.ScreeningParams(
+            blank_fraction=opts["blank_fraction"],
+            saturated_fraction=opts["saturated_fraction"],
+            focus_fraction=opts["focus_fraction"],
+            saturation_value=opts["saturation_value"],
+        )
+        result = il.estimate_from_manifest(
+            manifest,
+            channel,
+            opts["method"],
+            max_fields=opts["max_fields"],
+            seed=opts["seed"],
+            darkfield=opts["darkfield"],
+            working_size=opts["working_size"],
+            max_frequency=opts["max_frequency"],
+            min_fields=opts["min_fields"],
+            fallback=opts["fallback"],
+            screen=opts["screen"],
+            screening=screening,
+        )
+        meta = {
+            **result.meta(),
+            "group": p.label,
+            "channel": channel,
+            "plates": list(p.plates),
+            "config": dict(opts),
+        }
+        if "plate" in sm.wildcards.keys():
+            meta["plate"] = sm.wildcards.plate
+        il.save(sm.output.npz, result.flatfield, result.darkfield, meta)
+        il.plot(
+            sm.output.png,
+            result.flatfield,
+            result.darkfield,
+            f"{p.label} / {channel} ({result.method}, "
+            f"{int(result.used.sum())} of {result.n_fields} fields)",
+        )
+        log.info("%s", meta)
