@@ -414,7 +414,8 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     The contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with
     its mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
     that regression, iterated with ``S = (M - d0) / mean(M - d0)`` and bounded to
-    ``[0, min Y]`` (the dark level cannot exceed the darkest value of the stack).
+    ``[0, min Y]`` (the dark level cannot exceed the darkest value of the stack). When the
+    slope is not significant (t < 3: a uniform flat-field), the bound ``min Y`` is returned.
 
     Parameters
     ----------
@@ -435,7 +436,14 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
         c_n = Y @ u / p
         A = np.stack([m_n, np.ones_like(m_n)], axis=1)
         (slope, icpt), *_ = np.linalg.lstsq(A, c_n, rcond=None)
-        if not slope > 0:
+        # a contrast that does not grow significantly with brightness (a uniform flat-field)
+        # leaves nothing to regress on: keep the bound
+        resid = c_n - A @ np.array([slope, icpt])
+        dof = max(len(c_n) - 2, 1)
+        sxx = float(np.sum((m_n - m_n.mean()) ** 2))
+        se = np.sqrt(float(resid @ resid) / dof / sxx) if sxx > 0 else np.inf
+        if not slope > 3.0 * se:
+            d0 = upper
             break
         new = float(np.clip(-icpt / slope, 0.0, upper))
         if abs(new - d0) < 1e-3 * max(1.0, abs(d0)):
@@ -452,7 +460,7 @@ def _rank1_sparse(
     mask: np.ndarray,
     shape: tuple[int, int],
     iterations: int = 12,
-    tune: float = 4.685,
+    tune: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
@@ -460,7 +468,10 @@ def _rank1_sparse(
     ``Y_n - D`` on ``S``), then the flat-field as the weighted mean of ``(Y_n - D) / b_n``
     over fields, projected onto the smooth cosine series and normalised to mean 1. The sparse
     part ``E`` (cells, debris) is handled by Tukey biweights on the relative residuals
-    ``(Y_n - D) / b_n - S`` (scale: their MAD), so bright objects get weight 0.
+    ``(Y_n - D) / b_n - S`` (cut-off ``tune`` times their MAD), so bright objects get weight 0.
+    The cut-off is wide (10 MADs): the background's own field-to-field texture then keeps its
+    full weight, which measured lower flat-field errors than the usual 4.685 (95 % Gaussian
+    efficiency) on the simulated stacks.
 
     Parameters
     ----------
@@ -695,33 +706,41 @@ def _fit_basic(
         S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape)
         cv = float(np.std(b) / np.mean(b)) if np.mean(b) > 0 else 0.0
         shrink = 0.0
-        sources: list[str] = []
         source = "none"
         if dark_pattern and n >= 8:
+            V = None if noise is None else noise.reshape(n, h * w).astype(np.float64)
             # the noise law when the fields follow it, else the baselines' variation; the
-            # estimate's noise from even versus odd fields sets a James-Stein shrinkage
-            est = None
-            if noise is not None:
-                V = noise.reshape(n, h * w).astype(np.float64)
-                est = _reliable(lambda i: _noise_pattern(Y[i], V[i], W[i], mask, shape), n)
-                source = "noise"
-            if est is None and cv >= min_baseline_cv:
-                est = _reliable(lambda i: _dark_pattern(Y[i], S, b[i], W[i], mask, shape), n)
-                source = "baseline"
-            if est is not None:
+            # estimate's noise from even versus odd fields sets a James-Stein shrinkage. The
+            # baselines' pattern is projected against the current flat-field, which holds part
+            # of the pattern until the pattern is in the model: that estimate is refitted.
+            for _ in range(4):
+                est = None
+                if V is not None and source != "baseline":
+                    est = _reliable(lambda i, W=W: _noise_pattern(Y[i], V[i], W[i], mask, shape), n)
+                    source = "noise" if est is not None else "none"
+                if est is None and cv >= min_baseline_cv:
+                    est = _reliable(
+                        lambda i, S=S, b=b, W=W: _dark_pattern(Y[i], S, b[i], W[i], mask, shape),
+                        n,
+                    )
+                    source = "baseline" if est is not None else "none"
+                if est is None:
+                    break
                 P, var = est
                 power = float(np.mean(P * P))
                 shrink = max(0.0, 1.0 - var / power) if power > 0 else 0.0
-                sources = [source]
-            if shrink > 0:
+                if shrink <= 0:
+                    break
                 P = shrink * P
                 d0 = _dark_level(Y - P, _smooth(M - P, mask, shape))
                 D = np.maximum(d0 + P, 0.0)
                 S, b, W = _rank1_sparse(Y, D, S, mask, shape)
+                if source == "noise":
+                    break
         info.update(
             darkfield_model="surface" if shrink > 0 else "constant",
             dark_level=round(float(D.mean()), 4),
-            dark_pattern_source=sources[0] if sources else "none",
+            dark_pattern_source=source if shrink > 0 else "none",
             dark_pattern_shrinkage=round(shrink, 4),
             baseline_cv=round(cv, 4),
         )
