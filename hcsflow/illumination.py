@@ -460,7 +460,7 @@ def _rank1_sparse(
     mask: np.ndarray,
     shape: tuple[int, int],
     iterations: int = 12,
-    tune: float = 10.0,
+    tune: float = 4.685,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
@@ -468,10 +468,11 @@ def _rank1_sparse(
     ``Y_n - D`` on ``S``), then the flat-field as the weighted mean of ``(Y_n - D) / b_n``
     over fields, projected onto the smooth cosine series and normalised to mean 1. The sparse
     part ``E`` (cells, debris) is handled by Tukey biweights on the relative residuals
-    ``(Y_n - D) / b_n - S`` (cut-off ``tune`` times their MAD), so bright objects get weight 0.
-    The cut-off is wide (10 MADs): the background's own field-to-field texture then keeps its
-    full weight, which measured lower flat-field errors than the usual 4.685 (95 % Gaussian
-    efficiency) on the simulated stacks.
+    ``(Y_n - D) / b_n - S`` (cut-off ``tune`` times their scaled MAD; 4.685 gives 95 %
+    efficiency for Gaussian residuals), so bright objects get weight 0. A wider cut-off (8-10)
+    lowered the error on nuclear-stain stacks by about 0.2 points but let the cytoplasm of
+    confluent cells into the flat-field of the cytoplasmic channels (12-15 % error instead of
+    2.5-5.4 % on the simulated demo plate).
 
     Parameters
     ----------
