@@ -10,15 +10,18 @@ Methods
 -------
 ``basic``
     Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
-    8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
-    split into a low-rank part shared by all fields and a sparse part (the bright specimen).
-    Per-pixel order statistics across fields (median, clipped mean) are rank-1 surfaces
-    ``a S(x) + D(x)`` plus the offset; they are projected onto smooth surfaces (cosine series up
-    to ``max_frequency`` cycles per field). With a dark-field, its level comes, as in BaSiC,
-    from the fields' own variation (the shading contrast of a field grows linearly with its
-    brightness above the dark level), bounded by the darkest value of the stack; the dark-field
-    is modelled as a constant offset. The flat-field is the inverse-variance-weighted average
-    of the median and mean surfaces above that level.
+    8:14836), ``Y_n(x) = b_n S(x) + D(x) + E_n(x)``: on the stack downsampled to a working grid,
+    a low-rank part (per-field baseline ``b_n`` times the flat-field ``S``, plus the dark-field
+    ``D``) and a sparse part ``E`` (the specimen's bright objects), solved by alternating
+    robust fits (iteratively reweighted least squares with Tukey biweights) with ``S`` and ``D``
+    smooth (cosine series up to ``max_frequency`` cycles per field), ``mean(S) = 1`` and
+    ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
+    grows with its brightness above it); the dark-field's spatial pattern from the camera's
+    noise law (shot noise grows with the light, the offset adds none) or, without noise
+    statistics, from the variation of the baselines ``b_n`` (BaSiC's identification). The
+    pattern is kept in proportion to its split-half reliability; when nothing determines it
+    (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
+    case is recorded (:attr:`IlluminationResult.details`).
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
     (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
