@@ -419,6 +419,7 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     that regression, iterated with ``S = (M - d0) / mean(M - d0)`` and bounded to
     ``[0, min Y]`` (the dark level cannot exceed the darkest value of the stack). When the
     slope is not significant (t < 3: a uniform flat-field), the bound ``min Y`` is returned.
+    Values above their pixel's median + 2 MAD across fields are clipped first.
 
     Parameters
     ----------
@@ -428,8 +429,14 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
         Smoothed per-pixel median across fields.
     """
     p = Y.shape[1]
-    m_n = Y.mean(axis=1)
     upper = float(Y.min())
+    # bright objects reach the field edges less often than the centre, so they add more
+    # shading contrast per unit of brightness than the background: clip every value at its
+    # pixel's median + 2 MAD across fields, which bounds their share of both quantities
+    med = np.median(Y, axis=0)
+    mad = 1.4826 * np.median(np.abs(Y - med), axis=0)
+    Y = np.minimum(Y, med + 2.0 * mad)
+    m_n = Y.mean(axis=1)
     d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
     for _ in range(10):
         u = M - d0
