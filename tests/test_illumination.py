@@ -288,3 +288,18 @@ def test_estimate_from_manifest_and_write_corrected(tmp_path, stack_dark):
     assert n == 2
     out = tifffile.imread(tmp_path / "corr" / "P1_A01_s1_w1.tif")
     np.testing.assert_allclose(out, (stack[0] - dark) / flat, rtol=1e-5)
+
+
+def test_noise_statistic_is_the_pixel_noise_variance():
+    # white noise of variance 9 on a smooth ramp: the diagonal 2 x 2 difference cancels the
+    # ramp and measures the noise alone, at every cell of the working grid
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(100, 300, 256)[None, :] + np.linspace(0, 50, 256)[:, None]
+    fields = [ramp + rng.normal(0, 3.0, (256, 256)) for _ in range(4)]
+    _, stats, _ = il.downsample(fields, working_size=32)
+    assert stats.noise.shape == (4, 32, 32)
+    assert abs(float(stats.noise.mean()) - 9.0) < 0.3
+    assert float(stats.noise.std()) < 2.5  # about 64 pixels per cell
+    # fields no larger than twice the working grid carry no noise statistic
+    _, small_stats, _ = il.downsample([f[:40, :40] for f in fields], working_size=32)
+    assert np.isnan(small_stats.noise).all()
