@@ -60,6 +60,7 @@ __all__ = [
     "VIGNETTING",
     "SimulatedField",
     "SimulatedPlate",
+    "background_level",
     "default_platemap",
     "make_illumination",
     "random_appearance",
