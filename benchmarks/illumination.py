@@ -1,6 +1,7 @@
 """Flat-field / dark-field estimation on simulated stacks with known truth, against BaSiCPy.
 
-For each case (vignetting shape, dark offset on/off, sparse/dense wells, number of fields) the
+For each case (vignetting shape, dark offset on/off, sparse/dense wells, number of fields; the
+background level varied between wells and fields, or, as a diagnostic, constant) the
 script simulates a stack with :func:`hcsflow.simulate.simulate_illumination_stack`, estimates
 the flat-field and dark-field with our ``basic`` and ``mean_smooth`` methods and with BaSiCPy
 (run in its own virtual environment, ``benchmarks/.venv-basicpy``, created on first use because
@@ -15,9 +16,8 @@ BaSiCPy 2.0 pins scipy<1.13), and prints:
   smoothed per-pixel median minus the true dark-field (noise and smoothing alone), and minus
   the true dark-field's mean as a constant (the least error of any constant-offset model).
 
-A second table times 200 fields of 1080 x 1080 (25 simulated fields, each also used in its 8
-mirror/rotation variants, re-shaded with the true flat-field and dark-field), and the
-correction of one 1080 x 1080 image.
+A second table times 200 simulated fields of 1080 x 1080 (simulated once, about 10 minutes on
+2 cores, then cached), and the correction of one 1080 x 1080 image.
 
 Usage::
 
@@ -50,6 +50,9 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "illumination"
 VENV = HERE / ".venv-basicpy"
 RUNNER = HERE / "_basicpy_runner.py"
+#: Well-to-well and field-to-field coefficient of variation of the background level.
+BACKGROUND_CV = 0.25
+BACKGROUND_JITTER = 0.05
 
 
 def ensure_basicpy() -> Path | None:
@@ -72,41 +75,49 @@ def ensure_basicpy() -> Path | None:
         return None
 
 
-def cached_stack(kind: str, dark: bool, density: float, n: int, size: int, seed: int):
+def cached_stack(
+    kind: str, dark: bool, density: float, n: int, size: int, seed: int, varied: bool = True
+):
+    """A simulated stack; ``varied``: background level varies between wells and fields."""
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"{kind}_d{int(dark)}_rho{density}_n{n}_{size}_s{seed}.npz"
+    bg = "bgvar" if varied else "bgconst"
+    path = WORK / f"{kind}_d{int(dark)}_rho{density}_n{n}_{size}_s{seed}_{bg}.npz"
     if path.exists():
         z = np.load(path)
         return z["stack"], z["flat"], z["dark"], path.with_suffix(".npy")
     stack, flat, darkf = simulate_illumination_stack(
-        n, (size, size), vignetting=kind, dark_offset=dark, density=density, seed=seed
+        n,
+        (size, size),
+        vignetting=kind,
+        dark_offset=dark,
+        density=density,
+        seed=seed,
+        background_cv=BACKGROUND_CV if varied else 0.0,
+        background_jitter=BACKGROUND_JITTER if varied else 0.0,
     )
     np.savez(path, stack=stack, flat=flat, dark=darkf)
     np.save(path.with_suffix(".npy"), stack)
     return stack, flat, darkf, path.with_suffix(".npy")
 
 
-def big_stack(n_unique: int, n: int, size: int, seed: int):
-    """``n`` fields of ``size``^2 from ``n_unique`` simulated ones and their 8 symmetries."""
+def big_stack(n: int, size: int, seed: int):
+    """``n`` simulated fields of ``size``^2 (offcenter vignetting, dark offset), cached."""
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"big_{n_unique}_{n}_{size}_s{seed}.npy"
-    truth = WORK / f"big_{n_unique}_{size}_s{seed}_truth.npz"
+    path = WORK / f"big_{n}_{size}_s{seed}_bgvar.npy"
+    truth = WORK / f"big_{n}_{size}_s{seed}_bgvar_truth.npz"
     if path.exists() and truth.exists():
         z = np.load(truth)
         return np.load(path, mmap_mode="r"), z["flat"], z["dark"], path
     raw, flat, dark = simulate_illumination_stack(
-        n_unique, (size, size), vignetting="offcenter", dark_offset=True, seed=seed
+        n,
+        (size, size),
+        vignetting="offcenter",
+        dark_offset=True,
+        seed=seed,
+        background_cv=BACKGROUND_CV,
+        background_jitter=BACKGROUND_JITTER,
     )
-    spec = (raw.astype(np.float32) - dark) / flat
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(n, size, size))
-    for i in range(n):
-        s = spec[i % n_unique]
-        k = i // n_unique
-        s = np.rot90(s, k % 4)
-        if k >= 4:
-            s = s[:, ::-1]
-        out[i] = np.clip(np.rint(s * flat + dark), 0, 65535).astype(np.uint16)
-    out.flush()
+    np.save(path, raw)
     np.savez(truth, flat=flat, dark=dark)
     return np.load(path, mmap_mode="r"), flat, dark, path
 
@@ -143,8 +154,9 @@ def dark_floor(stack, flat, dark):
 
 def run_ours(stack, method, darkfield):
     t0 = time.perf_counter()
-    flat, dark = il.estimate(stack, method, darkfield=darkfield)
-    return flat, dark, time.perf_counter() - t0
+    res = il.fit(stack, method, darkfield=darkfield)
+    dt = time.perf_counter() - t0
+    return res.flatfield, res.darkfield, dt, res.details.get("darkfield_model", "—")
 
 
 def run_basicpy(py, jobs, threads):
@@ -167,6 +179,44 @@ def run_basicpy(py, jobs, threads):
     return out
 
 
+def demo_plate(threads: int) -> None:
+    """Per-channel flat-field error on a simulated 96-well plate (1 site of 256 x 256)."""
+    from hcsflow.io import read_image
+    from hcsflow.simulate import CHANNELS, simulate_plate
+
+    print()
+    print("## Demo plate: 96 wells x 1 site of 256 x 256, all channels (basic, dark-field on)")
+    print()
+    print(
+        "| background | channel | fields used | flat % | dark % | dark model | no correction flat % |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, cv, jitter in (("constant", 0.0, 0.0), ("varied", BACKGROUND_CV, BACKGROUND_JITTER)):
+        root = WORK / f"demo_plate_{label}"
+        if not (root / "platemap.csv").exists():
+            simulate_plate(
+                root,
+                plate="DEMO",
+                sites=1,
+                size=256,
+                background_cv=cv,
+                background_jitter=jitter,
+                n_workers=threads,
+            )
+        with np.load(root / "truth" / "illumination.npz") as z:
+            flats, darks = z["flatfield"], z["darkfield"]
+        for c, ch in enumerate(CHANNELS):
+            paths = sorted((root / "images").glob(f"DEMO_*_w{c + 1}.tif"))
+            res = il.fit([read_image(p) for p in paths], "basic")
+            fe, de = errors(res.flatfield, res.darkfield, flats[c], darks[c], 0.0)
+            none = float(np.sqrt(np.mean((flats[c] - 1) ** 2)) * 100)
+            print(
+                f"| {label} | {ch} | {int(res.used.sum())} of {res.n_fields} | {fe:.2f} "
+                f"| {de:.2f} | {res.details.get('darkfield_model')} | {none:.2f} |",
+                flush=True,
+            )
+
+
 def fmt(x, spec=".2f"):
     return "—" if x is None else format(x, spec)
 
@@ -186,29 +236,42 @@ def main(argv=None) -> int:
         help="1080 x 1080 case: run BaSiCPy with dark-field only",
     )
     ap.add_argument("--size", type=int, default=256, help="field size of the quality table")
+    ap.add_argument(
+        "--demo-plate", action="store_true", help="only the per-channel demo-plate table"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.demo_plate:
+        demo_plate(args.threads)
+        return 0
     py = None if args.no_basicpy else ensure_basicpy()
 
-    cases = []  # (kind, dark, density, n, seed)
+    cases = []  # (kind, dark, density, n, seed, varied background)
     if args.quick:
-        cases = [("offcenter", True, 1.0, 100, 3), ("radial", False, 0.2, 100, 3)]
+        cases = [("offcenter", True, 1.0, 100, 3, True), ("radial", False, 0.2, 100, 3, True)]
     else:
         # a subset of vignetting x dark offset x density (BaSiCPy needs minutes per stack on
         # a loaded 2-core machine), then the number of fields
         cases = [
-            ("radial", True, 0.2, 100, 3),
-            ("radial", True, 1.0, 100, 3),
-            ("radial", False, 0.2, 100, 3),
-            ("radial", False, 1.0, 100, 3),
-            ("offcenter", True, 1.0, 100, 3),
-            ("tilted", True, 0.2, 100, 3),
-            ("elliptic", True, 1.0, 100, 3),
-            ("none", True, 1.0, 100, 3),
-            ("none", False, 0.2, 100, 3),
+            ("radial", True, 0.2, 100, 3, True),
+            ("radial", True, 1.0, 100, 3, True),
+            ("radial", False, 0.2, 100, 3, True),
+            ("radial", False, 1.0, 100, 3, True),
+            ("offcenter", True, 1.0, 100, 3, True),
+            ("tilted", True, 0.2, 100, 3, True),
+            ("elliptic", True, 1.0, 100, 3, True),
+            ("none", True, 1.0, 100, 3, True),
+            ("none", False, 0.2, 100, 3, True),
         ]
         for n in (50, 200, 400):
-            cases.append(("tilted", True, 1.0, n, 4))
+            cases.append(("tilted", True, 1.0, n, 4, True))
+        # diagnostic: the same background level in every field
+        cases += [
+            ("radial", True, 1.0, 100, 3, False),
+            ("offcenter", True, 1.0, 100, 3, False),
+            ("tilted", True, 0.2, 100, 3, False),
+            ("radial", False, 0.2, 100, 3, False),
+        ]
 
     print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs, {args.threads} threads")
     print(
@@ -217,9 +280,9 @@ def main(argv=None) -> int:
     data = {}
     jobs = []
     for case in cases:
-        kind, dark, density, n, seed = case
+        kind, dark, density, n, seed, varied = case
         big_n = 400 if seed == 4 else n
-        stack, flat, darkf, npy = cached_stack(kind, dark, density, big_n, args.size, seed)
+        stack, flat, darkf, npy = cached_stack(kind, dark, density, big_n, args.size, seed, varied)
         stack = stack[:n]
         sub = WORK / f"{npy.stem}_first{n}.npy"
         if not sub.exists():
@@ -233,49 +296,63 @@ def main(argv=None) -> int:
     print(f"## Quality on {args.size} x {args.size} fields (darkfield estimated when offset is on)")
     print()
     print(
-        "| vignetting | dark offset | wells | fields | basic flat % | basic dark % | basic s "
+        "| background | vignetting | dark offset | wells | fields | basic flat % | basic dark % "
+        "| basic s | dark model "
         "| mean_smooth flat % | mean_smooth s | BaSiCPy flat % | BaSiCPy dark % | BaSiCPy s "
         "| floor, true dark % | floor, constant dark % |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     worst = []
     for case, job in zip(cases, jobs, strict=True):
-        kind, dark, density, n, _ = case
+        kind, dark, density, n, _, varied = case
         stack, flat, darkf = data[case]
         m = float(stack.mean())
-        f1, d1, t1 = run_ours(stack, "basic", dark)
+        f1, d1, t1, model = run_ours(stack, "basic", dark)
         e1 = errors(f1, d1, flat, darkf, m)
-        f2, d2, t2 = run_ours(stack, "mean_smooth", dark)
+        f2, d2, t2, _ = run_ours(stack, "mean_smooth", dark)
         e2 = errors(f2, d2, flat, darkf, m)
         if job["out"] in bp:
             bf, bd, bt = bp[job["out"]]
             e3 = errors(bf, bd, flat, darkf, m)
         else:
             e3, bt = (None, None), None
-        worst.append((e1[0], e3[0]))
+        worst.append((e1[0], e3[0], varied))
         fl_true, fl_const = dark_floor(stack, flat, darkf) if dark else (None, None)
         print(
+            f"| {'varied' if varied else 'constant'} "
             f"| {kind} | {'on' if dark else 'off'} | {'sparse' if density < 1 else 'dense'} "
-            f"| {n} | {e1[0]:.2f} | {e1[1]:.2f} | {t1:.2f} | {e2[0]:.2f} | {t2:.2f} "
+            f"| {n} | {e1[0]:.2f} | {e1[1]:.2f} | {t1:.2f} | {model} | {e2[0]:.2f} | {t2:.2f} "
             f"| {fmt(e3[0])} | {fmt(e3[1])} | {fmt(bt)} | {fmt(fl_true)} | {fmt(fl_const)} |",
             flush=True,
         )
-    ours = [w[0] for w in worst]
-    print()
-    print(f"basic flat-field error: max {max(ours):.2f} %, median {np.median(ours):.2f} %")
-    if all(w[1] is not None for w in worst):
-        theirs = [w[1] for w in worst]
+    for label, sel in (("varied", True), ("constant", False)):
+        rows = [w for w in worst if w[2] == sel]
+        if not rows:
+            continue
+        ours = [w[0] for w in rows]
+        print()
         print(
-            f"BaSiCPy flat-field error: max {max(theirs):.2f} %, median {np.median(theirs):.2f} %"
+            f"{label} background, basic flat-field error: max {max(ours):.2f} %, "
+            f"median {np.median(ours):.2f} %; <= 2 % in {sum(o <= 2 for o in ours)} of "
+            f"{len(ours)} cases"
         )
-        wins = sum(a <= b for a, b in worst)
-        print(f"basic no worse than BaSiCPy in {wins} of {len(worst)} cases")
+        pairs = [w for w in rows if w[1] is not None]
+        if pairs:
+            theirs = [w[1] for w in pairs]
+            print(
+                f"{label} background, BaSiCPy flat-field error: max {max(theirs):.2f} %, "
+                f"median {np.median(theirs):.2f} %"
+            )
+            wins = sum(a <= b for a, b, _ in pairs)
+            print(
+                f"{label} background: basic no worse than BaSiCPy in {wins} of {len(pairs)} cases"
+            )
 
     if not args.no_big:
         print()
         print("## Time, 200 fields of 1080 x 1080 (offcenter vignetting, dark offset)")
         print()
-        stack, flat, darkf, path = big_stack(25, 200, 1080, 7)
+        stack, flat, darkf, path = big_stack(200, 1080, 7)
         stack = np.asarray(stack)
         m = float(stack.mean())
         bjobs = [
@@ -289,7 +366,7 @@ def main(argv=None) -> int:
             for method in ("basic", "mean_smooth"):
                 if method == "mean_smooth" and d:
                     continue
-                f, dk, t = run_ours(stack, method, d)
+                f, dk, t, _ = run_ours(stack, method, d)
                 e = errors(f, dk, flat, darkf, m)
                 print(f"| {method} | {d} | {e[0]:.2f} | {e[1]:.2f} | {t:.2f} |", flush=True)
             key = str(WORK / f"bp_big_d{int(d)}")

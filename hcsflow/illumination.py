@@ -10,15 +10,18 @@ Methods
 -------
 ``basic``
     Our implementation of the BaSiC image-formation model (Peng et al. 2017, Nat Commun
-    8:14836), ``raw_n(x) = b_n(x) S(x) + D(x)``: the stack, downsampled to a working grid, is
-    split into a low-rank part shared by all fields and a sparse part (the bright specimen).
-    Per-pixel order statistics across fields (median, clipped mean) are rank-1 surfaces
-    ``a S(x) + D(x)`` plus the offset; they are projected onto smooth surfaces (cosine series up
-    to ``max_frequency`` cycles per field). With a dark-field, its level comes, as in BaSiC,
-    from the fields' own variation (the shading contrast of a field grows linearly with its
-    brightness above the dark level), bounded by the darkest value of the stack; the dark-field
-    is modelled as a constant offset. The flat-field is the inverse-variance-weighted average
-    of the median and mean surfaces above that level.
+    8:14836), ``Y_n(x) = b_n S(x) + D(x) + E_n(x)``: on the stack downsampled to a working grid,
+    a low-rank part (per-field baseline ``b_n`` times the flat-field ``S``, plus the dark-field
+    ``D``) and a sparse part ``E`` (the specimen's bright objects), solved by alternating
+    robust fits (iteratively reweighted least squares with Tukey biweights) with ``S`` and ``D``
+    smooth (cosine series up to ``max_frequency`` cycles per field), ``mean(S) = 1`` and
+    ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
+    grows with its brightness above it); the dark-field's spatial pattern from the camera's
+    noise law (shot noise grows with the light, the offset adds none) or, without noise
+    statistics, from the variation of the baselines ``b_n`` (BaSiC's identification). The
+    pattern is kept in proportion to its split-half reliability; when nothing determines it
+    (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
+    case is recorded (:attr:`IlluminationResult.details`).
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
     (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
@@ -114,6 +117,11 @@ class FieldStats:
         Maximum of each field.
     focus : ndarray of shape (N,)
         Focus score of each field (NaN for a constant field).
+    noise : ndarray of shape (N, h, w), optional
+        Local pixel noise variance of each field on the working grid: the mean over the cell
+        of the squared diagonal difference ``(a - b - c + d) / 2`` of every (overlapping)
+        2 x 2 block of full-size pixels, which cancels smooth signal and equals the noise
+        variance for white noise.
     """
 
     mean: np.ndarray
@@ -122,6 +130,7 @@ class FieldStats:
     clipped_at_max: np.ndarray
     maximum: np.ndarray
     focus: np.ndarray
+    noise: np.ndarray | None = None
 
 
 @dataclass
@@ -142,6 +151,12 @@ class IlluminationResult:
         Which fields entered the estimate.
     excluded : dict of int to str
         Index of each left-out field -> reason (``blank``, ``saturated``, ``out_of_focus``).
+    details : dict
+        Record of the ``basic`` fit: ``darkfield_model`` (``"none"``, ``"constant"``: the
+        baselines did not determine a spatial pattern, or ``"surface"``), ``dark_level`` (mean
+        of the dark-field), ``baseline_cv`` (coefficient of variation of the fields'
+        baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full) and
+        ``baseline_median``; empty for the other methods.
     """
 
     flatfield: np.ndarray
@@ -150,6 +165,7 @@ class IlluminationResult:
     n_fields: int
     used: np.ndarray
     excluded: dict[int, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def meta(self) -> dict[str, Any]:
         """A JSON-serialisable summary (method, counts, reasons of exclusion)."""
@@ -161,6 +177,7 @@ class IlluminationResult:
             "n_fields": int(self.n_fields),
             "n_used": int(self.used.sum()),
             "excluded": dict(sorted(reasons.items())),
+            "fit": dict(sorted(self.details.items())),
         }
 
 
@@ -203,6 +220,11 @@ def _reduce_chunk(
     lap_coarse = _laplacian_var(coarse)
     focus = torch.where(lap_coarse > 0, lap_fine / lap_coarse.clamp_min(1e-30), torch.nan)
     small = F.adaptive_avg_pool2d(t, working)[:, 0]
+    if h >= 2 * working[0] and w >= 2 * working[1]:
+        q = t[:, :, :-1, :-1] - t[:, :, :-1, 1:] - t[:, :, 1:, :-1] + t[:, :, 1:, 1:]
+        noise = F.adaptive_avg_pool2d((0.5 * q) ** 2, working)[:, 0]
+    else:
+        noise = torch.full_like(small, torch.nan)
     stats = {
         "mean": flat.mean(dim=1, dtype=torch.float64).numpy(),
         "floor": small.flatten(1).amin(dim=1).double().numpy(),
@@ -210,6 +232,7 @@ def _reduce_chunk(
         "clipped_at_max": at_max.double().numpy(),
         "maximum": maximum.double().numpy(),
         "focus": focus.double().numpy(),
+        "noise": noise.numpy(),
     }
     return small, stats
 
@@ -383,123 +406,361 @@ def _evaluate(coef: np.ndarray, small_shape: tuple[int, int], shape: tuple[int, 
 # estimators on the working grid
 
 
-def _fit_basic(
-    small: np.ndarray,
-    *,
-    darkfield: bool,
-    max_frequency: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
+def _smooth(img: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Project a flattened surface (h*w,) onto the kept cosine series; flattened result."""
+    return _surface(_coeffs(img.reshape(shape), mask)).ravel()
 
-    Model (BaSiC): ``X_n(x) = b_n(x) S(x) + D(x)``, the specimen ``b_n(x)`` being a smooth
-    background plus sparse bright objects whose distribution over fields is the same at every
-    pixel. Then the per-pixel quantile across fields ``Q_q(x) = a_q S(x) + D(x)`` (rank 1 plus
-    offset: the low-rank part) and the lower quantiles ignore the sparse objects (the sparse
-    part). Steps:
 
-    1. ``M`` = the median across fields at each pixel, projected onto smooth surfaces
-       (cosine series up to ``max_frequency`` cycles per field): ``M = a S + D``.
-    2. Without a dark-field, ``S = M / mean(M)``.
-    3. With a dark-field (modelled as a constant offset ``d0``), the offset comes from the
-       fields' own variation, as in BaSiC's regression of shading contrast on brightness: the
-       contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with its
-       mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
-       that regression (iterated with ``S = (M - d0) / mean(M - d0)``), bounded to ``[0, min X]``
-       because the dark level cannot exceed the darkest value of the stack.
-    4. The flat-field is the inverse-variance-weighted average of the median and the (clipped
-       at median + 2 MAD) mean surfaces above ``d0`` (:func:`_combine_surfaces`).
+def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
+    """Constant dark level from the fields' own variation (BaSiC's contrast regression).
 
-    Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw units).
+    The contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with
+    its mean brightness above the dark level, ``c_n = k (m_n - d0)``; ``d0`` is the intercept of
+    that regression, iterated with ``S = (M - d0) / mean(M - d0)`` and bounded to
+    ``[0, min Y]`` (the dark level cannot exceed the darkest value of the stack). When the
+    slope is not significant (t < 3: a uniform flat-field), the bound ``min Y`` is returned.
+    Values above their pixel's median + 2 MAD across fields are clipped first.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+        The downsampled stack, one flattened field per row.
+    M : ndarray of shape (P,)
+        Smoothed per-pixel median across fields.
     """
-    n, h, w = small.shape
-    p = h * w
-    X = torch.from_numpy(np.ascontiguousarray(small.reshape(n, p), dtype=np.float32))
-    median = X.median(dim=0).values.double().numpy()
-    mask = _lowpass_mask((h, w), max_frequency)
-    sqrt_p = np.sqrt(p)
-    m_coef = _coeffs(median.reshape(h, w), mask)
-    if not darkfield:
-        if not m_coef[0, 0] > 0:
-            raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
-        return m_coef / (m_coef[0, 0] / sqrt_p), np.zeros_like(m_coef)
-    # offset from the fields' own variation: the shading contrast of a field grows with its
-    # brightness above the dark level (BaSiC's regression of contrast on brightness)
-    Xd = X.double()
-    m_n = Xd.mean(dim=1).numpy()
-    # the dark level cannot exceed the darkest value of the (downsampled) stack
-    upper = float(X.min())
+    p = Y.shape[1]
+    upper = float(Y.min())
+    # bright objects reach the field edges less often than the centre, so they add more
+    # shading contrast per unit of brightness than the background: clip every value at its
+    # pixel's median + 2 MAD across fields, which bounds their share of both quantities
+    med = np.median(Y, axis=0)
+    mad = 1.4826 * np.median(np.abs(Y - med), axis=0)
+    Y = np.minimum(Y, med + 2.0 * mad)
+    m_n = Y.mean(axis=1)
     d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
     for _ in range(10):
-        u = _surface(m_coef).ravel() - d0
+        u = M - d0
         if not u.mean() > 0:
             break
         u = u / u.mean() - 1.0
-        c_n = (Xd @ torch.from_numpy(u)).numpy() / p
+        c_n = Y @ u / p
         A = np.stack([m_n, np.ones_like(m_n)], axis=1)
         (slope, icpt), *_ = np.linalg.lstsq(A, c_n, rcond=None)
-        if not slope > 0:
+        # a contrast that does not grow significantly with brightness (a uniform flat-field)
+        # leaves nothing to regress on: keep the bound
+        resid = c_n - A @ np.array([slope, icpt])
+        dof = max(len(c_n) - 2, 1)
+        sxx = float(np.sum((m_n - m_n.mean()) ** 2))
+        se = np.sqrt(float(resid @ resid) / dof / sxx) if sxx > 0 else np.inf
+        if not slope > 3.0 * se:
+            d0 = upper
             break
         new = float(np.clip(-icpt / slope, 0.0, upper))
         if abs(new - d0) < 1e-3 * max(1.0, abs(d0)):
             d0 = new
             break
         d0 = new
-    d_coef = np.zeros_like(m_coef)
-    d_coef[0, 0] = d0 * sqrt_p
-    s_coef = _combine_surfaces(X, d0, mask, (h, w), uncertainty=max(2.0, 0.02 * d0))
-    return s_coef, d_coef
+    return max(d0, 0.0)
 
 
-def _robust_mean(X: torch.Tensor, clip: float = 2.0) -> torch.Tensor:
-    """Per-pixel mean across fields, each value clipped at ``median + clip * MAD`` (scaled).
-
-    Like the soft-thresholded sparse part of BaSiC, clipping keeps part of the specimen's
-    signal above the background (a larger signal above the dark level than the median) while
-    bounding the influence of the bright, unevenly spread objects.
-    """
-    med = X.median(dim=0).values
-    mad = 1.4826 * (X - med).abs().median(dim=0).values
-    return torch.minimum(X, med + clip * mad).mean(dim=0)
-
-
-def _combine_surfaces(
-    X: torch.Tensor,
-    d0: float,
+def _rank1_sparse(
+    Y: np.ndarray,
+    D: np.ndarray,
+    S: np.ndarray,
     mask: np.ndarray,
     shape: tuple[int, int],
-    uncertainty: float,
-) -> np.ndarray:
-    """Flat-field coefficients from the median and the mean surfaces above the dark level.
+    iterations: int = 12,
+    tune: float = 4.685,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
-    The median surface follows the background (precise, but a small background above a large
-    dark level leaves it at the mercy of the dark level's error); the mean surface follows the
-    specimen as well (a larger signal above the dark level, but noisier). Each is scored by
-    its split-half noise (fields at even versus odd positions) plus the relative error that
-    ``uncertainty`` raw units of dark level cause, and they are averaged with inverse-variance
-    weights.
+    Iteratively reweighted least squares: per-field baselines ``b_n`` (weighted fit of
+    ``Y_n - D`` on ``S``), then the flat-field as the weighted mean of ``(Y_n - D) / b_n``
+    over fields, projected onto the smooth cosine series and normalised to mean 1. The sparse
+    part ``E`` (cells, debris) is handled by Tukey biweights on the relative residuals
+    ``(Y_n - D) / b_n - S`` (cut-off ``tune`` times their scaled MAD; 4.685 gives 95 %
+    efficiency for Gaussian residuals), so bright objects get weight 0. A wider cut-off (8-10)
+    lowered the error on nuclear-stain stacks by about 0.2 points but let the cytoplasm of
+    confluent cells into the flat-field of the cytoplasmic channels (12-15 % error instead of
+    2.5-5.4 % on the simulated demo plate).
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+    D : ndarray of shape (P,)
+        Dark-field (raw units).
+    S : ndarray of shape (P,)
+        Starting flat-field (smooth, mean 1).
+    mask : ndarray of shape (h, w), bool
+        Cosine coefficients kept.
+    shape : tuple of int
+        ``(h, w)`` with ``h * w == P``.
+
+    Returns
+    -------
+    S : ndarray of shape (P,)
+        Flat-field, mean 1.
+    b : ndarray of shape (N,)
+        Baseline of each field (raw units above the dark-field).
+    W : ndarray of shape (N, P)
+        Final weights (0 on the sparse part).
     """
-    h, w = shape
+    Z = Y - D
+    b = np.median(Z / S, axis=1)
+    W = np.ones_like(Y)
+    for _ in range(iterations):
+        ok = b > 0.05 * max(float(np.median(b)), 1e-12)
+        bb = np.where(ok, b, 1.0)
+        R = Z / bb[:, None] - S
+        scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
+        if not scale > 0:
+            W = ok[:, None] * np.ones_like(Y)
+        else:
+            u = R / (tune * scale)
+            W = np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0) * ok[:, None]
+        wsum = W.sum(axis=0)
+        Sr = (W * Z / bb[:, None]).sum(axis=0) / np.maximum(wsum, 1e-12)
+        Sr = np.where(wsum > 0, Sr, S)
+        new = _smooth(Sr, mask, shape)
+        m = new.mean()
+        if not m > 0:
+            raise ValueError("the fields have no signal above the dark level")
+        new /= m
+        done = float(np.max(np.abs(new - S))) < 1e-5
+        S = new
+        b = (W * Z * S).sum(axis=1) / np.maximum((W * S * S).sum(axis=1), 1e-12)
+        if done:
+            break
+    return S, b, W
+
+
+def _dark_pattern(
+    Y: np.ndarray,
+    S: np.ndarray,
+    b: np.ndarray,
+    W: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Spatial pattern of the dark-field from the variation of the field baselines.
+
+    At every pixel, ``Y_n / b_n = S + D / b_n``: a weighted regression over fields of
+    ``Y_n / b_n`` on ``1 / b_n`` has slope ``D(x)``. The slope surface is smoothed and stripped
+    of its mean and of its component along the flat-field's shading ``S - 1``: that component
+    is not identifiable (``b_n + c`` with ``D - c S`` fits the data equally), so the dark-field
+    pattern is taken to share no shading with the flat-field.
+
+    Returns
+    -------
+    ndarray of shape (P,)
+        Mean 0, orthogonal to ``S - 1``.
+    """
+    ok = b > 0
+    t = np.where(ok, 1.0 / np.where(ok, b, 1.0), 0.0)[:, None]
+    z = Y * t
+    Wk = W * ok[:, None]
+    sw = Wk.sum(axis=0)
+    st = (Wk * t).sum(axis=0)
+    stt = (Wk * t * t).sum(axis=0)
+    sz = (Wk * z).sum(axis=0)
+    stz = (Wk * t * z).sum(axis=0)
+    det = sw * stt - st * st
+    good = det > 1e-12 * np.maximum(sw * stt, 1e-300)
+    slope = np.where(good, (sw * stz - st * sz) / np.where(good, det, 1.0), 0.0)
+    if not good.any():
+        return np.zeros_like(S)
+    slope = np.where(good, slope, np.median(slope[good]))
+    P = _smooth(slope, mask, shape)
+    P -= P.mean()
+    u = S - 1.0
+    uu = float(u @ u)
+    if uu > 0:
+        P -= (float(P @ u) / uu) * u
+    return P
+
+
+def _noise_pattern(
+    Y: np.ndarray,
+    V: np.ndarray,
+    W: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+) -> np.ndarray | None:
+    """Spatial pattern of the dark-field from the noise law of the camera.
+
+    Photon (shot) noise grows with the light collected while the camera offset adds none:
+    the local noise variance follows ``V = g (Y - D(x)) + r^2`` (Poisson-Gaussian model; ``g``
+    the gain in raw units per photo-electron, ``r`` the read noise). With ``g`` fitted over the
+    specimen's background (weights ``W``, then Tukey biweights on ``Y - V / g`` against its
+    per-pixel median, which down-weight the specimen's texture and the edges of objects),
+    ``Y - V / g = D(x) - r^2 / g`` at every pixel of every field; its weighted mean over fields,
+    smoothed and stripped of its mean, is the pattern. Unlike the baselines' variation, the
+    noise law also sees the part of the dark-field that follows the flat-field's shading.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+        Downsampled fields.
+    V : ndarray of shape (N, P)
+        Local noise variance of each field (:class:`FieldStats` ``noise``).
+    W : ndarray of shape (N, P)
+        Weights of the background (0 on the sparse part).
+
+    Returns
+    -------
+    ndarray of shape (P,), or None
+        Mean 0; ``None`` when the noise does not grow with the signal.
+    """
+    Wv = W * np.isfinite(V)
+    if not Wv.any():
+        return None
+    Vf = np.where(np.isfinite(V), V, 0.0)
+    Wq = Wv
+    for _ in range(3):
+        # gain: weighted regression of the local variance on the intensity
+        sw = Wq.sum()
+        my = (Wq * Y).sum() / sw
+        mv = (Wq * Vf).sum() / sw
+        cov = (Wq * (Y - my) * (Vf - mv)).sum()
+        var = (Wq * (Y - my) ** 2).sum()
+        if not (var > 0 and cov > 0):
+            return None
+        Q = Y - Vf * (var / cov)
+        # the specimen's texture and the edges of objects raise the local variance:
+        # down-weight values of Q far from their pixel's median (Tukey biweight)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(np.where(Wv > 0, Q, np.nan), axis=0)
+        if not np.isfinite(med).any():
+            return None
+        med = np.where(np.isfinite(med), med, np.nanmedian(med))
+        R = Q - med
+        scale = 1.4826 * float(np.median(np.abs(R[Wv > 0])))
+        if not scale > 0:
+            return None
+        u = R / (4.685 * scale)
+        Wq = Wv * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
+        wsum = Wq.sum(axis=0)
+        if not (wsum > 0).all():
+            return None
+    P = _smooth((Wq * Q).sum(axis=0) / wsum, mask, shape)
+    return P - P.mean()
+
+
+def _reliable(
+    estimator: Callable[[np.ndarray], np.ndarray | None], n: int
+) -> tuple[np.ndarray, float] | None:
+    """A pattern estimate and its noise variance per pixel, from even versus odd fields.
+
+    ``estimator(index)`` estimates the pattern from the fields ``index``. The variance of the
+    full-sample estimate is a quarter of the mean squared difference of the two half-sample
+    estimates.
+    """
+    idx = np.arange(n)
+    full = estimator(idx)
+    halves = [estimator(idx[k::2]) for k in (0, 1)]
+    if full is None or halves[0] is None or halves[1] is None:
+        return None
+    return full, float(np.mean((halves[0] - halves[1]) ** 2)) / 4.0
+
+
+def _fit_basic(
+    small: np.ndarray,
+    *,
+    darkfield: bool,
+    max_frequency: float,
+    noise: np.ndarray | None = None,
+    dark_pattern: bool = True,
+    min_baseline_cv: float = 0.02,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
+
+    Model (BaSiC): ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with a per-field baseline ``b_n``,
+    a smooth flat-field ``S`` (mean 1), a smooth dark-field ``D >= 0`` and a sparse part ``E``
+    (the specimen's bright objects). Steps:
+
+    1. starting surfaces: the per-pixel median across fields, smoothed, ``M = a S + D``;
+    2. without a dark-field, ``D = 0`` and (4) follows;
+    3. with a dark-field, its constant level ``d0`` from the contrast regression
+       (:func:`_dark_level`); then the fit (4) with ``D = d0``; then the dark-field's spatial
+       pattern from the variation of the baselines ``b_n`` (:func:`_dark_pattern`). The pattern
+       is kept in proportion to its reliability, estimated by refitting it on the fields at
+       even and at odd positions: shrinkage ``max(0, 1 - noise / power)`` (James-Stein), so a
+       pattern that the data do not determine (baselines that barely vary) drops out and the
+       dark-field is the constant ``d0``. With a pattern kept, ``d0`` is re-estimated on the
+       stack minus the pattern, ``D`` is clipped at 0 and (4) is repeated;
+    4. :func:`_rank1_sparse`: reweighted least squares for ``b_n`` and ``S`` with ``D`` fixed.
+
+    Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw
+    units), and a record of the fit (dark-field model ``"none"``, ``"constant"`` or
+    ``"surface"``, the baselines' coefficient of variation, the pattern's shrinkage).
+    """
+    n, h, w = small.shape
+    shape = (h, w)
+    Y = np.ascontiguousarray(small.reshape(n, h * w), dtype=np.float64)
+    mask = _lowpass_mask(shape, max_frequency)
+    median = torch.from_numpy(Y).median(dim=0).values.numpy()
+    M = _smooth(median, mask, shape)
+    info: dict[str, Any] = {}
+    if not darkfield:
+        if not M.mean() > 0:
+            raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
+        S, b, _ = _rank1_sparse(Y, np.zeros(h * w), M / M.mean(), mask, shape)
+        D = np.zeros(h * w)
+        info["darkfield_model"] = "none"
+    else:
+        d0 = _dark_level(Y, M)
+        start = M - d0
+        if not start.mean() > 0:
+            raise ValueError("the fields have no signal above the dark level")
+        D = np.full(h * w, d0)
+        S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape)
+        cv = float(np.std(b) / np.mean(b)) if np.mean(b) > 0 else 0.0
+        shrink = 0.0
+        source = "none"
+        if dark_pattern and n >= 8:
+            V = None if noise is None else noise.reshape(n, h * w).astype(np.float64)
+            # the noise law when the fields follow it, else the baselines' variation; the
+            # estimate's noise from even versus odd fields sets a James-Stein shrinkage. The
+            # baselines' pattern is projected against the current flat-field, which holds part
+            # of the pattern until the pattern is in the model: that estimate is refitted.
+            for _ in range(4):
+                est = None
+                if V is not None and source != "baseline":
+                    est = _reliable(lambda i, W=W: _noise_pattern(Y[i], V[i], W[i], mask, shape), n)
+                    source = "noise" if est is not None else "none"
+                if est is None and cv >= min_baseline_cv:
+                    est = _reliable(
+                        lambda i, S=S, b=b, W=W: _dark_pattern(Y[i], S, b[i], W[i], mask, shape),
+                        n,
+                    )
+                    source = "baseline" if est is not None else "none"
+                if est is None:
+                    break
+                P, var = est
+                power = float(np.mean(P * P))
+                shrink = max(0.0, 1.0 - var / power) if power > 0 else 0.0
+                if shrink <= 0:
+                    break
+                P = shrink * P
+                d0 = _dark_level(Y - P, _smooth(M - P, mask, shape))
+                D = np.maximum(d0 + P, 0.0)
+                S, b, W = _rank1_sparse(Y, D, S, mask, shape)
+                if source == "noise":
+                    break
+        info.update(
+            darkfield_model="surface" if shrink > 0 else "constant",
+            dark_level=round(float(D.mean()), 4),
+            dark_pattern_source=source if shrink > 0 else "none",
+            dark_pattern_shrinkage=round(shrink, 4),
+            baseline_cv=round(cv, 4),
+        )
+    info["baseline_median"] = round(float(np.median(b)), 4)
     sqrt_p = np.sqrt(h * w)
-    parts = []
-    for stat in (lambda t: t.median(dim=0).values, _robust_mean):
-        coefs = []
-        for sub in (X, X[0::2], X[1::2]):
-            c = _coeffs(stat(sub).double().numpy().reshape(h, w) - d0, mask)
-            coefs.append(c)
-        amp = coefs[0][0, 0] / sqrt_p
-        if not amp > 0 or X.shape[0] < 4:
-            parts.append((coefs[0], np.inf if not amp > 0 else 1.0))
-            continue
-        norm = [c / (c[0, 0] / sqrt_p) for c in coefs]
-        noise = float(np.sqrt(np.sum((norm[1] - norm[2]) ** 2) / (h * w))) / 2
-        err2 = noise**2 + (uncertainty / amp) ** 2
-        parts.append((norm[0], err2))
-    finite = [(c, e) for c, e in parts if np.isfinite(e)]
-    if not finite:
-        raise ValueError("the fields have no signal above the dark level")
-    wsum = sum(1.0 / max(e, 1e-12) for _, e in finite)
-    coef = sum(c / (c[0, 0] / sqrt_p) / max(e, 1e-12) for c, e in finite) / wsum
-    return coef / (coef[0, 0] / sqrt_p)
+    s_coef = _coeffs(S.reshape(shape), mask)
+    s_coef = s_coef / (s_coef[0, 0] / sqrt_p)
+    d_coef = _coeffs(D.reshape(shape), mask) if darkfield else np.zeros_like(s_coef)
+    return s_coef, d_coef, info
 
 
 def _fit_mean_smooth(
@@ -537,6 +798,7 @@ def fit(
     screen: bool = True,
     screening: ScreeningParams = ScreeningParams(),
     names: Sequence[str] | None = None,
+    dark_pattern: bool = True,
 ) -> IlluminationResult:
     """Estimate flat-field and dark-field from many fields, with screening and fallback.
 
@@ -564,6 +826,10 @@ def fit(
         Screening thresholds.
     names : sequence of str, optional
         Name (file path) of each field, used in error and warning messages.
+    dark_pattern : bool
+        With ``method="basic"`` and ``darkfield``: estimate the dark-field's spatial pattern
+        (from the variation of the fields' baselines and from the noise law); otherwise the
+        dark-field is a constant offset.
 
     Returns
     -------
@@ -607,11 +873,14 @@ def fit(
             np.ones(shape, np.float32), np.zeros(shape, np.float32), "none", n, used, excluded
         )
     sub = small[used]
+    details: dict[str, Any] = {}
     if chosen == "basic":
-        s_coef, d_coef = _fit_basic(
+        s_coef, d_coef, details = _fit_basic(
             sub,
             darkfield=darkfield,
             max_frequency=max_frequency,
+            noise=None if stats.noise is None else stats.noise[used],
+            dark_pattern=dark_pattern,
         )
     else:
         s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)
@@ -620,7 +889,7 @@ def fit(
     # a flat-field must stay positive; clip pathological fits far below the mean
     flat = np.maximum(flat, 0.05).astype(np.float32)
     dark = _evaluate(d_coef, small.shape[1:], shape).astype(np.float32)
-    return IlluminationResult(flat, dark, chosen, n, used, excluded)
+    return IlluminationResult(flat, dark, chosen, n, used, excluded, details)
 
 
 def estimate(

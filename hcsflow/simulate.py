@@ -59,6 +59,7 @@ __all__ = [
     "VIGNETTING",
     "SimulatedField",
     "SimulatedPlate",
+    "background_level",
     "default_platemap",
     "make_illumination",
     "random_appearance",
@@ -1046,6 +1047,31 @@ def _debris_image(
 # --------------------------------------------------------------------------------------------
 
 
+def background_level(
+    seed: int | Sequence[int] | np.random.SeedSequence, cv: float, *, stream: int = 0
+) -> float:
+    """A log-normal background-level factor with mean 1 and coefficient of variation ``cv``.
+
+    Parameters
+    ----------
+    seed : int, sequence of int or numpy.random.SeedSequence
+        Seed of the draw (a well's or a field's).
+    cv : float
+        Coefficient of variation (>= 0); 0 gives exactly 1 without drawing.
+    stream : int
+        Independent stream of ``seed`` to draw from.
+
+    Returns
+    -------
+    float
+    """
+    if cv <= 0:
+        return 1.0
+    sigma = math.sqrt(math.log1p(cv * cv))
+    g = _child(_seed_sequence(seed), stream)
+    return float(math.exp(g.normal(-0.5 * sigma * sigma, sigma)))
+
+
 def simulate_illumination_stack(
     n_fields: int,
     shape: tuple[int, int] = (256, 256),
@@ -1055,6 +1081,10 @@ def simulate_illumination_stack(
     density: float = 1.0,
     seed: int = 0,
     channel: str = "DNA",
+    background_cv: float = 0.25,
+    background_jitter: float = 0.05,
+    sites: int = 4,
+    image_mpp: float = 0.65,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Many raw fields of one channel under one known flat-field and dark-field.
 
@@ -1075,6 +1105,20 @@ def simulate_illumination_stack(
         Seed of the illumination and of every field.
     channel : str
         One of :data:`CHANNELS`.
+    background_cv : float
+        Coefficient of variation of the background fluorescence level (medium and compound
+        autofluorescence, out-of-focus haze) from well to well: consecutive groups of ``sites``
+        fields share a well, whose background level is drawn log-normal with mean 1 and this
+        CV. 0 gives every well the same background level.
+    background_jitter : float
+        Coefficient of variation (log-normal, mean 1) of each field's background level around
+        its well's (focus and lamp drift).
+    sites : int
+        Fields per well.
+    image_mpp : float
+        Micrometres per pixel. A larger value simulates a field of the same pixel count
+        covering more specimen, as a large camera field binned down does (2.6 with 256 x 256
+        pixels covers the area of a 1024 x 1024 field at 0.65).
 
     Returns
     -------
@@ -1087,6 +1131,13 @@ def simulate_illumination_stack(
         raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
     if n_fields < 1:
         raise ValueError(f"n_fields must be >= 1, got {n_fields}")
+    if sites < 1:
+        raise ValueError(f"sites must be >= 1, got {sites}")
+    if background_cv < 0 or background_jitter < 0:
+        raise ValueError(
+            f"background_cv and background_jitter must be >= 0, got {background_cv}, "
+            f"{background_jitter}"
+        )
     c = CHANNELS.index(channel)
     flat, dark = make_illumination(shape, vignetting=vignetting, dark_offset=dark_offset, seed=seed)
     stack = np.empty((n_fields, *shape), np.uint16)
@@ -1096,10 +1147,13 @@ def simulate_illumination_stack(
         g = _child(ss, 40)
         app = dict(DEFAULT_APPEARANCE)
         app["brightness"] = float(np.exp(g.normal(0, 0.1)))
+        app["background"] = background_level(
+            [int(seed), 0xB6, i // sites], background_cv
+        ) * background_level(ss, background_jitter, stream=41)
         f = _simulate(
             ss,
             shape,
-            0.65,
+            image_mpp,
             density=density * float(np.exp(g.normal(0, 0.15))),
             phenotype=None,
             appearance=app,
@@ -1277,13 +1331,15 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
     g = _child(ss, 30)
     oof = bool(g.random() < task["out_of_focus_fraction"])
     flat, dark = _load_illumination(task["illumination"])
+    app = dict(task["appearance"])
+    app["background"] *= background_level(ss, task["background_jitter"], stream=31)
     f = simulate_field(
         ss,
         (task["size"], task["size"]),
         task["image_mpp"],
         density=task["density"],
         phenotype=task["phenotype"],
-        appearance=task["appearance"],
+        appearance=app,
         flatfield=flat,
         darkfield=dark,
         out_of_focus=oof,
@@ -1324,6 +1380,8 @@ def simulate_plate(
     density: float = 1.0,
     out_of_focus_fraction: float = 0.02,
     plate_effects: bool = True,
+    background_cv: float = 0.0,
+    background_jitter: float = 0.0,
     n_workers: int | None = None,
 ) -> SimulatedPlate:
     """Simulate a Cell Painting plate folder with its plate map and ground truth.
@@ -1361,6 +1419,12 @@ def simulate_plate(
         Probability that a field is out of focus.
     plate_effects : bool
         Row/column intensity gradients and edge-well effects (fewer, brighter cells).
+    background_cv : float
+        Well-to-well coefficient of variation (log-normal, mean 1) of the background
+        fluorescence level (medium and compound autofluorescence); 0 (default) gives every
+        well the same level.
+    background_jitter : float
+        Field-to-field coefficient of variation of the background level within a well.
     n_workers : int, optional
         Worker processes (default: number of CPUs). Results do not depend on it.
 
@@ -1376,6 +1440,11 @@ def simulate_plate(
         raise ValueError(f"out_of_focus_fraction must be in [0, 1], got {out_of_focus_fraction}")
     if vignetting not in VIGNETTING:
         raise ValueError(f"unknown vignetting {vignetting!r}; expected one of {VIGNETTING}")
+    if background_cv < 0 or background_jitter < 0:
+        raise ValueError(
+            f"background_cv and background_jitter must be >= 0, got {background_cv}, "
+            f"{background_jitter}"
+        )
     t_start = time.perf_counter()
     out = Path(out_dir)
     images_dir, truth_dir = out / "images", out / "truth"
@@ -1455,6 +1524,7 @@ def simulate_plate(
                 dens *= 0.8
         app = dict(DEFAULT_APPEARANCE)
         app["channel_brightness"] = tuple(float(x) for x in cbr)
+        app["background"] = background_level([int(seed), plate_key, wi, 0xB6], background_cv)
         for site in range(1, sites + 1):
             tasks.append(
                 {
@@ -1468,6 +1538,7 @@ def simulate_plate(
                     "phenotype": ph,
                     "appearance": app,
                     "out_of_focus_fraction": float(out_of_focus_fraction),
+                    "background_jitter": float(background_jitter),
                     "illumination": str(illum_path),
                     "images_dir": str(images_dir),
                     "masks_dir": str(masks_dir),
@@ -1503,6 +1574,8 @@ def simulate_plate(
         "density": density,
         "out_of_focus_fraction": out_of_focus_fraction,
         "plate_effects": plate_effects,
+        "background_cv": background_cv,
+        "background_jitter": background_jitter,
         "channels": list(CHANNELS),
         "channel_files": {ch: f"w{i + 1}" for i, ch in enumerate(CHANNELS)},
         "layout": "imagexpress",
@@ -1693,6 +1766,18 @@ def add_arguments(parser) -> None:
         "--no-plate-effects", action="store_true", help="no row/column/edge effects"
     )
     parser.add_argument(
+        "--background-cv",
+        type=float,
+        default=0.0,
+        help="well-to-well CV of the background fluorescence level (default 0)",
+    )
+    parser.add_argument(
+        "--background-jitter",
+        type=float,
+        default=0.0,
+        help="field-to-field CV of the background level within a well (default 0)",
+    )
+    parser.add_argument(
         "--cell-table",
         action="store_true",
         help="also write truth/cells.parquet (per-cell features measured in the true masks)",
@@ -1721,6 +1806,8 @@ def run(args) -> int:
             density=args.density,
             out_of_focus_fraction=args.out_of_focus_fraction,
             plate_effects=not args.no_plate_effects,
+            background_cv=args.background_cv,
+            background_jitter=args.background_jitter,
             n_workers=args.workers,
         )
     except ValueError as exc:

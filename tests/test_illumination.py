@@ -52,6 +52,80 @@ def test_recovers_flatfield_and_darkfield(stack_dark):
     assert rmse(biased, flat) > rmse(est_flat, flat)
 
 
+@pytest.fixture(scope="module")
+def stack_varied():
+    # background level varies from well to well (CV 0.3) and field to field
+    return simulate_illumination_stack(
+        60, SHAPE, vignetting="offcenter", dark_offset=True, seed=1, background_cv=0.3
+    )
+
+
+def _pattern_rmse(est: np.ndarray, truth: np.ndarray) -> float:
+    return rmse(est - est.mean(), truth - truth.mean())
+
+
+def test_recovers_flat_and_dark_pattern_from_noise_law(stack_varied):
+    stack, flat, dark = stack_varied
+    res = il.fit(stack, "basic")
+    const = il.fit(stack, "basic", dark_pattern=False)
+    assert res.details["darkfield_model"] == "surface"
+    assert res.details["dark_pattern_source"] == "noise"
+    assert const.details["darkfield_model"] == "constant"
+    assert np.ptp(const.darkfield) < 1e-3  # a constant offset
+    # the dark-field's spatial pattern (SD 1.6 raw units) is recovered: a constant offset
+    # leaves an error equal to the pattern's SD
+    assert _pattern_rmse(const.darkfield, dark) > 0.95 * dark.std()
+    assert _pattern_rmse(res.darkfield, dark) < 0.7 * dark.std()
+    assert np.corrcoef(res.darkfield.ravel(), dark.ravel())[0, 1] > 0.7
+    assert abs(float(res.darkfield.mean()) - float(dark.mean())) < 6
+    # and the flat-field is closer to the truth than with a constant dark-field
+    assert rmse(res.flatfield, flat) < 0.042
+    assert rmse(res.flatfield, flat) < 0.85 * rmse(const.flatfield, flat)
+    assert 0.25 < res.details["baseline_cv"] < 0.4
+
+
+def _synthetic_stack(n: int, baseline_cv: float, seed: int = 0):
+    """Fields ``b_n S + D`` + sparse bright spots + Gaussian noise, 64 x 64.
+
+    The fields are no larger than the working grid, so no noise statistics are gathered: only
+    the baselines' variation can reveal the dark-field's pattern.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    flat = (1 + 0.12 * (x**2 + y**2)) ** -2.0
+    flat /= flat.mean()
+    dark = 100 + 4.0 * x - 2.5 * y  # a gradient: no component along the radial shading
+    sigma = np.sqrt(np.log1p(baseline_cv**2))
+    b = 50 * np.exp(rng.normal(0, sigma, n))
+    spots = (rng.random((n, 64, 64)) < 0.02) * rng.uniform(50, 150, (n, 64, 64))
+    stack = b[:, None, None] * flat + dark + spots * flat + rng.normal(0, 0.5, (n, 64, 64))
+    return stack.astype(np.float32), flat, dark
+
+
+def test_dark_pattern_from_baseline_variation():
+    stack, flat, dark = _synthetic_stack(80, 0.3)
+    res = il.fit(stack, "basic", screen=False)
+    const = il.fit(stack, "basic", screen=False, dark_pattern=False)
+    assert res.details["darkfield_model"] == "surface"
+    assert res.details["dark_pattern_source"] == "baseline"
+    # the gradient (SD 2.8 units) is recovered within 0.3 units, its level within 3 units,
+    # the flat-field within 0.8 %; a constant dark-field leaves 4-5 % flat-field error
+    assert _pattern_rmse(res.darkfield, dark) < 0.3
+    assert abs(float(res.darkfield.mean()) - float(dark.mean())) < 3
+    assert rmse(res.flatfield, flat) < 0.008
+    assert rmse(const.flatfield, flat) > 4 * rmse(res.flatfield, flat)
+
+
+def test_constant_baseline_falls_back_to_constant_dark():
+    # every field has the same background level: the pattern cannot be told from the flat-field
+    stack, flat, dark = _synthetic_stack(80, 0.0)
+    res = il.fit(stack, "basic", screen=False)
+    assert res.details["darkfield_model"] == "constant"
+    assert res.details["dark_pattern_shrinkage"] == 0.0
+    assert np.ptp(res.darkfield) < 1e-3
+    assert res.meta()["fit"]["darkfield_model"] == "constant"
+
+
 def test_mean_smooth_recovers_flatfield(stack_nodark):
     stack, flat, _ = stack_nodark
     est, dark = il.estimate(stack, "mean_smooth")
@@ -214,3 +288,18 @@ def test_estimate_from_manifest_and_write_corrected(tmp_path, stack_dark):
     assert n == 2
     out = tifffile.imread(tmp_path / "corr" / "P1_A01_s1_w1.tif")
     np.testing.assert_allclose(out, (stack[0] - dark) / flat, rtol=1e-5)
+
+
+def test_noise_statistic_is_the_pixel_noise_variance():
+    # white noise of variance 9 on a smooth ramp: the diagonal 2 x 2 difference cancels the
+    # ramp and measures the noise alone, at every cell of the working grid
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(100, 300, 256)[None, :] + np.linspace(0, 50, 256)[:, None]
+    fields = [ramp + rng.normal(0, 3.0, (256, 256)) for _ in range(4)]
+    _, stats, _ = il.downsample(fields, working_size=32)
+    assert stats.noise.shape == (4, 32, 32)
+    assert abs(float(stats.noise.mean()) - 9.0) < 0.3
+    assert float(stats.noise.std()) < 2.5  # about 64 pixels per cell
+    # fields no larger than twice the working grid carry no noise statistic
+    _, small_stats, _ = il.downsample([f[:40, :40] for f in fields], working_size=32)
+    assert np.isnan(small_stats.noise).all()

@@ -17,6 +17,7 @@ from hcsflow.simulate import (
     CHANNELS,
     MOA_PROFILES,
     VIGNETTING,
+    background_level,
     default_platemap,
     make_illumination,
     random_appearance,
@@ -327,3 +328,38 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
     assert code == 2 and "nope.csv" in capsys.readouterr().err
     code = cli.main(["simulate", str(tmp_path), "--sites", "0"])
     assert code == 2 and "sites" in capsys.readouterr().err
+
+
+def test_background_level_is_lognormal_with_mean_one():
+    levels = np.array([background_level([3, w], 0.3) for w in range(2000)])
+    assert abs(levels.mean() - 1) < 0.03
+    assert 0.27 < levels.std() / levels.mean() < 0.33
+    assert levels.min() > 0
+    assert background_level([3, 7], 0.0) == 1.0
+    assert background_level([3, 7], 0.3) == background_level([3, 7], 0.3)  # seeded
+
+
+def test_stack_background_varies_by_well():
+    # no cells: each field is its background level times the flat-field, plus the dark-field
+    kw = dict(density=0.0, seed=2, background_jitter=0.0, sites=3)
+    const, flat, dark = simulate_illumination_stack(6, (48, 48), background_cv=0.0, **kw)
+    varied, _, _ = simulate_illumination_stack(6, (48, 48), background_cv=0.5, **kw)
+    level = lambda s: np.median((s.astype(np.float32) - dark) / flat, axis=(1, 2))  # noqa: E731
+    ratio = level(varied) / level(const)  # the per-field brightness cancels
+    np.testing.assert_allclose(ratio[:3], ratio[0], rtol=0.06)  # one well, one level
+    np.testing.assert_allclose(ratio[3:], ratio[3], rtol=0.06)
+    assert abs(ratio[0] / ratio[3] - 1) > 0.2  # two wells, two levels
+    with pytest.raises(ValueError, match="background_cv"):
+        simulate_illumination_stack(2, (32, 32), background_cv=-0.1)
+
+
+def test_plate_background_variation_is_deterministic(tmp_path):
+    pm = default_platemap(96).head(2)
+    for k in ("a", "b"):
+        simulate_plate(tmp_path / k, platemap=pm, sites=1, size=32, background_cv=0.3, n_workers=1)
+    name = sorted((tmp_path / "a" / "images").iterdir())[0].name
+    assert (tmp_path / "a" / "images" / name).read_bytes() == (
+        tmp_path / "b" / "images" / name
+    ).read_bytes()
+    params = json.loads((tmp_path / "a" / "truth" / "simulation.json").read_text())
+    assert params["background_cv"] == 0.3

@@ -39,6 +39,7 @@ with log_to(sm.log[0]) as log:
             max_fields=opts["max_fields"],
             seed=opts["seed"],
             darkfield=opts["darkfield"],
+            dark_pattern=opts["dark_pattern"],
             working_size=opts["working_size"],
             max_frequency=opts["max_frequency"],
             min_fields=opts["min_fields"],
