@@ -340,14 +340,13 @@ def aggregate(
     _require_columns(cells, qc_columns, "QC exclusion (config profiles.qc_columns)")
     meta_cols = metadata_columns(cells)
     meta_cols += [c for c in qc_columns if c not in meta_cols]
-    # features as rows, each contiguous: the median kernel reads one feature of a well at a time
+    # one array per feature (views of the frame's columns where possible): the median kernel
+    # reads one feature of a well at a time
     dtype = np.float32 if all(cells[f].dtype == np.float32 for f in feats) else np.float64
-    xt = np.empty((len(feats), len(cells)), dtype=dtype)
-    for j, f in enumerate(feats):
-        xt[j] = cells[f].to_numpy(dtype=dtype, na_value=np.nan)
+    columns = [cells[f].to_numpy(dtype=dtype, na_value=np.nan) for f in feats]
     return _aggregate_arrays(
         cells[meta_cols],
-        xt,
+        columns,
         feats,
         strata,
         method,
@@ -359,7 +358,7 @@ def aggregate(
 
 def _aggregate_arrays(
     meta: pd.DataFrame,
-    xt: np.ndarray,
+    columns: Sequence[np.ndarray],
     feats: list[str],
     strata: list[str],
     method: str,
@@ -367,22 +366,32 @@ def _aggregate_arrays(
     count_feature: str | None,
     threads: int,
 ) -> pd.DataFrame:
-    """:func:`aggregate` on metadata (n_rows, ...) and features as rows ``xt`` (n_feats, n_rows)."""
+    """:func:`aggregate` on metadata (n_rows, ...) and one array (n_rows,) per feature."""
     if qc_columns:
         keep = ~_qc_mask(meta, qc_columns)
         if not keep.all():
             meta = meta.loc[keep]
-            xt = xt[:, keep]
+            columns = [c[keep] for c in columns]
     if len(meta) == 0:
         raise ValueError("aggregate: no cells left to aggregate (all QC-flagged or empty table)")
     codes, keys = _group_codes(meta, strata)
     n_groups = len(keys)
-    values, counts = _group_reduce(xt.T, codes, n_groups, method, threads=threads)
+    if method == "median":
+        from hcsflow._groupstats import group_median_columns
+
+        order, bounds = _group_slices(codes, n_groups)
+        # (n_features, n_groups): its transpose is the block layout pandas keeps, so the
+        # frame below takes it without a copy
+        values = group_median_columns(columns, order, bounds, threads=threads).T
+        counts = np.diff(bounds)
+    else:
+        xt = np.stack([np.asarray(c, dtype=np.float64) for c in columns])
+        values, counts = _group_reduce(xt.T, codes, n_groups, method, threads=threads)
     const = _constant_metadata(meta, codes, n_groups, exclude=strata + list(qc_columns))
     parts = [keys.reset_index(drop=True), const]
     if count_feature is not None:
         parts.append(pd.DataFrame({count_feature: counts.astype(np.int64)}))
-    parts.append(pd.DataFrame(values, columns=feats))
+    parts.append(pd.DataFrame(values, columns=feats, copy=False))
     return pd.concat(parts, axis=1)
 
 
@@ -397,6 +406,44 @@ def _parquet_feature_columns(schema: Any) -> list[str]:
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             out.append(field.name)
     return out
+
+
+def _arrow_column(col: Any) -> np.ndarray:
+    """A numeric Arrow column as a float array (float32 kept), NaN for nulls; no copy if possible."""
+    import pyarrow as pa
+
+    if col.num_chunks == 1:
+        col = col.chunk(0)
+    elif col.num_chunks == 0:
+        return np.empty(0, dtype=np.float64)
+    else:
+        col = col.combine_chunks()
+    if not pa.types.is_floating(col.type) or col.type == pa.float16():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        return col.to_numpy(zero_copy_only=False)  # nulls become NaN (a copy)
+    return col.to_numpy(zero_copy_only=True)
+
+
+def _read_tables(
+    paths: Sequence[str | os.PathLike[str]], prefetch: bool
+) -> Iterable[tuple[str | os.PathLike[str], Any]]:
+    """Yield (path, Arrow table) for each file; with ``prefetch`` the next file is read in a
+    background thread while the caller works on the current one (two tables in memory)."""
+    if not prefetch or len(paths) < 2:
+        for path in paths:
+            yield path, pq.read_table(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(pq.read_table, paths[0])
+        for i, path in enumerate(paths):
+            table = pending.result()
+            if i + 1 < len(paths):
+                pending = pool.submit(pq.read_table, paths[i + 1])
+            yield path, table
+            del table
 
 
 def aggregate_files(
@@ -432,8 +479,7 @@ def aggregate_files(
     parts = []
     seen: dict[tuple, str] = {}
     ref_features: list[str] | None = None
-    for path in paths:
-        table = pq.read_table(path)
+    for path, table in _read_tables(paths, prefetch=threads > 1):
         feats = _parquet_feature_columns(table.schema)
         if ref_features is None:
             ref_features = [f for f in feats if f not in qc_columns and f != count_feature]
@@ -449,20 +495,15 @@ def aggregate_files(
         meta = table.select(meta_cols).to_pandas()
         try:
             _require_columns(meta, strata, "aggregate: strata")
-            dtypes = {table.schema.field(f).type for f in ref_features}
-            import pyarrow as pa
-
-            dtype = np.float32 if dtypes == {pa.float32()} else np.float64
-            xt = np.empty((len(ref_features), table.num_rows), dtype=dtype)
-            for i, f in enumerate(ref_features):
-                xt[i] = table.column(f).to_numpy(zero_copy_only=False)
-            del table
+            # one array per feature: a view of the Arrow buffer when the column is one chunk
+            # without nulls (no copy), else a float array with NaN for nulls
+            columns = [_arrow_column(table.column(f)) for f in ref_features]
             prof = _aggregate_arrays(
-                meta, xt, ref_features, strata, method, qc_columns, count_feature, threads
+                meta, columns, ref_features, strata, method, qc_columns, count_feature, threads
             )
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        del xt
+        del table, columns
         for key in prof[strata].itertuples(index=False, name=None):
             if key in seen:
                 raise ValueError(
