@@ -137,18 +137,22 @@ def well_profiles(cells: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def negcon_pseudo(profiles: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """Hold out ``n`` DMSO wells per plate as pseudo-treatments NEG-1..n (one well per plate)."""
+    """Hold out ``n`` DMSO wells per plate as pseudo-treatments (one well per plate each).
+
+    Pseudo-treatment j is dose ``j % 3 + 1`` of pseudo-compound ``NEG-{j // 3 + 1}``, so that
+    the compound-level test sees DMSO pseudo-compounds with three doses, like a dose series.
+    """
     rng = np.random.default_rng(seed)
     out = profiles.copy()
     for _, idx in out[out["Metadata_Role"] == "negcon"].groupby("Metadata_Plate").groups.items():
         pick = rng.permutation(np.asarray(idx))[:n]
         for j, i in enumerate(pick):
             out.loc[i, ["Metadata_Compound", "Metadata_Role", "Metadata_MoA"]] = [
-                f"NEG-{j + 1}",
+                f"NEG-{j // 3 + 1}",
                 "trt",
                 "none",
             ]
-            out.loc[i, "Metadata_Dose"] = 1.0
+            out.loc[i, "Metadata_Dose"] = float(j % 3 + 1)
     return out
 
 
@@ -174,24 +178,26 @@ def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFram
         "sub-threshold called": f"{trt.loc[sub, 'active'].mean():.2f} ({int(trt.loc[sub, 'active'].sum())}/{int(sub.sum())})",
     }
     # compound level: a compound is truly active when at least one dose is; it is called active
-    # when its Simes-combined p-value over doses passes BH over compounds (dose_response table)
+    # when its dose p-values combined (Simes; or the smallest, as copairs' hierarchical first
+    # stage) pass BH over compounds at q < 0.05
     tc = truth.rename(columns={"compound": "Metadata_Compound"}).groupby("Metadata_Compound")
     truth_cmp = pd.DataFrame(
         {"truly_active": tc["truly_active"].any(), "moa": tc["moa"].first()}
     ).reset_index()
-    dr = res.dose_response.merge(truth_cmp, on="Metadata_Compound", how="inner")
-    roles = trt.groupby("Metadata_Compound").size().index
-    dr = dr[dr["Metadata_Compound"].isin(roles)]
-    t_cmp = dr["truly_active"].astype(bool)
-    i_cmp = dr["moa"] == "inactive"
-    m["compounds detected"] = (
-        f"{dr.loc[t_cmp, 'compound_active'].mean():.2f} "
-        f"({int(dr.loc[t_cmp, 'compound_active'].sum())}/{int(t_cmp.sum())})"
-    )
-    m["inactive compounds called"] = (
-        f"{dr.loc[i_cmp, 'compound_active'].mean():.2f} "
-        f"({int(dr.loc[i_cmp, 'compound_active'].sum())}/{int(i_cmp.sum())})"
-    )
+    trt_act = res.activity[res.activity["Metadata_Role"] == "trt"]
+    for combine, label in (("simes", ""), ("min", " (min-p)")):
+        comp = A.compound_activity(trt_act, combine=combine)
+        dr = comp.merge(truth_cmp, on="Metadata_Compound", how="inner")
+        t_cmp = dr["truly_active"].astype(bool)
+        i_cmp = dr["moa"] == "inactive"
+        m["compounds detected" + label] = (
+            f"{dr.loc[t_cmp, 'active'].mean():.2f} "
+            f"({int(dr.loc[t_cmp, 'active'].sum())}/{int(t_cmp.sum())})"
+        )
+        m["inactive compounds called" + label] = (
+            f"{dr.loc[i_cmp, 'active'].mean():.2f} "
+            f"({int(dr.loc[i_cmp, 'active'].sum())}/{int(i_cmp.sum())})"
+        )
     con = res.consistency
     m["MoA mAP"] = (
         f"{con['mean_average_precision'].mean():.2f} ({int(con['consistent'].sum())}/{len(con)} q<0.05)"

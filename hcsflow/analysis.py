@@ -769,6 +769,7 @@ def compound_activity(
     *,
     compound_column: str = COMPOUND,
     q_threshold: float = 0.05,
+    combine: str = "simes",
 ) -> pd.DataFrame:
     """Compound-level activity calls from the per-dose results of :func:`phenotypic_activity`.
 
@@ -776,9 +777,11 @@ def compound_activity(
     p-values are combined into one p-value by Simes' method (:func:`simes_pvalue`), and these
     are Benjamini-Hochberg corrected over compounds: the false discovery rate is controlled
     among compounds called active. This is the first level of a hierarchical (compound, then
-    dose) testing procedure (Benjamini & Bogomolov 2014); taking the smallest dose p-value
-    as the compound's p-value instead would not be a valid p-value (it is the minimum of
-    several), and would call inactive compounds with many doses too often.
+    dose) testing procedure (Benjamini & Bogomolov 2014). ``combine="min"`` takes the smallest
+    dose p-value instead (the first stage of copairs' hierarchical correction and of
+    ``fdr="hierarchical"``); that is not a valid p-value (the minimum of m null p-values is
+    below alpha with probability about m * alpha), so it calls inactive compounds with many
+    doses too often; it is offered for comparison.
 
     Parameters
     ----------
@@ -788,16 +791,20 @@ def compound_activity(
     compound_column : str
     q_threshold : float
         A compound is ``active`` when its q-value is below this.
+    combine : {"simes", "min"}
+        How the dose p-values of a compound are combined.
 
     Returns
     -------
     DataFrame
         One row per compound (sorted): ``n_doses`` (treatments tested, i.e. with a p-value),
-        ``p_value`` (Simes), ``q_value`` (BH over compounds), ``active``,
+        ``p_value`` (combined), ``q_value`` (BH over compounds), ``active``,
         ``n_active_doses`` (doses active in the per-dose table, when it has ``active``) and
         MoA / role columns when present.
     """
     _require(activity, [compound_column, "p_value"], "compound_activity")
+    if combine not in ("simes", "min"):
+        raise ValueError(f"compound_activity: combine must be 'simes' or 'min', got {combine!r}")
     keep = [c for c in (MOA, ROLE) if c in activity.columns and c != compound_column]
     rows = []
     for comp, g in activity.groupby(compound_column, sort=True, dropna=False):
@@ -805,7 +812,10 @@ def compound_activity(
         row = {compound_column: comp}
         row.update({c: g[c].iloc[0] for c in keep})
         row["n_doses"] = int(np.isfinite(p).sum())
-        row["p_value"] = simes_pvalue(p)
+        if combine == "simes":
+            row["p_value"] = simes_pvalue(p)
+        else:
+            row["p_value"] = float(np.min(p[np.isfinite(p)])) if np.isfinite(p).any() else np.nan
         if "active" in g.columns:
             row["n_active_doses"] = int(g["active"].sum())
         rows.append(row)

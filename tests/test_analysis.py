@@ -265,6 +265,13 @@ def test_compound_activity_hand_made():
     assert out.loc["A", "n_active_doses"] == 2 and out.loc["A", "Metadata_MoA"] == "m1"
     with pytest.raises(ValueError, match="p_value"):
         A.compound_activity(act.drop(columns="p_value"))
+    with pytest.raises(ValueError, match="combine"):
+        A.compound_activity(act, combine="fisher")
+    # smallest p-value per compound: .001, .03, .3 -> BH .003, .045, .3
+    low = A.compound_activity(act, combine="min").set_index("Metadata_Compound")
+    np.testing.assert_allclose(low["p_value"].iloc[:3], [0.001, 0.03, 0.3])
+    np.testing.assert_allclose(low["q_value"].iloc[:3], [0.003, 0.045, 0.3])
+    assert low["active"].tolist() == [True, True, False, False]
 
 
 def test_compound_activity_on_screen(screen):
