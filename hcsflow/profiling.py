@@ -602,8 +602,8 @@ def normalize(
         raise ValueError(f"normalize: no control rows {dict(control or {})} in group {key}")
     # control rows, one feature per row: (n_features, n_fit)
     fit = np.empty((len(feats), fit_rows.size), dtype=np.float64)
-    for j, f in enumerate(feats):
-        fit[j] = _column(profiles, f)[fit_rows]
+    for j, col in enumerate(_iter_columns(profiles, feats)):
+        fit[j] = col[fit_rows]
     import warnings
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -631,8 +631,7 @@ def normalize(
         result = np.empty((len(feats), len(profiles)), dtype=np.float64)
         contiguous = bool(np.all(codes[1:] >= codes[:-1]))  # rows already grouped in order
         bounds = np.searchsorted(codes, np.arange(n_groups + 1)) if contiguous else None
-        for j, f in enumerate(feats):
-            col = _column(profiles, f)
+        for j, col in enumerate(_iter_columns(profiles, feats)):
             if contiguous:
                 for g in range(n_groups):
                     a, b = bounds[g], bounds[g + 1]
@@ -660,6 +659,26 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
     if col.dtype == np.float64:
         return col.to_numpy()
     return col.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _iter_columns(df: pd.DataFrame, names: Sequence[str], chunk_bytes: int = 1 << 25):
+    """Yield the columns ``names`` of ``df`` in order as float64 arrays (NaN for missing).
+
+    Selecting one column of a DataFrame costs about 0.1 ms in pandas, which dominates on
+    well-profile tables (few rows, hundreds of features): those are taken out in groups of at
+    most ``chunk_bytes`` (one 2-D copy per group, whose rows are yielded). Tables with many
+    rows (single cells) yield each column on its own, a view where possible (no copy).
+    """
+    names = list(names)
+    if len(df) >= 1 << 16:
+        for name in names:
+            yield _column(df, name)
+        return
+    per = max(1, chunk_bytes // max(8 * len(df), 1))
+    for a in range(0, len(names), per):
+        block = df[names[a : a + per]].to_numpy(dtype=np.float64, na_value=np.nan).T
+        yield from block
+        del block
 
 
 class _Columns:
@@ -691,7 +710,7 @@ def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
     """
     if isinstance(x, _Columns):
         frame, names = x.frame, x.names
-        arrays = [_column(frame, c) for c in names]
+        arrays = list(_iter_columns(frame, names, chunk_bytes=1 << 27))
 
         def rows(a: int, b: int) -> np.ndarray:
             # assembled feature by feature (contiguous copies), used through its transpose
@@ -703,8 +722,7 @@ def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
         n, p = len(frame), len(names)
         nan_any = np.zeros(p, dtype=bool)
         shift = np.zeros(p)
-        for j, c in enumerate(names):
-            col = _column(frame, c)
+        for j, col in enumerate(arrays):
             ok = ~np.isnan(col)
             nan_any[j] = not ok.all()
             shift[j] = col[ok].mean() if ok.any() else 0.0
@@ -773,8 +791,7 @@ def _exclude_variance(df: pd.DataFrame, names: list[str], min_variance: float) -
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        for j, c in enumerate(names):
-            col = _column(df, c)
+        for j, col in enumerate(_iter_columns(df, names)):
             var = np.nanvar(col)
             if min_variance == 0:
                 var = np.fmin(var, np.nanmax(col) - np.nanmin(col))
@@ -787,8 +804,7 @@ def _exclude_frequency(
 ) -> np.ndarray:
     n = df.shape[0]
     out = np.zeros(len(names), dtype=bool)
-    for j, c in enumerate(names):
-        col = _column(df, c)
+    for j, col in enumerate(_iter_columns(df, names)):
         _, counts = np.unique(col[~np.isnan(col)], return_counts=True)
         if counts.size < 2:
             out[j] = True
@@ -864,7 +880,7 @@ def feature_select_excluded(
             if op == "na":
                 n = max(len(profiles), 1)
                 mask = np.array(
-                    [np.isnan(_column(profiles, c)).sum() / n > na_cutoff for c in remaining]
+                    [np.isnan(c).sum() / n > na_cutoff for c in _iter_columns(profiles, remaining)]
                 )
             elif op == "variance":
                 mask = _exclude_variance(profiles, remaining, min_variance)
@@ -874,11 +890,8 @@ def feature_select_excluded(
                 with np.errstate(invalid="ignore"):
                     mask = np.array(
                         [
-                            bool(
-                                np.nanmax(np.abs(_column(profiles, c)), initial=0.0)
-                                > outlier_cutoff
-                            )
-                            for c in remaining
+                            bool(np.nanmax(np.abs(c), initial=0.0) > outlier_cutoff)
+                            for c in _iter_columns(profiles, remaining)
                         ]
                     )
             else:
