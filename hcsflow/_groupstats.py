@@ -97,10 +97,12 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     b = q + _MARGIN + 1
     low = -np.inf
     high = np.inf
+    first = 0
     if a >= 0:
         low = _select(sample, 0, _SAMPLE, a)
+        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
     if b < _SAMPLE:
-        high = _select(sample, 0, _SAMPLE, b)
+        high = _select(sample, first, _SAMPLE, b)
     below = 0
     m = 0
     for i in range(n):
@@ -168,10 +170,12 @@ def _median_run(x, s, e, buf, sample):  # pragma: no cover - compiled
     b = q + _MARGIN + 1
     low = -np.inf
     high = np.inf
+    first = 0
     if a >= 0:
         low = _select(sample, 0, _SAMPLE, a)
+        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
     if b < _SAMPLE:
-        high = _select(sample, 0, _SAMPLE, b)
+        high = _select(sample, first, _SAMPLE, b)
     below = 0
     m = 0
     nan = 0
