@@ -244,7 +244,10 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             t_an = time.perf_counter() - t1
             called = total = c_called = c_total = 0
             for rep in range(args.negcon_repeats):
-                pseudo = negcon_pseudo(cprof, n=args.negcon_pseudo, seed=rep)
+                # held out before the campaign steps, so that the DMSO wells of the
+                # pseudo-treatments are not part of the sphering fit (as a treatment's are not)
+                pseudo = negcon_pseudo(prof, n=args.negcon_pseudo, seed=rep)
+                pseudo = P.campaign_profiles(pseudo, vcamp)[0]
                 act = A.phenotypic_activity(
                     pseudo,
                     null_size=args.null_size,
@@ -280,7 +283,9 @@ def lincs(args, variant: str = "default") -> dict:
     prof = P.read_profiles_table(LINCS)
     feats = A.feature_columns(prof)
     prof = prof[[c for c in prof.columns if c.startswith("Metadata_")] + feats]
-    if camp_over.get("sphering", {}).get("enabled"):
+    sphering = camp_over.get("sphering", {}).get("enabled", False)
+    raw = prof
+    if sphering:
         prof = P.sphere(prof, control={"Metadata_Role": "negcon"})
     cons = P.consensus(prof)
     res = A.run_analysis(prof, cons, {"null_size": args.null_size, **ana_over})
@@ -289,12 +294,14 @@ def lincs(args, variant: str = "default") -> dict:
     dmso_called = dmso_total = 0
     for rep in range(args.negcon_repeats):
         rng = np.random.default_rng(rep)
-        pseudo = prof.copy()
+        pseudo = raw.copy()
         idx = rng.permutation(np.flatnonzero((pseudo["Metadata_Role"] == "negcon").to_numpy()))
         for j in range(2):
             rows = pseudo.index[idx[6 * j : 6 * j + 6]]
             pseudo.loc[rows, "Metadata_Compound"] = f"NEG-{j + 1}"
             pseudo.loc[rows, "Metadata_Role"] = "trt"
+        if sphering:  # fitted on the remaining DMSO wells only
+            pseudo = P.sphere(pseudo, control={"Metadata_Role": "negcon"})
         act = A.phenotypic_activity(
             pseudo,
             group_by=["Metadata_Compound"],

@@ -228,6 +228,32 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
         ops = [OURS[o] for o in (BEST_ORDER if order == "best" else DEFAULT_ORDER)]
         fs_kw = {"operations": ops, "features": feats}
         control = {"Metadata_Role": "negcon"}
+        if op == "breakdown":
+            # the chain step by step, CPU seconds of this process (all its threads) and wall
+            import pyarrow.parquet as pq
+
+            plates = sorted({Path(f).parent.name for f in files})
+            steps: dict[str, list[float]] = {}
+
+            def clock(name, fn, *a, **kw):
+                c0, w0 = time.process_time(), time.perf_counter()
+                out = fn(*a, **kw)
+                prev = steps.setdefault(name, [0.0, 0.0])
+                prev[0] += time.process_time() - c0
+                prev[1] += time.perf_counter() - w0
+                return out
+
+            parts = []
+            for plate in plates:
+                shard_files = [f for f in files if Path(f).parent.name == plate]
+                prof = clock("aggregate_files (read + median)", P.aggregate_files, shard_files)
+                parts.append(clock("normalize", P.normalize, prof, control=control))
+            prof = pd.concat(parts, ignore_index=True)
+            result = clock("feature_select", P.feature_select, prof, **fs_kw)
+            for f in files:  # after the chain, so that both find the files equally cached
+                clock("of which: parquet read", pq.read_table, f)
+            print(json.dumps({"steps": steps}))
+            return
         if op == "chain":
             t0 = time.perf_counter()
             plates = sorted({Path(f).parent.name for f in files})
@@ -355,6 +381,11 @@ def main() -> None:
         help="also time feature_select in pycytominer's default operation order (slow)",
     )
     ap.add_argument("--skip-pycytominer", action="store_true")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time hcsflow's chain step by step (CPU and wall seconds)",
+    )
     ap.add_argument("--reuse", action="store_true", help="reuse the table in --work if present")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "OP"), help=argparse.SUPPRESS)
     ap.add_argument("--order", default="best", help=argparse.SUPPRESS)
@@ -379,11 +410,33 @@ def main() -> None:
     if pyc is None and not args.skip_pycytominer:
         print("pycytominer unavailable: only hcsflow is timed")
     jobs = []
-    for op in args.ops.split(","):
+    for op in [o for o in args.ops.split(",") if o]:
         jobs.append((op, "best"))
         if op == "feature_select" and args.default_order:
             jobs.append((op, "default"))
     rows = []
+    if args.breakdown:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "hcsflow",
+            "breakdown",
+            "--work",
+            str(args.work),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode == 0:
+            steps = json.loads(proc.stdout.strip().splitlines()[-1])["steps"]
+            print(f"\nhcsflow chain by step ({args.threads} thread(s)):")
+            print(f"{'step':<34} {'CPU s':>7} {'wall s':>7}")
+            for name, (cpu, wall) in steps.items():
+                print(f"{name:<34} {cpu:7.1f} {wall:7.1f}")
+        else:
+            print("breakdown failed:", proc.stderr.strip().splitlines()[-1:])
     for op, order in jobs:
         ours = run_worker(Path(sys.executable), "hcsflow", op, args.work, order, args.threads)
         theirs = run_worker(pyc, "pycytominer", op, args.work, order, args.threads) if pyc else {}
