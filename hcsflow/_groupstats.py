@@ -2,11 +2,14 @@
 
 The median of each feature within each group (the cells of a well, the wells of a treatment)
 is the costliest step of profiling. numpy's ``median``/``partition`` on many small strided
-slices costs tens of nanoseconds per value. Here one group's column is copied into a
-contiguous buffer (NaN skipped) and the middle order statistics are found by a sampling
-selection: two bracketing values are read off a small evenly spaced sample, one branch-free
-pass keeps the values between them, and a branch-free three-way quickselect finishes on that
-short remainder (falling back to the whole column if the bracket missed). The results are
+slices costs tens of nanoseconds per value. Here the middle order statistics are found by a
+sampling selection: two bracketing values are read off a small evenly spaced sample, one
+branch-free pass keeps the values between them (and counts those below), and a quickselect
+finishes on that short remainder (falling back to the whole group if the bracket missed).
+When a group's rows are consecutive (the usual case) the pass reads them in place; otherwise
+they are first gathered into a buffer, NaN skipped. The final selection partitions out of
+place (below the pivot to the front of a second buffer, above it to its back), so that its
+stores depend only on counters and not on the previous iteration's store. The results are
 exact: equal to ``numpy.nanmedian`` (mean of the two middle values for an even count).
 """
 
@@ -70,6 +73,64 @@ def _select(buf, lo, hi, k):  # pragma: no cover - compiled
             j -= 1
         buf[j + 1] = v
     return buf[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_oop(src0, a, b, n, k):  # pragma: no cover - compiled
+    """k-th smallest of src0[:n], which is left unchanged; a and b (longer than n) are scratch.
+
+    Out-of-place three-way partitions: values below the pivot are written to the front of the
+    other buffer, values above it to its back, values equal to it only counted. The stores
+    depend on counters only, so that an iteration does not wait on the previous one's store
+    (as an in-place swap partition does); the buffers alternate between passes.
+    """
+    src = src0
+    dst = a
+    spare = b
+    lo = 0
+    if n <= _SMALL:
+        for i in range(n):
+            a[i] = src0[i]
+        src = a
+    while n > _SMALL:
+        x0 = src[lo]
+        x1 = src[lo + (n >> 1)]
+        x2 = src[lo + n - 1]
+        if x0 > x1:
+            x0, x1 = x1, x0
+        if x1 > x2:
+            x1, x2 = x2, x1
+        if x0 > x1:
+            x0, x1 = x1, x0
+        pivot = x1
+        nl = 0
+        ng = 0
+        for i in range(lo, lo + n):
+            v = src[i]
+            dst[nl] = v
+            nl += v < pivot
+            dst[n - ng] = v
+            ng += v > pivot
+        if k < nl:
+            n = nl
+            lo = 0
+        elif k < n - ng:
+            return pivot
+        else:
+            k -= n - ng
+            lo = n - ng + 1
+            n = ng
+        src, dst, spare = dst, spare, dst
+        if n <= _SMALL:
+            break
+    for i in range(lo + 1, lo + n):
+        v = src[i]
+        j = i - 1
+        while j >= lo and src[j] > v:
+            src[j + 1] = src[j]
+            j -= 1
+        src[j + 1] = v
+    return src[lo + k]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -148,7 +209,7 @@ def _median_exact(buf, n, sample):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_run(x, s, e, buf, sample):  # pragma: no cover - compiled
+def _median_run(x, s, e, buf, sample, scratch, scratch2):  # pragma: no cover - compiled
     """Median of the contiguous rows x[s:e] without NaN, in one pass over them.
 
     The bracket is read off an evenly spaced sample of x[s:e] itself and the same pass that
@@ -187,13 +248,19 @@ def _median_run(x, s, e, buf, sample):  # pragma: no cover - compiled
         m += (v >= low) & (v <= high)
     if nan > 0 or not (below <= lo_rank and k < below + m):
         return 0.0, False
-    hi_v = _select(buf, 0, m, k - below)
+    hi_v = _select_oop(buf, scratch, scratch2, m, k - below)
     if not even:
         return hi_v, True
-    lo_v = buf[0]
-    for r in range(1, k - below):
-        if buf[r] > lo_v:
-            lo_v = buf[r]
+    # the (k-1)-th: hi_v again if fewer than k values lie below it, else the largest below it
+    n_less = below
+    lo_v = -np.inf
+    for i in range(m):
+        v = buf[i]
+        less = v < hi_v
+        n_less += less
+        lo_v = max(lo_v, v) if less else lo_v
+    if n_less < k:
+        lo_v = hi_v
     return (hi_v + lo_v) / 2.0, True
 
 
@@ -205,6 +272,8 @@ def _median_column(x, order, bounds, out):  # pragma: no cover - compiled
     for g in range(n_groups):
         max_n = max(max_n, bounds[g + 1] - bounds[g])
     buf = np.empty(max_n, dtype=np.float64)
+    scratch = np.empty(max_n + 1, dtype=np.float64)
+    scratch2 = np.empty(max_n + 1, dtype=np.float64)
     sample = np.empty(_SAMPLE, dtype=np.float64)
     for g in range(n_groups):
         s = bounds[g]
@@ -212,7 +281,7 @@ def _median_column(x, order, bounds, out):  # pragma: no cover - compiled
         if e - s > 4 * _SAMPLE and order[s] == s and order[e - 1] == e - 1:
             # order increases within a group (stable argsort), so this group is the run of
             # rows s .. e - 1 (the usual case: rows already grouped in order)
-            med, ok = _median_run(x, s, e, buf, sample)
+            med, ok = _median_run(x, s, e, buf, sample, scratch, scratch2)
             if ok:
                 out[g] = med
                 continue
