@@ -55,6 +55,28 @@ LINCS = (
 )
 
 
+#: Variants a screening scientist would try to raise treatment-level power, each a change of
+#: the default configuration: (name, campaign overrides, analysis overrides). No variant is
+#: tuned on the truth labels; each is a documented option of the workflow.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "sphering": ({"sphering": {"enabled": True}}, {}),
+    "correlation": ({}, {"distance": "correlation"}),
+    "euclidean": ({}, {"distance": "euclidean"}),
+    "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
+    "negcon_same_plate": ({}, {"negcon_same_plate": True}),
+}
+
+
+def variant_config(camp: dict, name: str) -> tuple[dict, dict]:
+    """Campaign section and analysis overrides of one variant."""
+    camp_over, ana_over = VARIANTS[name]
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in camp.items()}
+    for k, v in camp_over.items():
+        out[k] = {**out[k], **v} if isinstance(out[k], dict) else v
+    return out, dict(ana_over)
+
+
 def campaign_config() -> dict:
     """The validated default ``campaign`` section of config/config.yaml."""
     import yaml
@@ -115,18 +137,22 @@ def well_profiles(cells: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def negcon_pseudo(profiles: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """Hold out ``n`` DMSO wells per plate as pseudo-treatments NEG-1..n (one well per plate)."""
+    """Hold out ``n`` DMSO wells per plate as pseudo-treatments (one well per plate each).
+
+    Pseudo-treatment j is dose ``j % 3 + 1`` of pseudo-compound ``NEG-{j // 3 + 1}``, so that
+    the compound-level test sees DMSO pseudo-compounds with three doses, like a dose series.
+    """
     rng = np.random.default_rng(seed)
     out = profiles.copy()
     for _, idx in out[out["Metadata_Role"] == "negcon"].groupby("Metadata_Plate").groups.items():
         pick = rng.permutation(np.asarray(idx))[:n]
         for j, i in enumerate(pick):
             out.loc[i, ["Metadata_Compound", "Metadata_Role", "Metadata_MoA"]] = [
-                f"NEG-{j + 1}",
+                f"NEG-{j // 3 + 1}",
                 "trt",
                 "none",
             ]
-            out.loc[i, "Metadata_Dose"] = 1.0
+            out.loc[i, "Metadata_Dose"] = float(j % 3 + 1)
     return out
 
 
@@ -151,6 +177,27 @@ def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFram
         "inactive called": f"{trt.loc[inactive_cmp, 'active'].mean():.2f} ({int(trt.loc[inactive_cmp, 'active'].sum())}/{int(inactive_cmp.sum())})",
         "sub-threshold called": f"{trt.loc[sub, 'active'].mean():.2f} ({int(trt.loc[sub, 'active'].sum())}/{int(sub.sum())})",
     }
+    # compound level: a compound is truly active when at least one dose is; it is called active
+    # when its dose p-values combined (Simes; or the smallest, as copairs' hierarchical first
+    # stage) pass BH over compounds at q < 0.05
+    tc = truth.rename(columns={"compound": "Metadata_Compound"}).groupby("Metadata_Compound")
+    truth_cmp = pd.DataFrame(
+        {"truly_active": tc["truly_active"].any(), "moa": tc["moa"].first()}
+    ).reset_index()
+    trt_act = res.activity[res.activity["Metadata_Role"] == "trt"]
+    for combine, label in (("simes", ""), ("min", " (min-p)")):
+        comp = A.compound_activity(trt_act, combine=combine)
+        dr = comp.merge(truth_cmp, on="Metadata_Compound", how="inner")
+        t_cmp = dr["truly_active"].astype(bool)
+        i_cmp = dr["moa"] == "inactive"
+        m["compounds detected" + label] = (
+            f"{dr.loc[t_cmp, 'active'].mean():.2f} "
+            f"({int(dr.loc[t_cmp, 'active'].sum())}/{int(t_cmp.sum())})"
+        )
+        m["inactive compounds called" + label] = (
+            f"{dr.loc[i_cmp, 'active'].mean():.2f} "
+            f"({int(dr.loc[i_cmp, 'active'].sum())}/{int(i_cmp.sum())})"
+        )
     con = res.consistency
     m["MoA mAP"] = (
         f"{con['mean_average_precision'].mean():.2f} ({int(con['consistent'].sum())}/{len(con)} q<0.05)"
@@ -184,56 +231,103 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     )
     t_sim = time.perf_counter() - t0
     prof = well_profiles(cells)
-    cprof, cons, _ = P.campaign_profiles(prof, camp)
     n_cells = sum(len(c) for c in cells)
     n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
     rows = []
-    for fdr in args.fdr:
-        cfg = {"null_size": args.null_size, "fdr": fdr}
-        t1 = time.perf_counter()
-        m, _ = evaluate(cprof, cons, truth, cfg)
-        t_an = time.perf_counter() - t1
-        called = total = 0
-        for rep in range(args.negcon_repeats):
-            pseudo = negcon_pseudo(cprof, n=args.negcon_pseudo, seed=rep)
-            act = A.phenotypic_activity(pseudo, null_size=args.null_size, fdr=fdr)
-            neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
-            called, total = called + int(neg["active"].sum()), total + len(neg)
-        m["negcon called"] = f"{called / total:.2f} ({called}/{total})"
-        rows.append(
-            {
-                "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s)",
-                "features": f"truth masks, simple ({len(A.feature_columns(cprof))} selected)",
-                "cells/well": f"{n_cells / n_wells:.0f}",
-                "fdr": fdr,
-                **m,
-                "time": f"sim+measure {t_sim:.0f} s, analysis {t_an:.0f} s",
-            }
-        )
+    for variant in args.variants:
+        vcamp, vana = variant_config(camp, variant)
+        cprof, cons, _ = P.campaign_profiles(prof, vcamp)
+        for fdr in args.fdr:
+            cfg = {"null_size": args.null_size, "fdr": fdr, **vana}
+            t1 = time.perf_counter()
+            m, _ = evaluate(cprof, cons, truth, cfg)
+            t_an = time.perf_counter() - t1
+            called = total = c_called = c_total = 0
+            for rep in range(args.negcon_repeats):
+                # held out before the campaign steps, so that the DMSO wells of the
+                # pseudo-treatments are not part of the sphering fit (as a treatment's are not)
+                pseudo = negcon_pseudo(prof, n=args.negcon_pseudo, seed=rep)
+                pseudo = P.campaign_profiles(pseudo, vcamp)[0]
+                act = A.phenotypic_activity(
+                    pseudo,
+                    null_size=args.null_size,
+                    fdr=fdr,
+                    distance=cfg.get("distance", "cosine"),
+                    negcon_same_plate=cfg.get("negcon_same_plate", False),
+                )
+                neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
+                called, total = called + int(neg["active"].sum()), total + len(neg)
+                comp = A.compound_activity(act)
+                cneg = comp[comp["Metadata_Compound"].str.startswith("NEG-")]
+                c_called, c_total = c_called + int(cneg["active"].sum()), c_total + len(cneg)
+            m["negcon called"] = f"{called / total:.2f} ({called}/{total})"
+            m["DMSO pseudo-compounds called"] = f"{c_called / c_total:.2f} ({c_called}/{c_total})"
+            rows.append(
+                {
+                    "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s)",
+                    "variant": variant,
+                    "features": f"truth masks, simple ({len(A.feature_columns(cprof))} selected)",
+                    "cells/well": f"{n_cells / n_wells:.0f}",
+                    "fdr": fdr,
+                    **m,
+                    "time": f"sim+measure {t_sim:.0f} s, analysis {t_an:.0f} s",
+                }
+            )
     return rows
 
 
-def lincs(args) -> dict:
+def lincs(args, variant: str = "default") -> dict:
     if not LINCS.exists():
         return {}
+    camp_over, ana_over = VARIANTS[variant]
     prof = P.read_profiles_table(LINCS)
     feats = A.feature_columns(prof)
     prof = prof[[c for c in prof.columns if c.startswith("Metadata_")] + feats]
+    sphering = camp_over.get("sphering", {}).get("enabled", False)
+    raw = prof
+    if sphering:
+        prof = P.sphere(prof, control={"Metadata_Role": "negcon"})
     cons = P.consensus(prof)
-    res = A.run_analysis(prof, cons, {"null_size": args.null_size})
+    res = A.run_analysis(prof, cons, {"null_size": args.null_size, **ana_over})
+    # DMSO wells as pseudo-compounds: two of 6 wells each (like a compound's 6 doses); the
+    # other 12 DMSO wells stay negative controls; --negcon-repeats random splits
+    dmso_called = dmso_total = 0
+    for rep in range(args.negcon_repeats):
+        rng = np.random.default_rng(rep)
+        pseudo = raw.copy()
+        idx = rng.permutation(np.flatnonzero((pseudo["Metadata_Role"] == "negcon").to_numpy()))
+        for j in range(2):
+            rows = pseudo.index[idx[6 * j : 6 * j + 6]]
+            pseudo.loc[rows, "Metadata_Compound"] = f"NEG-{j + 1}"
+            pseudo.loc[rows, "Metadata_Role"] = "trt"
+        if sphering:  # fitted on the remaining DMSO wells only
+            pseudo = P.sphere(pseudo, control={"Metadata_Role": "negcon"})
+        act = A.phenotypic_activity(
+            pseudo,
+            group_by=["Metadata_Compound"],
+            null_size=args.null_size,
+            distance=ana_over.get("distance", "cosine"),
+        )
+        neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
+        dmso_called += int(neg["active"].sum())
+        dmso_total += len(neg)
     act = res.activity
     con = A.moa_consistency(
-        prof[prof["Metadata_Role"] != "negcon"], null_size=args.null_size
+        prof[prof["Metadata_Role"] != "negcon"],
+        null_size=args.null_size,
+        distance=ana_over.get("distance", "cosine"),
     )  # all compounds: a single plate has too few active ones per MoA
     con = con[con["mean_average_precision"].notna()]
-    nsc = A.nsc_accuracy(prof)
+    nsc = A.nsc_accuracy(prof, distance=ana_over.get("distance", "cosine"))
     return {
+        "variant": variant,
         "activity_by": ",".join(res.summary["activity_by"]),
         "compounds active": f"{int(act['active'].sum())}/{len(act)}",
         "median mAP": f"{act['mean_average_precision'].median():.2f}",
         "MoAs scored (>=2 compounds)": str(len(con)),
         "MoA mAP": f"{con['mean_average_precision'].mean():.2f} ({int(con['consistent'].sum())} q<0.05)",
         "NSC (all wells, MoAs with >=2 compounds)": f"{nsc.accuracy:.2f} (n={len(nsc.predictions)})",
+        "DMSO pseudo-compounds called": f"{dmso_called}/{dmso_total}",
     }
 
 
@@ -256,6 +350,13 @@ def main() -> None:
     ap.add_argument("--negcon-repeats", type=int, default=5, help="random hold-outs of DMSO wells")
     ap.add_argument("--fdr", nargs="+", default=["bh", "hierarchical"], help="FDR methods")
     ap.add_argument("--no-lincs", action="store_true")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        choices=list(VARIANTS),
+        help="configuration variants to measure (default: the default configuration)",
+    )
     args = ap.parse_args()
     camp = campaign_config()
     rows = []
@@ -267,10 +368,10 @@ def main() -> None:
     print("\n## Simulated screens\n")
     print(markdown(rows))
     if not args.no_lincs:
-        r = lincs(args)
-        if r:
+        lrows = [r for r in (lincs(args, v) for v in args.variants) if r]
+        if lrows:
             print("\n## LINCS plate SQ00015054 (real, 384 wells, one well per compound x dose)\n")
-            print(markdown([r]))
+            print(markdown(lrows))
 
 
 if __name__ == "__main__":

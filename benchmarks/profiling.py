@@ -194,6 +194,7 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
 
         if op == "chain":
             t0 = time.perf_counter()
+            c0 = time.process_time()
             df = _load(files)
             prof = aggregate(df, strata=STRATA, features=feats, operation="median")
             del df
@@ -202,10 +203,12 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
             prof = pc_normalize(prof)
             prof = feature_select(prof, features=feats, operation=ops)
             timing["op"] = time.perf_counter() - t0
+            timing["cpu"] = time.process_time() - c0
             result = prof
         else:
             df = _load(files)
             t0 = time.perf_counter()
+            c0 = time.process_time()
             if op == "aggregate":
                 result = aggregate(df, strata=STRATA, features=feats, operation="median")
             elif op == "normalize":
@@ -214,22 +217,56 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
                 sel = feature_select(df, features=feats, operation=ops)
                 result = pd.DataFrame({"kept": [c for c in sel.columns if c in set(feats)]})
             timing["op"] = time.perf_counter() - t0
+            timing["cpu"] = time.process_time() - c0
     else:
         import pandas as pd
 
         from hcsflow import profiling as P
 
-        # compile (or load from numba's cache) the median kernel before timing
+        # compile (or load from numba's cache) the median kernel before timing, for writable
+        # arrays and for read-only ones (Arrow buffers), each a signature of its own
+        from hcsflow._groupstats import group_median_columns
+
         P.aggregate(
             pd.DataFrame(
                 {"Metadata_Plate": ["p"] * 3, "Metadata_Well": ["A01"] * 3, "F": [1.0, 2, 3]}
             )
         )
+        warm = np.arange(300.0)
+        warm.flags.writeable = False
+        group_median_columns([warm], np.arange(300), np.array([0, 300]))
         ops = [OURS[o] for o in (BEST_ORDER if order == "best" else DEFAULT_ORDER)]
         fs_kw = {"operations": ops, "features": feats}
         control = {"Metadata_Role": "negcon"}
+        if op == "breakdown":
+            # the chain step by step, CPU seconds of this process (all its threads) and wall
+            import pyarrow.parquet as pq
+
+            plates = sorted({Path(f).parent.name for f in files})
+            steps: dict[str, list[float]] = {}
+
+            def clock(name, fn, *a, **kw):
+                c0, w0 = time.process_time(), time.perf_counter()
+                out = fn(*a, **kw)
+                prev = steps.setdefault(name, [0.0, 0.0])
+                prev[0] += time.process_time() - c0
+                prev[1] += time.perf_counter() - w0
+                return out
+
+            parts = []
+            for plate in plates:
+                shard_files = [f for f in files if Path(f).parent.name == plate]
+                prof = clock("aggregate_files (read + median)", P.aggregate_files, shard_files)
+                parts.append(clock("normalize", P.normalize, prof, control=control))
+            prof = pd.concat(parts, ignore_index=True)
+            result = clock("feature_select", P.feature_select, prof, **fs_kw)
+            for f in files:  # after the chain, so that both find the files equally cached
+                clock("of which: parquet read", pq.read_table, f)
+            print(json.dumps({"steps": steps}))
+            return
         if op == "chain":
             t0 = time.perf_counter()
+            c0 = time.process_time()
             plates = sorted({Path(f).parent.name for f in files})
             parts = []
             for plate in plates:
@@ -239,9 +276,11 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
             prof = pd.concat(parts, ignore_index=True)
             result = P.feature_select(prof, **fs_kw)
             timing["op"] = time.perf_counter() - t0
+            timing["cpu"] = time.process_time() - c0
         else:
             df = _load(files)
             t0 = time.perf_counter()
+            c0 = time.process_time()
             if op == "aggregate":
                 result = P.aggregate(df, features=feats)
             elif op == "normalize":
@@ -251,11 +290,21 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
                 drop = {f for v in excluded.values() for f in v}
                 result = pd.DataFrame({"kept": [f for f in feats if f not in drop]})
             timing["op"] = time.perf_counter() - t0
+            timing["cpu"] = time.process_time() - c0
     result.reset_index(drop=True).to_parquet(out_path)
     import resource
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": timing["op"], "peak_mb": peak_mb, "output": str(out_path)}))
+    print(
+        json.dumps(
+            {
+                "seconds": timing["op"],
+                "cpu": timing["cpu"],
+                "peak_mb": peak_mb,
+                "output": str(out_path),
+            }
+        )
+    )
 
 
 def _load_well_meta(files: list[str]):
@@ -355,6 +404,17 @@ def main() -> None:
         help="also time feature_select in pycytominer's default operation order (slow)",
     )
     ap.add_argument("--skip-pycytominer", action="store_true")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each step this many times, tools interleaved, and keep each tool's fastest run",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time hcsflow's chain step by step (CPU and wall seconds)",
+    )
     ap.add_argument("--reuse", action="store_true", help="reuse the table in --work if present")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "OP"), help=argparse.SUPPRESS)
     ap.add_argument("--order", default="best", help=argparse.SUPPRESS)
@@ -379,46 +439,91 @@ def main() -> None:
     if pyc is None and not args.skip_pycytominer:
         print("pycytominer unavailable: only hcsflow is timed")
     jobs = []
-    for op in args.ops.split(","):
+    for op in [o for o in args.ops.split(",") if o]:
         jobs.append((op, "best"))
         if op == "feature_select" and args.default_order:
             jobs.append((op, "default"))
     rows = []
+    if args.breakdown:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "hcsflow",
+            "breakdown",
+            "--work",
+            str(args.work),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode == 0:
+            steps = json.loads(proc.stdout.strip().splitlines()[-1])["steps"]
+            print(f"\nhcsflow chain by step ({args.threads} thread(s)):")
+            print(f"{'step':<34} {'CPU s':>7} {'wall s':>7}")
+            for name, (cpu, wall) in steps.items():
+                print(f"{name:<34} {cpu:7.1f} {wall:7.1f}")
+        else:
+            print("breakdown failed:", proc.stderr.strip().splitlines()[-1:])
+
+    def best(runs: list[dict]) -> dict:
+        """The fastest of repeated runs (the one least disturbed by other load)."""
+        ok = [r for r in runs if "seconds" in r]
+        return min(ok, key=lambda r: r["seconds"]) if ok else (runs[0] if runs else {})
+
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     for op, order in jobs:
-        ours = run_worker(Path(sys.executable), "hcsflow", op, args.work, order, args.threads)
-        theirs = run_worker(pyc, "pycytominer", op, args.work, order, args.threads) if pyc else {}
+        ours_runs, theirs_runs, ours_t_runs = [], [], []
+        for _ in range(args.repeat):  # interleaved, so that both see the same load
+            ours_runs.append(
+                run_worker(Path(sys.executable), "hcsflow", op, args.work, order, args.threads)
+            )
+            if pyc:
+                theirs_runs.append(
+                    run_worker(pyc, "pycytominer", op, args.work, order, args.threads)
+                )
+            if op == "chain" and args.chain_threads > 1:
+                ours_t_runs.append(
+                    run_worker(
+                        Path(sys.executable), "hcsflow", op, args.work, order, args.chain_threads
+                    )
+                )
+        ours, theirs = best(ours_runs), best(theirs_runs)
         label = op if op != "feature_select" else f"feature_select ({order} order)"
         rows.append((label, theirs, ours, compare(op, ours, theirs, desc["features_list"])))
         print(f"  done: {label}", flush=True)
-        if op == "chain" and args.chain_threads > 1:
-            ours_t = run_worker(
-                Path(sys.executable), "hcsflow", op, args.work, order, args.chain_threads
-            )
+        if ours_t_runs:
+            ours_t = best(ours_t_runs)
             label = f"chain (hcsflow {args.chain_threads} threads)"
             rows.append((label, theirs, ours_t, compare(op, ours_t, theirs, desc["features_list"])))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
     def fmt(r: dict, key: str, unit: str) -> str:
         if not r:
             return "-"
         if "error" in r:
             return "error"
-        return f"{r[key]:.1f} {unit}" if key == "seconds" else f"{r[key] / 1024:.2f} GB"
+        return f"{r[key]:.1f} {unit}" if key in ("seconds", "cpu") else f"{r[key] / 1024:.2f} GB"
 
     head = (
         f"{'step':<30} {'pycytominer s':>14} {'hcsflow s':>10} {'speed-up':>9} "
+        f"{'pyc. CPU s':>11} {'hcs. CPU s':>11} {'CPU ratio':>10} "
         f"{'pycytominer peak':>17} {'hcsflow peak':>13} {'mem ratio':>10}  numbers"
     )
     print()
     print(head)
     print("-" * len(head))
     for label, theirs, ours, cmp in rows:
-        sp = mr = "-"
+        sp = mr = cr = "-"
         if theirs and "seconds" in theirs and "seconds" in ours:
             sp = f"{theirs['seconds'] / ours['seconds']:.1f}x"
+            cr = f"{theirs['cpu'] / ours['cpu']:.1f}x"
             mr = f"{ours['peak_mb'] / theirs['peak_mb']:.2f}"
         print(
             f"{label:<30} {fmt(theirs, 'seconds', 's'):>14} {fmt(ours, 'seconds', 's'):>10} "
-            f"{sp:>9} {fmt(theirs, 'peak_mb', ''):>17} {fmt(ours, 'peak_mb', ''):>13} "
+            f"{sp:>9} {fmt(theirs, 'cpu', 's'):>11} {fmt(ours, 'cpu', 's'):>11} {cr:>10} "
+            f"{fmt(theirs, 'peak_mb', ''):>17} {fmt(ours, 'peak_mb', ''):>13} "
             f"{mr:>10}  {cmp}"
         )
         for tool, r in (("pycytominer", theirs), ("hcsflow", ours)):

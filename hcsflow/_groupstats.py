@@ -2,15 +2,20 @@
 
 The median of each feature within each group (the cells of a well, the wells of a treatment)
 is the costliest step of profiling. numpy's ``median``/``partition`` on many small strided
-slices costs tens of nanoseconds per value. Here one group's column is copied into a
-contiguous buffer (NaN skipped) and the middle order statistics are found by a sampling
-selection: two bracketing values are read off a small evenly spaced sample, one branch-free
-pass keeps the values between them, and a branch-free three-way quickselect finishes on that
-short remainder (falling back to the whole column if the bracket missed). The results are
+slices costs tens of nanoseconds per value. Here the middle order statistics are found by a
+sampling selection: two bracketing values are read off a small evenly spaced sample, one
+branch-free pass keeps the values between them (and counts those below), and a quickselect
+finishes on that short remainder (falling back to the whole group if the bracket missed).
+When a group's rows are consecutive (the usual case) the pass reads them in place; otherwise
+they are first gathered into a buffer, NaN skipped. The final selection partitions out of
+place (below the pivot to the front of a second buffer, above it to its back), so that its
+stores depend only on counters and not on the previous iteration's store. The results are
 exact: equal to ``numpy.nanmedian`` (mean of the two middle values for an even count).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -71,6 +76,64 @@ def _select(buf, lo, hi, k):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _select_oop(src0, a, b, n, k):  # pragma: no cover - compiled
+    """k-th smallest of src0[:n], which is left unchanged; a and b (longer than n) are scratch.
+
+    Out-of-place three-way partitions: values below the pivot are written to the front of the
+    other buffer, values above it to its back, values equal to it only counted. The stores
+    depend on counters only, so that an iteration does not wait on the previous one's store
+    (as an in-place swap partition does); the buffers alternate between passes.
+    """
+    src = src0
+    dst = a
+    spare = b
+    lo = 0
+    if n <= _SMALL:
+        for i in range(n):
+            a[i] = src0[i]
+        src = a
+    while n > _SMALL:
+        x0 = src[lo]
+        x1 = src[lo + (n >> 1)]
+        x2 = src[lo + n - 1]
+        if x0 > x1:
+            x0, x1 = x1, x0
+        if x1 > x2:
+            x1, x2 = x2, x1
+        if x0 > x1:
+            x0, x1 = x1, x0
+        pivot = x1
+        nl = 0
+        ng = 0
+        for i in range(lo, lo + n):
+            v = src[i]
+            dst[nl] = v
+            nl += v < pivot
+            dst[n - ng] = v
+            ng += v > pivot
+        if k < nl:
+            n = nl
+            lo = 0
+        elif k < n - ng:
+            return pivot
+        else:
+            k -= n - ng
+            lo = n - ng + 1
+            n = ng
+        src, dst, spare = dst, spare, dst
+        if n <= _SMALL:
+            break
+    for i in range(lo + 1, lo + n):
+        v = src[i]
+        j = i - 1
+        while j >= lo and src[j] > v:
+            src[j + 1] = src[j]
+            j -= 1
+        src[j + 1] = v
+    return src[lo + k]
+
+
+@numba.njit(cache=True, nogil=True)
 def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     """The k-th smallest of buf[:n] and, if ``even``, the (k-1)-th; buf is rearranged.
 
@@ -95,10 +158,12 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     b = q + _MARGIN + 1
     low = -np.inf
     high = np.inf
+    first = 0
     if a >= 0:
         low = _select(sample, 0, _SAMPLE, a)
+        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
     if b < _SAMPLE:
-        high = _select(sample, 0, _SAMPLE, b)
+        high = _select(sample, first, _SAMPLE, b)
     below = 0
     m = 0
     for i in range(n):
@@ -120,55 +185,169 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(buf, xt, j, order, s, e):  # pragma: no cover - compiled
-    """Copy the non-NaN values of feature j over rows order[s:e] to buf; return their count."""
+def _fill(buf, x, order, s, e):  # pragma: no cover - compiled
+    """Copy the non-NaN values of x over rows order[s:e] to buf; return their count."""
     n = 0
-    if e <= s:
-        return 0
-    if order[s] == s and order[e - 1] == e - 1:
-        # order increases within a group (stable argsort), so this group is rows s .. e - 1:
-        # a straight contiguous read (the usual case: rows already grouped in order)
-        for r in range(s, e):
-            v = np.float64(xt[j, r])
-            buf[n] = v
-            n += not np.isnan(v)
-        return n
     for r in range(s, e):
-        v = np.float64(xt[j, order[r]])
+        v = np.float64(x[order[r]])
         buf[n] = v
         n += not np.isnan(v)
     return n
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_groups(xt, order, bounds, g0, g1, out):  # pragma: no cover - compiled
-    p = xt.shape[0]
+def _median_exact(buf, n, sample):  # pragma: no cover - compiled
+    """Median of buf[:n] (no NaN), rearranging buf; NaN if n == 0."""
+    if n == 0:
+        return np.nan
+    k = n // 2
+    even = n % 2 == 0
+    hi_v, lo_v, ok = _kth_pair(buf, n, k, even, sample)
+    if not ok:
+        return np.nan  # not reached: the caller refills buf and retries without a bracket
+    return (hi_v + lo_v) / 2.0 if even else hi_v
+
+
+@numba.njit(cache=True, nogil=True)
+def _median_run(x, s, e, buf, sample, scratch, scratch2):  # pragma: no cover - compiled
+    """Median of the contiguous rows x[s:e] without NaN, in one pass over them.
+
+    The bracket is read off an evenly spaced sample of x[s:e] itself and the same pass that
+    keeps the values inside it counts NaN; returns (median, True), or (0, False) when a value
+    is NaN or the bracket missed (the caller then takes the general path).
+    """
+    n = e - s
+    step = n / _SAMPLE
+    for i in range(_SAMPLE):
+        v = np.float64(x[s + int(i * step)])
+        if np.isnan(v):
+            return 0.0, False
+        sample[i] = v
+    k = n // 2
+    even = n % 2 == 0
+    lo_rank = k - 1 if even else k
+    q = lo_rank * _SAMPLE // n
+    a = q - _MARGIN
+    b = q + _MARGIN + 1
+    low = -np.inf
+    high = np.inf
+    first = 0
+    if a >= 0:
+        low = _select(sample, 0, _SAMPLE, a)
+        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
+    if b < _SAMPLE:
+        high = _select(sample, first, _SAMPLE, b)
+    below = 0
+    m = 0
+    nan = 0
+    for r in range(s, e):
+        v = np.float64(x[r])
+        below += v < low
+        nan += v != v
+        buf[m] = v
+        m += (v >= low) & (v <= high)
+    if nan > 0 or not (below <= lo_rank and k < below + m):
+        return 0.0, False
+    hi_v = _select_oop(buf, scratch, scratch2, m, k - below)
+    if not even:
+        return hi_v, True
+    # the (k-1)-th: hi_v again if fewer than k values lie below it, else the largest below it
+    n_less = below
+    lo_v = -np.inf
+    for i in range(m):
+        v = buf[i]
+        less = v < hi_v
+        n_less += less
+        lo_v = max(lo_v, v) if less else lo_v
+    if n_less < k:
+        lo_v = hi_v
+    return (hi_v + lo_v) / 2.0, True
+
+
+@numba.njit(cache=True, nogil=True)
+def _median_column(x, order, bounds, out):  # pragma: no cover - compiled
+    """out[g] = median of x[order[bounds[g]:bounds[g + 1]]], NaN skipped."""
+    n_groups = bounds.shape[0] - 1
     max_n = 1
-    for g in range(g0, g1):
+    for g in range(n_groups):
         max_n = max(max_n, bounds[g + 1] - bounds[g])
     buf = np.empty(max_n, dtype=np.float64)
+    scratch = np.empty(max_n + 1, dtype=np.float64)
+    scratch2 = np.empty(max_n + 1, dtype=np.float64)
     sample = np.empty(_SAMPLE, dtype=np.float64)
-    for g in range(g0, g1):
+    for g in range(n_groups):
         s = bounds[g]
         e = bounds[g + 1]
-        for j in range(p):
-            n = _fill(buf, xt, j, order, s, e)
-            if n == 0:
-                out[g, j] = np.nan
+        if e - s > 4 * _SAMPLE and order[s] == s and order[e - 1] == e - 1:
+            # order increases within a group (stable argsort), so this group is the run of
+            # rows s .. e - 1 (the usual case: rows already grouped in order)
+            med, ok = _median_run(x, s, e, buf, sample, scratch, scratch2)
+            if ok:
+                out[g] = med
                 continue
-            k = n // 2
-            even = n % 2 == 0
-            hi_v, lo_v, ok = _kth_pair(buf, n, k, even, sample)
-            if not ok:
-                n = _fill(buf, xt, j, order, s, e)
-                hi_v = _select(buf, 0, n, k)
-                lo_v = hi_v
-                if even:
-                    lo_v = buf[0]
-                    for r in range(1, k):
-                        if buf[r] > lo_v:
-                            lo_v = buf[r]
-            out[g, j] = (hi_v + lo_v) / 2.0 if even else hi_v
+        n = _fill(buf, x, order, s, e)
+        k = n // 2
+        even = n % 2 == 0
+        med = _median_exact(buf, n, sample)
+        if n > 0 and np.isnan(med):
+            # the sample bracket missed: plain selection on the whole group
+            n = _fill(buf, x, order, s, e)
+            hi_v = _select(buf, 0, n, k)
+            lo_v = hi_v
+            if even:
+                lo_v = buf[0]
+                for r in range(1, k):
+                    if buf[r] > lo_v:
+                        lo_v = buf[r]
+            med = (hi_v + lo_v) / 2.0 if even else hi_v
+        out[g] = med
+
+
+def group_median_columns(
+    columns: Sequence[np.ndarray], order: np.ndarray, bounds: np.ndarray, threads: int = 1
+) -> np.ndarray:
+    """Median of each feature column over the rows of each group, NaN skipped.
+
+    Parameters
+    ----------
+    columns : sequence of ndarray of shape (n_rows,)
+        One array per feature (float32 or float64, any stride; contiguous is fastest). Read
+        only, so read-only views (e.g. of Arrow buffers) are fine.
+    order : ndarray of shape (n_rows,), int64
+        Row order that makes groups contiguous, increasing within each group (a stable
+        argsort of the group codes).
+    bounds : ndarray of shape (n_groups + 1,), int64
+        Group g occupies ``order[bounds[g]:bounds[g + 1]]``.
+    threads : int
+        Features are split over this many threads (results do not depend on it).
+
+    Returns
+    -------
+    ndarray of shape (n_features, n_groups), float64
+        Row j holds the medians of ``columns[j]``; use its transpose for groups as rows.
+    """
+    n_groups = bounds.shape[0] - 1
+    out = np.empty((len(columns), n_groups), dtype=np.float64)
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+
+    def run(j0: int, j1: int) -> None:
+        for j in range(j0, j1):
+            _median_column(columns[j], order, bounds, out[j])
+
+    if threads <= 1 or len(columns) < 2:
+        run(0, len(columns))
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.linspace(0, len(columns), min(threads, len(columns)) + 1).astype(np.int64)
+    with ThreadPoolExecutor(len(edges) - 1) as pool:
+        jobs = [
+            pool.submit(run, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        for job in jobs:
+            job.result()
+    return out
 
 
 def group_median(
@@ -186,27 +365,10 @@ def group_median(
     bounds : ndarray of shape (n_groups + 1,), int64
         Group g occupies ``order[bounds[g]:bounds[g + 1]]``.
     threads : int
-        Groups are split over this many threads (results do not depend on it).
+        Features are split over this many threads (results do not depend on it).
 
     Returns
     -------
     ndarray of shape (n_groups, n_features), float64
     """
-    n_groups = bounds.shape[0] - 1
-    out = np.empty((n_groups, xt.shape[0]), dtype=np.float64)
-    order = np.ascontiguousarray(order, dtype=np.int64)
-    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
-    if threads <= 1 or n_groups < 2:
-        _median_groups(xt, order, bounds, 0, n_groups, out)
-        return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    edges = np.linspace(0, n_groups, min(threads, n_groups) + 1).astype(np.int64)
-    with ThreadPoolExecutor(len(edges) - 1) as pool:
-        jobs = [
-            pool.submit(_median_groups, xt, order, bounds, int(a), int(b), out)
-            for a, b in zip(edges[:-1], edges[1:], strict=True)
-        ]
-        for job in jobs:
-            job.result()
-    return out
+    return group_median_columns(list(xt), order, bounds, threads=threads).T

@@ -340,14 +340,13 @@ def aggregate(
     _require_columns(cells, qc_columns, "QC exclusion (config profiles.qc_columns)")
     meta_cols = metadata_columns(cells)
     meta_cols += [c for c in qc_columns if c not in meta_cols]
-    # features as rows, each contiguous: the median kernel reads one feature of a well at a time
+    # one array per feature (views of the frame's columns where possible): the median kernel
+    # reads one feature of a well at a time
     dtype = np.float32 if all(cells[f].dtype == np.float32 for f in feats) else np.float64
-    xt = np.empty((len(feats), len(cells)), dtype=dtype)
-    for j, f in enumerate(feats):
-        xt[j] = cells[f].to_numpy(dtype=dtype, na_value=np.nan)
+    columns = [cells[f].to_numpy(dtype=dtype, na_value=np.nan) for f in feats]
     return _aggregate_arrays(
         cells[meta_cols],
-        xt,
+        columns,
         feats,
         strata,
         method,
@@ -359,7 +358,7 @@ def aggregate(
 
 def _aggregate_arrays(
     meta: pd.DataFrame,
-    xt: np.ndarray,
+    columns: Sequence[np.ndarray],
     feats: list[str],
     strata: list[str],
     method: str,
@@ -367,22 +366,32 @@ def _aggregate_arrays(
     count_feature: str | None,
     threads: int,
 ) -> pd.DataFrame:
-    """:func:`aggregate` on metadata (n_rows, ...) and features as rows ``xt`` (n_feats, n_rows)."""
+    """:func:`aggregate` on metadata (n_rows, ...) and one array (n_rows,) per feature."""
     if qc_columns:
         keep = ~_qc_mask(meta, qc_columns)
         if not keep.all():
             meta = meta.loc[keep]
-            xt = xt[:, keep]
+            columns = [c[keep] for c in columns]
     if len(meta) == 0:
         raise ValueError("aggregate: no cells left to aggregate (all QC-flagged or empty table)")
     codes, keys = _group_codes(meta, strata)
     n_groups = len(keys)
-    values, counts = _group_reduce(xt.T, codes, n_groups, method, threads=threads)
+    if method == "median":
+        from hcsflow._groupstats import group_median_columns
+
+        order, bounds = _group_slices(codes, n_groups)
+        # (n_features, n_groups): its transpose is the block layout pandas keeps, so the
+        # frame below takes it without a copy
+        values = group_median_columns(columns, order, bounds, threads=threads).T
+        counts = np.diff(bounds)
+    else:
+        xt = np.stack([np.asarray(c, dtype=np.float64) for c in columns])
+        values, counts = _group_reduce(xt.T, codes, n_groups, method, threads=threads)
     const = _constant_metadata(meta, codes, n_groups, exclude=strata + list(qc_columns))
     parts = [keys.reset_index(drop=True), const]
     if count_feature is not None:
         parts.append(pd.DataFrame({count_feature: counts.astype(np.int64)}))
-    parts.append(pd.DataFrame(values, columns=feats))
+    parts.append(pd.DataFrame(values, columns=feats, copy=False))
     return pd.concat(parts, axis=1)
 
 
@@ -397,6 +406,44 @@ def _parquet_feature_columns(schema: Any) -> list[str]:
         if pa.types.is_floating(t) or pa.types.is_integer(t):
             out.append(field.name)
     return out
+
+
+def _arrow_column(col: Any) -> np.ndarray:
+    """A numeric Arrow column as a float array (float32 kept), NaN for nulls; no copy if possible."""
+    import pyarrow as pa
+
+    if col.num_chunks == 1:
+        col = col.chunk(0)
+    elif col.num_chunks == 0:
+        return np.empty(0, dtype=np.float64)
+    else:
+        col = col.combine_chunks()
+    if not pa.types.is_floating(col.type) or col.type == pa.float16():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        return col.to_numpy(zero_copy_only=False)  # nulls become NaN (a copy)
+    return col.to_numpy(zero_copy_only=True)
+
+
+def _read_tables(
+    paths: Sequence[str | os.PathLike[str]], prefetch: bool
+) -> Iterable[tuple[str | os.PathLike[str], Any]]:
+    """Yield (path, Arrow table) for each file; with ``prefetch`` the next file is read in a
+    background thread while the caller works on the current one (two tables in memory)."""
+    if not prefetch or len(paths) < 2:
+        for path in paths:
+            yield path, pq.read_table(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(pq.read_table, paths[0])
+        for i, path in enumerate(paths):
+            table = pending.result()
+            if i + 1 < len(paths):
+                pending = pool.submit(pq.read_table, paths[i + 1])
+            yield path, table
+            del table
 
 
 def aggregate_files(
@@ -432,8 +479,7 @@ def aggregate_files(
     parts = []
     seen: dict[tuple, str] = {}
     ref_features: list[str] | None = None
-    for path in paths:
-        table = pq.read_table(path)
+    for path, table in _read_tables(paths, prefetch=threads > 1):
         feats = _parquet_feature_columns(table.schema)
         if ref_features is None:
             ref_features = [f for f in feats if f not in qc_columns and f != count_feature]
@@ -449,20 +495,15 @@ def aggregate_files(
         meta = table.select(meta_cols).to_pandas()
         try:
             _require_columns(meta, strata, "aggregate: strata")
-            dtypes = {table.schema.field(f).type for f in ref_features}
-            import pyarrow as pa
-
-            dtype = np.float32 if dtypes == {pa.float32()} else np.float64
-            xt = np.empty((len(ref_features), table.num_rows), dtype=dtype)
-            for i, f in enumerate(ref_features):
-                xt[i] = table.column(f).to_numpy(zero_copy_only=False)
-            del table
+            # one array per feature: a view of the Arrow buffer when the column is one chunk
+            # without nulls (no copy), else a float array with NaN for nulls
+            columns = [_arrow_column(table.column(f)) for f in ref_features]
             prof = _aggregate_arrays(
-                meta, xt, ref_features, strata, method, qc_columns, count_feature, threads
+                meta, columns, ref_features, strata, method, qc_columns, count_feature, threads
             )
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        del xt
+        del table, columns
         for key in prof[strata].itertuples(index=False, name=None):
             if key in seen:
                 raise ValueError(
@@ -561,8 +602,8 @@ def normalize(
         raise ValueError(f"normalize: no control rows {dict(control or {})} in group {key}")
     # control rows, one feature per row: (n_features, n_fit)
     fit = np.empty((len(feats), fit_rows.size), dtype=np.float64)
-    for j, f in enumerate(feats):
-        fit[j] = _column(profiles, f)[fit_rows]
+    for j, col in enumerate(_iter_columns(profiles, feats)):
+        fit[j] = col[fit_rows]
     import warnings
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -590,8 +631,7 @@ def normalize(
         result = np.empty((len(feats), len(profiles)), dtype=np.float64)
         contiguous = bool(np.all(codes[1:] >= codes[:-1]))  # rows already grouped in order
         bounds = np.searchsorted(codes, np.arange(n_groups + 1)) if contiguous else None
-        for j, f in enumerate(feats):
-            col = _column(profiles, f)
+        for j, col in enumerate(_iter_columns(profiles, feats)):
             if contiguous:
                 for g in range(n_groups):
                     a, b = bounds[g], bounds[g + 1]
@@ -619,6 +659,26 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
     if col.dtype == np.float64:
         return col.to_numpy()
     return col.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _iter_columns(df: pd.DataFrame, names: Sequence[str], chunk_bytes: int = 1 << 25):
+    """Yield the columns ``names`` of ``df`` in order as float64 arrays (NaN for missing).
+
+    Selecting one column of a DataFrame costs about 0.1 ms in pandas, which dominates on
+    well-profile tables (few rows, hundreds of features): those are taken out in groups of at
+    most ``chunk_bytes`` (one 2-D copy per group, whose rows are yielded). Tables with many
+    rows (single cells) yield each column on its own, a view where possible (no copy).
+    """
+    names = list(names)
+    if len(df) >= 1 << 16:
+        for name in names:
+            yield _column(df, name)
+        return
+    per = max(1, chunk_bytes // max(8 * len(df), 1))
+    for a in range(0, len(names), per):
+        block = df[names[a : a + per]].to_numpy(dtype=np.float64, na_value=np.nan).T
+        yield from block
+        del block
 
 
 class _Columns:
@@ -650,7 +710,7 @@ def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
     """
     if isinstance(x, _Columns):
         frame, names = x.frame, x.names
-        arrays = [_column(frame, c) for c in names]
+        arrays = list(_iter_columns(frame, names, chunk_bytes=1 << 27))
 
         def rows(a: int, b: int) -> np.ndarray:
             # assembled feature by feature (contiguous copies), used through its transpose
@@ -662,8 +722,7 @@ def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
         n, p = len(frame), len(names)
         nan_any = np.zeros(p, dtype=bool)
         shift = np.zeros(p)
-        for j, c in enumerate(names):
-            col = _column(frame, c)
+        for j, col in enumerate(arrays):
             ok = ~np.isnan(col)
             nan_any[j] = not ok.all()
             shift[j] = col[ok].mean() if ok.any() else 0.0
@@ -732,8 +791,7 @@ def _exclude_variance(df: pd.DataFrame, names: list[str], min_variance: float) -
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        for j, c in enumerate(names):
-            col = _column(df, c)
+        for j, col in enumerate(_iter_columns(df, names)):
             var = np.nanvar(col)
             if min_variance == 0:
                 var = np.fmin(var, np.nanmax(col) - np.nanmin(col))
@@ -746,8 +804,7 @@ def _exclude_frequency(
 ) -> np.ndarray:
     n = df.shape[0]
     out = np.zeros(len(names), dtype=bool)
-    for j, c in enumerate(names):
-        col = _column(df, c)
+    for j, col in enumerate(_iter_columns(df, names)):
         _, counts = np.unique(col[~np.isnan(col)], return_counts=True)
         if counts.size < 2:
             out[j] = True
@@ -823,7 +880,7 @@ def feature_select_excluded(
             if op == "na":
                 n = max(len(profiles), 1)
                 mask = np.array(
-                    [np.isnan(_column(profiles, c)).sum() / n > na_cutoff for c in remaining]
+                    [np.isnan(c).sum() / n > na_cutoff for c in _iter_columns(profiles, remaining)]
                 )
             elif op == "variance":
                 mask = _exclude_variance(profiles, remaining, min_variance)
@@ -833,11 +890,8 @@ def feature_select_excluded(
                 with np.errstate(invalid="ignore"):
                     mask = np.array(
                         [
-                            bool(
-                                np.nanmax(np.abs(_column(profiles, c)), initial=0.0)
-                                > outlier_cutoff
-                            )
-                            for c in remaining
+                            bool(np.nanmax(np.abs(c), initial=0.0) > outlier_cutoff)
+                            for c in _iter_columns(profiles, remaining)
                         ]
                     )
             else:

@@ -218,6 +218,78 @@ def test_nearest_neighbors_exclude_same_compound(screen):
     assert c00["Metadata_Neighbor_1"] == "C01"
 
 
+def test_simes_pvalue():
+    # min over sorted p of m * p_(i) / i; NaN ignored; capped at 1
+    assert A.simes_pvalue(np.array([0.01, 0.04, 0.9])) == pytest.approx(min(0.03, 0.06, 0.9))
+    assert A.simes_pvalue(np.array([0.02, np.nan, 0.02])) == pytest.approx(0.02)
+    assert A.simes_pvalue(np.array([0.5, 0.9])) == pytest.approx(0.9)
+    assert A.simes_pvalue(np.array([0.7])) == pytest.approx(0.7)
+    assert np.isnan(A.simes_pvalue(np.array([np.nan])))
+    # never above Bonferroni
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.random(rng.integers(1, 8))
+        assert A.simes_pvalue(p) <= min(1.0, p.size * p.min()) + 1e-15
+
+
+def test_simes_pvalue_is_valid_under_the_null():
+    # uniform independent p-values: P(simes <= alpha) = alpha (Simes 1986), while the smallest
+    # p-value of 6 doses is below alpha far more often
+    rng = np.random.default_rng(1)
+    p = rng.random((20000, 6))
+    simes = np.array([A.simes_pvalue(r) for r in p])
+    assert abs((simes <= 0.05).mean() - 0.05) < 0.008
+    assert (p.min(axis=1) <= 0.05).mean() > 0.2
+
+
+def test_compound_activity_hand_made():
+    act = pd.DataFrame(
+        {
+            "Metadata_Compound": ["A", "A", "A", "B", "B", "C", "C", "D"],
+            "Metadata_Dose": [1.0, 3.0, 10.0, 1.0, 10.0, 1.0, 10.0, 1.0],
+            "Metadata_MoA": ["m1"] * 3 + ["m2"] * 2 + ["none"] * 2 + ["m3"],
+            "p_value": [0.5, 0.001, 0.002, 0.04, 0.03, 0.6, 0.3, np.nan],
+            "active": [False, True, True, False, False, False, False, False],
+        }
+    )
+    before = act.copy()
+    out = A.compound_activity(act, q_threshold=0.05).set_index("Metadata_Compound")
+    pd.testing.assert_frame_equal(act, before)
+    assert list(out.index) == ["A", "B", "C", "D"]
+    # Simes: A min(3*.001/1, 3*.002/2, 3*.5/3) = .003; B min(2*.03, 2*.04/2) = .04; C .6
+    np.testing.assert_allclose(out["p_value"].iloc[:3], [0.003, 0.04, 0.6])
+    assert np.isnan(out.loc["D", "p_value"]) and out.loc["D", "n_doses"] == 0
+    # BH over the 3 tested compounds: .009, .06, .6
+    np.testing.assert_allclose(out["q_value"].iloc[:3], [0.009, 0.06, 0.6])
+    assert out["active"].tolist() == [True, False, False, False]
+    assert out.loc["A", "n_active_doses"] == 2 and out.loc["A", "Metadata_MoA"] == "m1"
+    with pytest.raises(ValueError, match="p_value"):
+        A.compound_activity(act.drop(columns="p_value"))
+    with pytest.raises(ValueError, match="combine"):
+        A.compound_activity(act, combine="fisher")
+    # smallest p-value per compound: .001, .03, .3 -> BH .003, .045, .3
+    low = A.compound_activity(act, combine="min").set_index("Metadata_Compound")
+    np.testing.assert_allclose(low["p_value"].iloc[:3], [0.001, 0.03, 0.3])
+    np.testing.assert_allclose(low["q_value"].iloc[:3], [0.003, 0.045, 0.3])
+    assert low["active"].tolist() == [True, True, False, False]
+
+
+def test_compound_activity_on_screen(screen):
+    df = screen.copy()
+    # two fake compounds of negcon wells, three "doses" each: never called active
+    neg_idx = df.index[df["Metadata_Role"] == "negcon"][:12]
+    df.loc[neg_idx, "Metadata_Compound"] = ["FAKE1"] * 6 + ["FAKE2"] * 6
+    df.loc[neg_idx, "Metadata_Role"] = "trt"
+    df.loc[neg_idx, "Metadata_Dose"] = [1.0, 1.0, 3.0, 3.0, 10.0, 10.0] * 2
+    act = A.phenotypic_activity(df, null_size=2000, seed=1)
+    comp = A.compound_activity(act).set_index("Metadata_Compound")
+    real = [c for c in comp.index if c.startswith("C")]
+    assert comp.loc[real, "active"].all()
+    assert not comp.loc[["FAKE1", "FAKE2", "INACT0"], "active"].any()
+    assert (comp["n_doses"] == 3).all()
+    assert (comp["q_value"] >= comp["p_value"] - 1e-12).all()
+
+
 def test_run_analysis(screen):
     cons = consensus_of(screen)
     res = A.run_analysis(screen, cons, {"null_size": 1000, "umap": {"n_neighbors": 5}})
@@ -228,6 +300,9 @@ def test_run_analysis(screen):
     assert res.summary["nsc_accuracy"] == 1.0
     dr = res.dose_response.set_index("Metadata_Compound")
     assert not dr.loc["INACT0", "active"] and dr.loc["C00", "active"]
+    assert not dr.loc["INACT0", "compound_active"] and dr.loc["C00", "compound_active"]
+    assert (dr["compound_q_value"] >= dr["compound_p_value"]).all()
+    assert res.summary["n_active_compounds"] == int(dr["compound_active"].sum())
     assert dr.loc["C00", "dose_distance_spearman"] > 0.9
     assert set(res.consistency.Metadata_MoA) == {"moa0", "moa1", "moa2"}
     with pytest.raises(ValueError, match="unknown config key"):

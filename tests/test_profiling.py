@@ -450,3 +450,73 @@ def test_corr_matrix_matches_numpy_and_pandas():
     want = pd.DataFrame(x).corr().to_numpy()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_group_median_columns_contiguous_runs(dtype):
+    # groups as contiguous runs of rows (the one-pass path), sizes around the sample bracket's
+    # threshold, a few NaN in some columns (fallback path), strided and read-only columns
+    from hcsflow._groupstats import group_median_columns
+
+    rng = np.random.default_rng(5)
+    sizes = np.array([1, 2, 255, 256, 257, 258, 700, 1501, 0, 3])
+    codes = np.repeat(np.arange(sizes.size), sizes)
+    n = codes.size
+    x = rng.normal(size=(n, 6)).astype(dtype)
+    x[rng.random(n) < 0.01, 1] = np.nan
+    x[:, 2] = np.round(x[:, 2])  # ties
+    x[5:300, 3] = np.nan  # a group that is mostly NaN
+    x[:, 4] = np.sort(x[:, 4])  # sorted runs: the sample bracket is exact or misses
+    columns = [x[:, j] for j in range(6)]  # strided views
+    for c in columns:
+        c.flags.writeable = False
+    order = np.argsort(codes, kind="stable")
+    bounds = np.r_[0, np.cumsum(sizes)]
+    for threads in (1, 3):
+        got = group_median_columns(columns, order, bounds, threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.array(
+                [
+                    np.nanmedian(x[codes == g].astype(np.float64), axis=0)
+                    if sizes[g]
+                    else np.full(6, np.nan)
+                    for g in range(sizes.size)
+                ]
+            ).T
+        np.testing.assert_array_equal(got, want)
+
+
+def test_aggregate_files_arrow_columns_nulls_chunks_and_prefetch(tmp_path):
+    # nulls (NaN after reading), float32 and integer features, several row groups (chunked
+    # columns): the streamed result equals the in-memory one, with or without prefetching
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    paths, frames = [], []
+    for s in range(3):
+        n = 900
+        wells = np.repeat([f"B{3 * s + w + 1:02d}" for w in range(3)], n // 3)
+        f64 = rng.normal(size=n)
+        f64[rng.random(n) < 0.1] = np.nan
+        cells = pd.DataFrame(
+            {
+                "Metadata_Plate": "P1",
+                "Metadata_Well": wells,
+                "Cells_A": f64,
+                "Cells_B": rng.normal(size=n).astype(np.float32),
+                "Cells_C": rng.integers(0, 50, n),
+            }
+        )
+        table = pa.Table.from_pandas(cells, preserve_index=False)
+        assert table.column("Cells_A").null_count > 0  # NaN stored as nulls
+        path = tmp_path / f"{s}.parquet"
+        pq.write_table(table, path, row_group_size=250)
+        paths.append(path)
+        frames.append(cells)
+    whole = P.aggregate(pd.concat(frames, ignore_index=True))
+    for threads in (1, 2):
+        streamed = P.aggregate_files(paths, threads=threads)
+        pd.testing.assert_frame_equal(streamed, whole)
+    assert whole["Cells_B"].dtype == np.float64 and whole["Image_Count_Cells"].eq(300).all()
