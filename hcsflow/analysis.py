@@ -180,6 +180,142 @@ def _map_with_pvalues(
     return ap, maps
 
 
+def _ranks(sim: np.ndarray) -> np.ndarray:
+    """Rank (1 = most similar) of every other row in each row's ordering; diagonal 0."""
+    m = len(sim)
+    s = sim.astype(np.float64, copy=True)
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")
+    ranks = np.empty((m, m), dtype=np.int64)
+    ranks[np.arange(m)[:, None], order] = np.arange(1, m + 1)[None, :]
+    np.fill_diagonal(ranks, 0)
+    return ranks
+
+
+def _group_map(ranks: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """mAP of pseudo-groups given the full rankings of a pool of wells.
+
+    Parameters
+    ----------
+    ranks : ndarray of shape (M, M)
+        ``ranks[i, j]``: rank of well ``j`` among the other ``M - 1`` wells by similarity to
+        ``i`` (from :func:`_ranks`).
+    members : ndarray of shape (B, n), int
+        ``B`` pseudo-groups of ``n >= 2`` distinct pool indices each.
+
+    Returns
+    -------
+    ndarray of shape (B,)
+        Mean over the group's wells of the average precision of retrieving the other
+        ``n - 1`` members before the rest of the pool (copairs' definition).
+    """
+    b, n = members.shape
+    # r[:, a, k]: rank of the k-th other member by similarity to member a
+    others = np.array([[j for j in range(n) if j != a] for a in range(n)])
+    r = ranks[members[:, :, None], members[:, others]]
+    r.sort(axis=2)
+    precision = np.arange(1, n)[None, None, :] / r
+    return precision.mean(axis=2).mean(axis=1)
+
+
+def permutation_map_pvalues(
+    x: np.ndarray,
+    groups: np.ndarray,
+    is_negcon: np.ndarray,
+    *,
+    strata: np.ndarray | None = None,
+    distance: str = "cosine",
+    null_size: int = 10000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """mAP of each group against the negative controls, with a label-permutation p-value.
+
+    For a group of ``n`` wells, the pool is its wells plus every negative-control well. Each
+    well's average precision is how well the group's other wells rank before the pool's
+    negative controls (copairs' mAP against negcon). Under the null hypothesis that the
+    treatment does nothing, its wells are exchangeable with the negative controls, so the
+    group's mAP is compared with the mAP of pseudo-groups: every way (or, when there are more
+    than ``null_size``, random ways) of choosing ``n`` wells of the pool, with as many wells
+    from each stratum (plate) as the group has. The p-value, ``#{pseudo-groups with mAP >=
+    observed} / #pseudo-groups`` (the observed group counts as one), is valid whatever the
+    number of replicates, and its smallest value is one over the number of pseudo-groups
+    rather than one over the number of negative controls, as when each well's rank is
+    compared with a null of its own.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_wells, n_features)
+    groups : ndarray of shape (n_wells,), int
+        Group code of each well; ignored for negative controls.
+    is_negcon : ndarray of shape (n_wells,), bool
+    strata : ndarray of shape (n_wells,), optional
+        Stratum of each well (e.g. plate); pseudo-groups keep the group's count per stratum.
+    distance : {"cosine", "correlation", "euclidean"}
+    null_size : int
+        Pseudo-groups drawn when they cannot all be enumerated.
+    seed : int
+
+    Returns
+    -------
+    DataFrame
+        Columns ``group``, ``mean_average_precision``, ``p_value``, ``n_null`` (number of
+        pseudo-groups), one row per group with at least two wells, sorted by group.
+    """
+    from math import comb
+
+    _check_distance(distance)
+    is_negcon = np.asarray(is_negcon, dtype=bool)
+    groups = np.asarray(groups)
+    neg_idx = np.flatnonzero(is_negcon)
+    strata = np.zeros(len(groups), dtype=np.int64) if strata is None else np.asarray(strata)
+    sim_all = similarity_matrix(x, distance)
+    rows = []
+    for g in np.unique(groups[~is_negcon]):
+        idx = np.flatnonzero((groups == g) & ~is_negcon)
+        if len(idx) < 2:
+            continue
+        pool = np.concatenate([idx, neg_idx])
+        ranks = _ranks(sim_all[np.ix_(pool, pool)])
+        observed = float(_group_map(ranks, np.arange(len(idx))[None, :])[0])
+        pool_strata = strata[pool]
+        blocks = []  # (positions in pool, wells to draw) per stratum of the group
+        for st in np.unique(strata[idx]):
+            blocks.append((np.flatnonzero(pool_strata == st), int((strata[idx] == st).sum())))
+        total = 1
+        for positions, k in blocks:
+            total *= comb(len(positions), k)
+        if total <= null_size:
+            from itertools import combinations, product
+
+            draws = np.array(
+                [
+                    np.concatenate(choice)
+                    for choice in product(
+                        *(
+                            [np.array(c) for c in combinations(positions, k)]
+                            for positions, k in blocks
+                        )
+                    )
+                ]
+            )
+            null = _group_map(ranks, draws)
+            p = float(np.sum(null >= observed - 1e-12)) / len(null)
+            n_null = len(null)
+        else:
+            rng = np.random.default_rng([seed, int(g)])
+            parts = []
+            for positions, k in blocks:
+                keys = rng.random((null_size, len(positions)))
+                parts.append(positions[np.argsort(keys, axis=1)[:, :k]])
+            null = _group_map(ranks, np.concatenate(parts, axis=1))
+            p = (1.0 + float(np.sum(null >= observed - 1e-12))) / (1.0 + null_size)
+            n_null = null_size
+        rows.append((g, observed, p, n_null))
+    return pd.DataFrame(
+        rows, columns=["group", "mean_average_precision", "p_value", "n_null"]
+    ).astype({"n_null": "int64"})
+
+
 def _bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values of the finite entries of ``p`` (NaN stays NaN)."""
     p = np.asarray(p, dtype=np.float64)
@@ -217,13 +353,22 @@ def phenotypic_activity(
     null_size: int = 10000,
     seed: int = 0,
     features: Sequence[str] | None = None,
+    pvalue: str = "copairs",
 ) -> pd.DataFrame:
     """Phenotypic activity of each treatment: mAP of its replicate wells against negcon wells.
 
     For each treatment well, the other replicate wells of the same treatment (positives) and
     the negative-control wells (negatives) are ranked by similarity to it; its average
     precision is how well replicates come first. The mean over a treatment's wells (mAP) is
-    compared with the null of randomly ranked wells (copairs) to give a p-value; q-values are
+    compared with a null distribution to give a p-value (``pvalue``): copairs' null of
+    randomly ranked wells (default), or the mAP of pseudo-treatments drawn from the
+    treatment's and the negcon wells, as many from each plate as the treatment has
+    (``"permutation"``, :func:`permutation_map_pvalues`). The permutation null accounts for
+    the averaging over a treatment's wells (copairs compares a treatment's mAP with the null
+    of a single well's AP), so it calls more treatments that have many wells; with two
+    replicates its smallest p-value is one over the number of pseudo-pairs, and pairs of
+    negcon wells that are each other's nearest neighbours count against the treatment.
+    q-values are
     Benjamini-Hochberg corrected over all treatments (``fdr="bh"``) or hierarchically, first
     over compounds (minimum p-value over its doses), then over the doses of compounds that
     pass (``fdr="hierarchical"``, needs ``group_by`` with a dose column).
@@ -249,6 +394,10 @@ def phenotypic_activity(
     seed : int
     features : sequence of str, optional
         Feature columns (default: every numeric non-Metadata column).
+    pvalue : {"copairs", "permutation"}
+        Null distribution of the mAP (see above). ``"permutation"`` ranks against every
+        negcon well, so it cannot be combined with ``negcon_same_plate``; it keeps each
+        treatment's count of wells per plate (``plate_column``) when that column exists.
 
     Returns
     -------
@@ -263,6 +412,13 @@ def phenotypic_activity(
     _check_distance(distance)
     if fdr not in ("bh", "hierarchical"):
         raise ValueError(f"fdr must be 'bh' or 'hierarchical', got {fdr!r}")
+    if pvalue not in ("copairs", "permutation"):
+        raise ValueError(f"pvalue must be 'copairs' or 'permutation', got {pvalue!r}")
+    if pvalue == "permutation" and negcon_same_plate:
+        raise ValueError(
+            "analysis.pvalue 'permutation' ranks every treatment against all negcon wells; "
+            "it cannot be combined with analysis.negcon_same_plate true"
+        )
     group_by = list(group_by)
     _require(profiles, group_by + [role_column], "phenotypic_activity")
     if negcon_same_plate:
@@ -299,6 +455,24 @@ def phenotypic_activity(
         null_size=null_size,
         seed=seed,
     )
+    if pvalue == "permutation":
+        strata = (
+            df[plate_column].astype("string").fillna("<NA>").to_numpy()
+            if plate_column in df.columns
+            else None
+        )
+        perm = permutation_map_pvalues(
+            x,
+            meta["group"].to_numpy(),
+            is_neg,
+            strata=strata,
+            distance=distance,
+            null_size=null_size,
+            seed=seed,
+        )
+        maps = maps[["group", "mean_average_precision"]].merge(
+            perm[["group", "p_value"]], on="group", how="left"
+        )
 
     keep = [c for c in (MOA, role_column) if c in df.columns and c not in group_by]
     trt = df.loc[~is_neg, group_by + keep].copy()
@@ -901,6 +1075,7 @@ DEFAULTS: dict[str, Any] = {
     "distance": "cosine",
     "q_threshold": 0.05,
     "fdr": "bh",
+    "pvalue": "copairs",
     "null_size": 10000,
     "seed": 0,
     "moa_active_only": True,
@@ -980,6 +1155,7 @@ def run_analysis(
         null_size=cfg["null_size"],
         seed=cfg["seed"],
         features=feats,
+        pvalue=cfg["pvalue"],
     )
 
     cons = consensus.reset_index(drop=True)

@@ -323,8 +323,11 @@ def test_activity_on_lincs_plate():
     from hcsflow.profiling import read_profiles_table
 
     prof = read_profiles_table(LINCS)
-    # DMSO wells 0-5 become a pseudo-compound (6 "doses" like the real ones): not active
-    neg = prof.index[prof["Metadata_Role"] == "negcon"][:6]
+    # six DMSO wells spread over the plate (A01, A05, B03, F07, F11, J15) become a
+    # pseudo-compound (6 "doses" like the real ones): not active. (Six adjacent edge wells,
+    # A01-A06, share a position effect: q 0.058 here, and called with pvalue="permutation".)
+    neg = prof.index[prof["Metadata_Role"] == "negcon"][::4]
+    assert len(neg) == 6
     prof.loc[neg, "Metadata_Compound"] = "PSEUDO-DMSO"
     prof.loc[neg, "Metadata_Role"] = "trt"
     act = A.phenotypic_activity(prof, group_by=["Metadata_Compound"], null_size=2000)
@@ -338,8 +341,110 @@ def test_activity_on_lincs_plate():
 
 
 def test_activity_negcon_same_plate(screen):
-    act = A.phenotypic_activity(screen, null_size=1000, negcon_same_plate=True)
+    act = A.phenotypic_activity(screen, null_size=1000, negcon_same_plate=True, pvalue="copairs")
     top = act[(act.Metadata_Dose == 10.0) & act.Metadata_Compound.str.startswith("C")]
     assert top.active.all()
     with pytest.raises(ValueError, match="Metadata_Plate"):
         A.phenotypic_activity(screen.drop(columns="Metadata_Plate"), negcon_same_plate=True)
+    with pytest.raises(ValueError, match="analysis.pvalue"):
+        A.phenotypic_activity(screen, negcon_same_plate=True, pvalue="permutation")
+
+
+def _brute_map_pvalue(x, members, negcons, strata):
+    """Reference: enumerate every pseudo-group with the group's count per stratum."""
+    from itertools import combinations, product
+
+    pool = list(members) + list(negcons)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def group_map(group):
+        aps = []
+        for i in group:
+            others = [j for j in pool if j != i]
+            order = sorted(others, key=lambda j: -float(xn[i] @ xn[j]))
+            hits, precisions = 0, []
+            for rank, j in enumerate(order, start=1):
+                if j in group:
+                    hits += 1
+                    precisions.append(hits / rank)
+            aps.append(np.mean(precisions))
+        return float(np.mean(aps))
+
+    observed = group_map(set(members))
+    per_stratum = []
+    for st in sorted(set(strata[list(members)])):
+        k = int(sum(strata[m] == st for m in members))
+        per_stratum.append(list(combinations([j for j in pool if strata[j] == st], k)))
+    null = [group_map(set(sum(choice, ()))) for choice in product(*per_stratum)]
+    return observed, sum(v >= observed - 1e-12 for v in null) / len(null)
+
+
+def test_permutation_pvalue_matches_enumeration_and_copairs_map():
+    rng = np.random.default_rng(3)
+    n_neg = 12
+    x = rng.normal(size=(n_neg + 7, 6))
+    x[n_neg : n_neg + 2] += 1.2  # a weak treatment of 2 wells
+    x[n_neg + 2 : n_neg + 5] += 3.0  # a strong one of 3 wells
+    groups = np.array([-1] * n_neg + [0, 0, 1, 1, 1, 2, 2])  # group 2: two wells, no effect
+    is_neg = groups == -1
+    strata = np.array([0, 1] * (n_neg // 2) + [0, 1, 0, 1, 1, 0, 1])
+    for st in (None, strata):
+        res = A.permutation_map_pvalues(x, groups, is_neg, strata=st, null_size=100000)
+        s_ = np.zeros(len(x), int) if st is None else st
+        for g in (0, 1, 2):
+            members = np.flatnonzero(groups == g)
+            obs, p = _brute_map_pvalue(x, members, np.flatnonzero(is_neg), s_)
+            row = res.set_index("group").loc[g]
+            assert row["mean_average_precision"] == pytest.approx(obs, abs=1e-12)
+            assert row["p_value"] == pytest.approx(p, abs=1e-12)
+    assert res.set_index("group").loc[1, "p_value"] < 0.01
+    # the observed statistic is copairs' mAP against negcon
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(
+        Metadata_Compound=np.where(is_neg, "DMSO", [f"c{g}" for g in groups]),
+        Metadata_Dose=1.0,
+        Metadata_Role=np.where(is_neg, "negcon", "trt"),
+    )
+    copairs = A.phenotypic_activity(df, pvalue="copairs", null_size=1000)
+    perm = A.phenotypic_activity(df, null_size=1000, pvalue="permutation")
+    np.testing.assert_allclose(
+        perm["mean_average_precision"], copairs["mean_average_precision"], atol=1e-12
+    )
+    assert not perm["p_value"].equals(copairs["p_value"])
+
+
+def test_permutation_pvalue_is_valid_under_the_null_and_more_powerful():
+    rng = np.random.default_rng(11)
+    n_neg, n_groups = 40, 150
+    # null: pseudo-treatments of two wells drawn like the negcon wells
+    x = rng.normal(size=(n_neg + 2 * n_groups, 8))
+    groups = np.concatenate([np.full(n_neg, -1), np.repeat(np.arange(n_groups), 2)])
+    is_neg = groups == -1
+    p = np.concatenate(
+        [
+            A.permutation_map_pvalues(
+                x[np.r_[0:n_neg, n_neg + 2 * g : n_neg + 2 * g + 2]],
+                groups[np.r_[0:n_neg, n_neg + 2 * g : n_neg + 2 * g + 2]],
+                is_neg[np.r_[0:n_neg, n_neg + 2 * g : n_neg + 2 * g + 2]],
+            )["p_value"].to_numpy()
+            for g in range(n_groups)
+        ]
+    )
+    assert 0.0 <= np.mean(p < 0.05) <= 0.09
+    assert 0.0 <= np.mean(p < 0.2) <= 0.28
+    # four replicates of a moderate effect: copairs compares their mAP with the null of one
+    # well's AP, which ignores the averaging; the permutation null does not
+    rng = np.random.default_rng(5)
+    x4 = rng.normal(size=(n_neg + 4, 8))
+    x4[n_neg:, 0] += 1.8
+    g4 = np.r_[np.full(n_neg, -1), np.zeros(4, int)]
+    perm = A.permutation_map_pvalues(x4, g4, g4 == -1)
+    df = pd.DataFrame(x4, columns=[f"f{i}" for i in range(8)]).assign(
+        Metadata_Compound=np.where(g4 == -1, "DMSO", "c"),
+        Metadata_Dose=1.0,
+        Metadata_Role=np.where(g4 == -1, "negcon", "trt"),
+    )
+    cp = A.phenotypic_activity(df, pvalue="copairs")
+    assert perm["mean_average_precision"].iloc[0] == pytest.approx(
+        cp["mean_average_precision"].iloc[0]
+    )
+    assert perm["p_value"].iloc[0] < 0.01 < 0.02 < cp["p_value"].iloc[0]
