@@ -221,6 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tta", action="store_true", help="add the deep method with test-time augmentation"
     )
+    parser.add_argument(
+        "--post",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="deep post-processing overrides, e.g. fg_threshold=0.4",
+    )
+    parser.add_argument(
+        "--label-resize",
+        action="store_true",
+        help="deep: watershed at the model's resolution, labels resized (not at the input's)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -229,12 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from hcsflow.segmentation import Segmenter
 
-    deep = Segmenter.load(args.model, device="cpu")
-    segs = {"deep": deep, "classical": Segmenter.load(method="classical")}
+    post = {}
+    for item in args.post:
+        key, value = item.split("=", 1)
+        post[key] = float(value) if "." in value else int(value)
+    opts = {"postprocess": post, "native_resolution": not args.label_resize}
+    deep = Segmenter.load(args.model, device="cpu", **opts)
+    segs = {"deep": deep}
     if args.tta:
-        segs = {"deep": deep, "deep, tta": Segmenter.load(args.model, device="cpu", tta=True)}
-        segs["classical"] = Segmenter.load(method="classical")
-    print(f"model: {deep.meta.get('path')} (model_mpp {deep.model_mpp})")
+        segs["deep, tta"] = Segmenter.load(args.model, device="cpu", tta=True, **opts)
+    segs["classical"] = Segmenter.load(method="classical")
+    print(f"model: {deep.meta.get('path')} (model_mpp {deep.model_mpp}); {deep.post_params}")
+    print(f"native_resolution {deep.native_resolution}, zoom {deep.zoom}")
     print(f"command: {' '.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}")
     if "sim" not in args.skip:

@@ -596,3 +596,13 @@ def test_tta_maps_are_invariant_to_flips_and_rotations():
     # a pointwise network is equivariant: TTA changes nothing
     pw = deep_segmenter(tta=True).predict_maps([x])[0]
     np.testing.assert_allclose(pw, deep_segmenter().predict_maps([x])[0], atol=1e-5)
+
+
+def test_config_turns_on_tta():
+    from hcsflow.segmentation.shard import segmenter_from_config
+
+    assert segmenter_from_config({"tta": True, "threads": 1}).tta
+    assert not segmenter_from_config({"threads": 1}).tta
+    # the shipped checkpoint's own post-processing settings are used
+    seg = segmenter_from_config({"threads": 1})
+    assert seg.post_params.fg_threshold == 0.5 and seg.native_resolution

@@ -18,8 +18,8 @@ How a field is processed (method ``"deep"``):
    field in which nothing is found is flagged ``no_objects``.
 2. **Scale.** The images are rescaled by ``zoom * image_mpp / model_mpp`` (bilinear,
    antialiased when shrinking) to the network's working resolution: ``zoom`` (default the
-   checkpoint's ``meta["zoom"]``, else 1) enlarges the nuclei beyond the size the network was
-   trained at, which gives finer boundaries. With ``image_mpp=None`` the pixel size is estimated
+   checkpoint's ``meta["zoom"]``, else 1) can enlarge the nuclei beyond the size the network
+   was trained at (the shipped model runs at ``zoom`` 1). With ``image_mpp=None`` the pixel size is estimated
    from the nuclear channel by :func:`estimate_nuclear_diameter` (a granulometry: Otsu mask,
    the maximum of the distance transform in each connected component is the radius of the
    nuclei it holds, clumped or not; the median diameter over components) as
