@@ -114,6 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N validation images only")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation (8 flips/rotations)"
+    )
+    parser.add_argument(
+        "--label-resize",
+        action="store_true",
+        help="watershed at the model's resolution and labels resized (instead of at the input's)",
+    )
+    parser.add_argument(
+        "--zoom", type=float, default=None, help="working scale (default: checkpoint)"
+    )
+    parser.add_argument(
+        "--post",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="post-processing overrides, e.g. fg_threshold=0.4",
+    )
+    parser.add_argument(
         "--update-card",
         action="store_true",
         help="store the table in the checkpoint's card and rewrite its Markdown card (.md)",
@@ -124,8 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     from hcsflow.segmentation.model import load_checkpoint
 
     # the checkpoint's own post-processing settings (seed spacing etc.), when it has them
-    post = load_checkpoint(args.model)[1].get("postprocess", {})
-    seg = Segmenter.load(args.model, device="cpu", threads=args.threads, postprocess=post)
+    post = dict(load_checkpoint(args.model)[1].get("postprocess", {}))
+    for item in args.post:
+        key, value = item.split("=", 1)
+        post[key] = float(value) if "." in value else int(value)
+    seg = Segmenter.load(
+        args.model,
+        device="cpu",
+        threads=args.threads,
+        postprocess=post,
+        tta=args.tta,
+        native_resolution=not args.label_resize,
+        zoom=args.zoom,
+    )
     t0 = time.time()
     rows = []
     res: dict[str, dict] = {}
@@ -139,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         res["sim"] = sim
         for k, v in sim.items():
             rows.append((f"simulated (seeds {args.sim_seed}+)", k, v))
-    print(f"model: {args.model}")
+    print(
+        f"model: {args.model}; postprocess {post}; tta {seg.tta}; "
+        f"native_resolution {seg.native_resolution}; zoom {seg.zoom:.3f}"
+    )
     print("| data | objects | F1@0.5 | DSB score | images |")
     print("|---|---|---|---|---|")
     for data, obj, r in rows:

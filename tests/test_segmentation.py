@@ -512,3 +512,97 @@ def test_shipped_model_tiled_equals_untiled(sim_field):
         # the network sees different borders in a tile: maps differ slightly near tile edges
         assert np.mean(a == b) > 0.95
         assert match(a, b, 0.5).f1 >= 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# post-processing at the input's resolution, test-time augmentation
+
+
+def domed_discs(shape=(300, 300), spacing=60, seed=0):
+    """Fine-resolution image of separate discs (radius 15-22 px, a dome on a plateau, soft
+    1-px edge) and their labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    image = np.full(shape, 1000.0)
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    for cy in range(spacing // 2, shape[0] - spacing // 2 + 1, spacing):
+        for cx in range(spacing // 2, shape[1] - spacing // 2 + 1, spacing):
+            k += 1
+            r0 = rng.uniform(15, 22)
+            cy1, cx1 = cy + rng.uniform(-3, 3), cx + rng.uniform(-3, 3)
+            r = np.hypot(yy - cy1, xx - cx1)
+            edge = np.clip(r0 - r + 0.5, 0, 1)
+            dome = np.sqrt(np.clip(1 - (r / r0) ** 2, 0, 1))
+            image += 3000 * edge * (0.6 + 0.4 * dome)
+            labels[r <= r0] = k
+    return image.astype(np.float32), labels
+
+
+def _mean_iou(pred, true):
+    m = match(pred, true, 0.5)
+    return float(m.iou.sum() / true.max())
+
+
+@pytest.mark.parametrize("mpp", [0.26, 0.2])
+def test_native_resolution_postprocessing_improves_boundaries(mpp):
+    image, truth = domed_discs()
+    native = deep_segmenter().predict_with_qc(image, None, mpp)
+    coarse = deep_segmenter(native_resolution=False).predict_with_qc(image, None, mpp)
+    assert native.nuclei.shape == native.cells.shape == truth.shape
+    assert native.nuclei.dtype == np.uint32
+    # the same objects either way
+    assert native.stats.n_nuclei == coarse.stats.n_nuclei == truth.max()
+    # the watershed at the input's pixels places boundaries better than labels resized from
+    # the coarse working grid (2.5-3.25 input pixels per model pixel)
+    iou_native, iou_coarse = _mean_iou(native.nuclei, truth), _mean_iou(coarse.nuclei, truth)
+    assert iou_native > iou_coarse + 0.01
+    assert iou_native > 0.9
+
+
+def test_post_params_follow_pixel_size():
+    meta = {"model_mpp": 0.65, "postprocess": {"min_distance": 8, "seed_threshold": 0.5}}
+    seg = Segmenter(PointwiseNet(), meta, min_nucleus_area_um2=15.0)
+    at_model = seg._post_params(0.65)
+    finer = seg._post_params(0.325)
+    assert (at_model.min_distance, finer.min_distance) == (8, 16)
+    assert finer.seed_smoothing == pytest.approx(2 * at_model.seed_smoothing)
+    assert finer.max_hole_size == 4 * at_model.max_hole_size
+    assert finer.min_nucleus_size == round(15.0 / 0.325**2)
+    assert finer.seed_threshold == at_model.seed_threshold == 0.5
+    zoomed = Segmenter(PointwiseNet(), dict(meta, zoom=1.5))
+    assert zoomed.zoom == 1.5 and zoomed.work_mpp == pytest.approx(0.65 / 1.5)
+    assert zoomed.post_params.min_distance == 12
+    with pytest.raises(ValueError, match="zoom"):
+        Segmenter(PointwiseNet(), meta, zoom=0.0)
+
+
+def test_tta_maps_are_invariant_to_flips_and_rotations():
+    from hcsflow.segmentation.model import SegNet
+
+    torch.manual_seed(0)
+    net = SegNet(widths=(4, 8, 8), blocks=(1, 1, 1)).eval()
+    x = np.random.default_rng(0).random((2, 48, 64)).astype(np.float32)
+    plain = Segmenter(net, {"model_mpp": 0.65}, tile_size=256)
+    tta = Segmenter(net, {"model_mpp": 0.65}, tile_size=256, tta=True)
+    rot = np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2)))
+    flip = np.ascontiguousarray(x[:, ::-1])
+    m, m_rot, m_flip = tta.predict_maps([x, rot, flip])
+    np.testing.assert_allclose(np.rot90(m, 1, axes=(1, 2)), m_rot, atol=1e-5)
+    np.testing.assert_allclose(m[:, ::-1], m_flip, atol=1e-5)
+    # the plain network is not equivariant, so the test above has teeth
+    p, p_rot = plain.predict_maps([x, rot])
+    assert np.abs(np.rot90(p, 1, axes=(1, 2)) - p_rot).max() > 1e-3
+    # a pointwise network is equivariant: TTA changes nothing
+    pw = deep_segmenter(tta=True).predict_maps([x])[0]
+    np.testing.assert_allclose(pw, deep_segmenter().predict_maps([x])[0], atol=1e-5)
+
+
+def test_config_turns_on_tta():
+    from hcsflow.segmentation.shard import segmenter_from_config
+
+    assert segmenter_from_config({"tta": True, "threads": 1}).tta
+    assert not segmenter_from_config({"threads": 1}).tta
+    # the shipped checkpoint's own post-processing settings are used
+    seg = segmenter_from_config({"threads": 1})
+    assert seg.post_params.fg_threshold == 0.5 and seg.native_resolution

@@ -16,8 +16,10 @@ How a field is processed (method ``"deep"``):
    and background (Otsu class separation below ``empty_contrast``). A field with more than ``saturation_fraction`` of its pixels at
    the image's maximum value (clipped detector) is flagged ``saturated`` and still segmented. A
    field in which nothing is found is flagged ``no_objects``.
-2. **Scale.** The images are rescaled by ``image_mpp / model_mpp`` (bilinear, antialiased when
-   shrinking) to the model's resolution. With ``image_mpp=None`` the pixel size is estimated
+2. **Scale.** The images are rescaled by ``zoom * image_mpp / model_mpp`` (bilinear,
+   antialiased when shrinking) to the network's working resolution: ``zoom`` (default the
+   checkpoint's ``meta["zoom"]``, else 1) can enlarge the nuclei beyond the size the network
+   was trained at (the shipped model runs at ``zoom`` 1). With ``image_mpp=None`` the pixel size is estimated
    from the nuclear channel by :func:`estimate_nuclear_diameter` (a granulometry: Otsu mask,
    the maximum of the distance transform in each connected component is the radius of the
    nuclei it holds, clumped or not; the median diameter over components) as
@@ -31,9 +33,17 @@ How a field is processed (method ``"deep"``):
    Tile outputs are blended with weights that fall linearly to the tile edge over the overlap,
    so the assembled maps have no seams; post-processing then runs once on the whole field.
 4. **Post-processing** (:func:`~hcsflow.segmentation.postprocess.deep_watershed`) at the
-   model's resolution; the labels are mapped back to the input shape by nearest neighbour,
-   and a nucleus/cell pair that no longer has both parts at the input resolution is dropped.
-   Without a cytoplasm channel the cells are the nuclei grown by ``expand_um``.
+   input's own resolution: the continuous maps (inner distances, foreground probabilities) are
+   resized to the input shape (bilinear, antialiased when shrinking) and the watershed runs
+   there, with its pixel sizes converted (``native_resolution=True``, the default), so that
+   object boundaries are placed to the input's pixel rather than to a model pixel. With
+   ``native_resolution=False`` the watershed runs at the working resolution and the labels
+   are mapped back by nearest neighbour (a nucleus/cell pair that no longer has both parts at
+   the input resolution is dropped). Without a cytoplasm channel the cells are the nuclei
+   grown by ``expand_um``.
+
+Test-time augmentation (``tta=True``) averages the network's maps over the eight flips and
+90-degree rotations of every tile (eight times the network's cost).
 
 Method ``"classical"`` runs :func:`~hcsflow.segmentation.classical.segment_classical` at the
 image's own resolution instead (no network, no rescaling).
@@ -206,6 +216,32 @@ def resize_float(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0].numpy()
 
 
+def native_maps(maps: np.ndarray, shape: tuple[int, int], cells: bool = True) -> np.ndarray:
+    """Network maps resized to the input's shape for post-processing there.
+
+    Parameters
+    ----------
+    maps : ndarray of float32, shape (6, h, w)
+        Maps at the working resolution (order of
+        :data:`~hcsflow.segmentation.postprocess.HEADS`, foreground as probabilities).
+    shape : tuple of int
+        Target ``(H, W)``.
+    cells : bool
+        Resize the cell maps too; if False they are returned as zeros.
+
+    Returns
+    -------
+    ndarray of float32, shape (6, H, W)
+        Inner distances and foreground probabilities resized bilinearly (antialiased when
+        shrinking); the outer distances, which the watershed does not use, are zeros.
+    """
+    idx = [0, 2, 3, 5] if cells else [0, 2]
+    small = resize_float(np.ascontiguousarray(maps[idx]), shape)
+    out = np.zeros((maps.shape[0], *shape), np.float32)
+    out[idx] = small
+    return out
+
+
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label image ``(h, w)`` to ``shape`` (pixel centres)."""
     h, w = labels.shape
@@ -325,6 +361,15 @@ class Segmenter:
         checkpoint's ``meta["postprocess"]``, which overrides the defaults.
     classical : dict, optional
         :class:`~hcsflow.segmentation.classical.ClassicalParams` fields.
+    zoom : float or None
+        Factor by which fields are enlarged beyond the model's resolution before the network
+        (nuclei of ``zoom * meta["nuclear_diameter_px"]`` pixels); None takes the checkpoint's
+        ``meta["zoom"]``, else 1.
+    native_resolution : bool
+        Run the watershed on the maps resized to the input's shape (default) rather than at the
+        working resolution followed by a nearest-neighbour resize of the labels.
+    tta : bool
+        Average the maps over the 8 flips/rotations of each tile (8 times the network time).
     """
 
     def __init__(
@@ -344,6 +389,9 @@ class Segmenter:
         empty_contrast: float = 4.0,
         postprocess: dict[str, Any] | None = None,
         classical: dict[str, Any] | None = None,
+        zoom: float | None = None,
+        native_resolution: bool = True,
+        tta: bool = False,
     ) -> None:
         if method not in ("deep", "classical"):
             raise ValueError(f"segmentation method must be 'deep' or 'classical', got {method!r}")
@@ -366,6 +414,14 @@ class Segmenter:
         self.expand_um = float(expand_um)
         self.min_nucleus_area_um2 = float(min_nucleus_area_um2)
         self.model_mpp = float(self.meta.get("model_mpp", float("nan")))
+        zoom = float(self.meta.get("zoom", 1.0)) if zoom is None else float(zoom)
+        if not (np.isfinite(zoom) and 0.25 <= zoom <= 4.0):
+            raise ValueError(f"segmentation zoom must lie in [0.25, 4], got {zoom!r}")
+        self.zoom = zoom
+        #: pixel size (µm) at which the network runs
+        self.work_mpp = self.model_mpp / zoom
+        self.native_resolution = bool(native_resolution)
+        self.tta = bool(tta)
         if nuclear_diameter_um is None:
             if "nuclear_diameter_px" in self.meta:
                 nuclear_diameter_um = float(self.meta["nuclear_diameter_px"]) * self.model_mpp
@@ -382,7 +438,7 @@ class Segmenter:
         cls_kw.setdefault("min_nucleus_area_um2", self.min_nucleus_area_um2)
         self.classical_params = ClassicalParams(**cls_kw)
         if method == "deep":
-            self.post_params = self._post_params(self.model_mpp)
+            self.post_params = self._post_params(self.work_mpp)
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -430,8 +486,23 @@ class Segmenter:
         return cls(model, meta, method="deep", device=dev, **options)
 
     def _post_params(self, mpp: float) -> PostprocessParams:
+        """Post-processing parameters for maps of pixel size ``mpp`` (µm).
+
+        Lengths and areas of :class:`PostprocessParams` are given in pixels of the model's
+        training resolution (``model_mpp``); they are converted to pixels of ``mpp``. The
+        smallest nucleus is ``min_nucleus_area_um2`` unless set explicitly.
+        """
         kw = dict(self.meta.get("postprocess", {}))
         kw.update(self._post_extra)
+        s = self.model_mpp / mpp  # pixels of mpp per model pixel
+        if abs(s - 1.0) > 1e-9:
+            base = PostprocessParams()
+            for name in ("min_distance", "ring_width"):
+                kw[name] = max(1, int(round(kw.get(name, getattr(base, name)) * s)))
+            kw["seed_smoothing"] = float(kw.get("seed_smoothing", base.seed_smoothing)) * s
+            for name in ("min_cell_size", "max_hole_size", "min_nucleus_size"):
+                if name in kw or name != "min_nucleus_size":
+                    kw[name] = int(round(kw.get(name, getattr(base, name)) * s * s))
         kw.setdefault("min_nucleus_size", int(round(self.min_nucleus_area_um2 / (mpp * mpp))))
         return PostprocessParams(**kw)
 
@@ -535,20 +606,29 @@ class Segmenter:
 
         t0 = time.perf_counter()
         inputs: list[np.ndarray | None] = []
+        natives: list[np.ndarray | None] = []
         for nuc, cyto, mpp, _, fl in prepared:
             skip = "blank" in fl or field_contrast(nuc) < self.empty_contrast
-            inputs.append(None if skip else self._model_input(nuc, cyto, mpp))
+            if skip:
+                inputs.append(None)
+                natives.append(None)
+            else:
+                x, native_nuclear = self._model_input(nuc, cyto, mpp, keep_native=True)
+                inputs.append(x)
+                natives.append(native_nuclear)
         maps = self.predict_maps([x for x in inputs if x is not None])
         t_net = (time.perf_counter() - t0) / max(1, len(fields))
         out = []
         it = iter(maps)
-        for (nuc, cyto, mpp, estimated, fl), x in zip(prepared, inputs, strict=True):
+        for (nuc, cyto, mpp, estimated, fl), x, xn in zip(prepared, inputs, natives, strict=True):
             t1 = time.perf_counter()
             if x is None:
                 nuclei = np.zeros(nuc.shape, np.uint32)
                 cells, stats = nuclei.copy(), PostStats()
             else:
-                nuclei, cells, stats = self._postprocess(next(it), x[0], cyto is None, nuc.shape)
+                nuclei, cells, stats = self._postprocess(
+                    next(it), x[0], xn, cyto is None, nuc.shape, mpp
+                )
             fl = list(fl)
             if stats.n_nuclei == 0 and "blank" not in fl:
                 fl.append("no_objects")
@@ -587,25 +667,44 @@ class Segmenter:
             {"network": 0.0, "postprocess": dt},
         )
 
-    def _model_input(self, nuc: np.ndarray, cyto: np.ndarray | None, mpp: float) -> np.ndarray:
+    def _model_input(
+        self,
+        nuc: np.ndarray,
+        cyto: np.ndarray | None,
+        mpp: float,
+        keep_native: bool = False,
+    ) -> Any:
+        """Normalized input ``(2, h, w)`` at the working resolution (``work_mpp``).
+
+        With ``keep_native`` also return the normalized nuclear channel at the input's
+        resolution, shape (H, W).
+        """
         from hcsflow.segmentation.preprocess import prepare_input
 
         x = prepare_input(nuc, cyto, **self.meta.get("normalization", {}))
-        f = mpp / self.model_mpp
+        f = mpp / self.work_mpp
         shape = (max(1, int(round(nuc.shape[0] * f))), max(1, int(round(nuc.shape[1] * f))))
-        return resize_float(x, shape)
+        out = resize_float(x, shape)
+        return (out, x[0]) if keep_native else out
 
     def _postprocess(
         self,
         maps: np.ndarray,
         nuclear: np.ndarray,
+        native_nuclear: np.ndarray | None,
         nuclei_only_field: bool,
         shape: tuple[int, int],
+        image_mpp: float,
     ) -> tuple[np.ndarray, np.ndarray, PostStats]:
-        p = self.post_params
+        p, mpp = self.post_params, self.work_mpp
+        if self.native_resolution and maps.shape[-2:] != tuple(shape):
+            maps = native_maps(maps, shape, cells=not nuclei_only_field)
+            p, mpp = self._post_params(image_mpp), image_mpp
+            if native_nuclear is not None:
+                nuclear = native_nuclear
         if nuclei_only_field:
             nuclei, cells, stats = nuclei_only(
-                maps[0], maps[2], p, grow=self.expand_um / self.model_mpp, nuclear=nuclear
+                maps[0], maps[2], p, grow=self.expand_um / mpp, nuclear=nuclear
             )
         else:
             nuclei, cells, stats = deep_watershed(maps, p, nuclear=nuclear)
@@ -616,6 +715,27 @@ class Segmenter:
             stats.small_nuclei += lost
             stats.n_nuclei = stats.n_cells = int(nuclei.max(initial=0))
         return nuclei.astype(np.uint32), cells.astype(np.uint32), stats
+
+    def _forward(self, t: Any) -> Any:
+        """The network on a batch ``(B, 2, h, w)``; with ``tta`` the mean over the 8 flips and
+        90-degree rotations (each output transformed back; logits averaged)."""
+        import torch
+
+        if not self.tta:
+            return self.model(t)
+        acc = None
+        for k in range(4):
+            for flip in (False, True):
+                u = torch.rot90(t, k, dims=(2, 3))
+                if flip:
+                    u = torch.flip(u, dims=(3,))
+                u = u.contiguous(memory_format=torch.channels_last)
+                y = self.model(u).float()
+                if flip:
+                    y = torch.flip(y, dims=(3,))
+                y = torch.rot90(y, -k, dims=(2, 3))
+                acc = y if acc is None else acc + y
+        return acc / 8.0
 
     def predict_maps(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Network maps of normalized inputs at the model's resolution, tiled and blended.
@@ -652,7 +772,7 @@ class Segmenter:
                     batch = np.stack([inputs[k][:, y : y + th, x : x + tw] for k, y, x in chunk])
                     t = torch.from_numpy(batch).to(self.device)
                     t = t.contiguous(memory_format=torch.channels_last)
-                    y_out = self.model(t).float().cpu().numpy()
+                    y_out = self._forward(t).float().cpu().numpy()
                     for (k, y, x), o in zip(chunk, y_out, strict=True):
                         acc[k][:, y : y + th, x : x + tw] += o * weight
                         wsum[k][y : y + th, x : x + tw] += weight

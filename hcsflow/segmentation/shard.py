@@ -60,6 +60,7 @@ def segmenter_from_config(cfg: Mapping[str, Any]) -> Segmenter:
         nuclear_diameter_um=cfg.get("nuclear_diameter_um"),
         saturation_fraction=cfg.get("saturation_fraction", 0.05),
         empty_contrast=cfg.get("empty_contrast", 4.0),
+        tta=bool(cfg.get("tta", False)),
     )
 
 

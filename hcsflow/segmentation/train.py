@@ -903,6 +903,14 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
             for r in bench["rows"]
         ]
         lines += ["", f"Command: `{bench['command']}`"]
+    for old in card.get("benchmark_history", []):
+        lines += ["", f"### Earlier benchmark: {old.get('setting', '')}", ""]
+        lines += ["| data | objects | F1@0.5 | DSB score | images |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['data']} | {r['objects']} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n']} |"
+            for r in old["rows"]
+        ]
+        lines += ["", f"Command: `{old['command']}`"]
     if card.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
     lines += ["", "## Command", "", "```", card["command"], "```", ""]
