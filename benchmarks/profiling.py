@@ -81,6 +81,8 @@ def make_table(args: argparse.Namespace, work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from hcsflow.io import parquet_write_options
+
     rng = np.random.default_rng(args.seed)
     n_feat = args.features
     names = feature_names(n_feat)
@@ -137,7 +139,8 @@ def make_table(args: argparse.Namespace, work: Path) -> dict:
             total += n
             out = work / "cells" / plate / f"{s0 // 24:03d}.parquet"
             out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, out)
+            # encoded as hcsflow writes its per-cell tables (hcsflow.io.write_table)
+            pq.write_table(table, out, **parquet_write_options(table.schema))
             files.append(str(out))
             del x, xs, lat, table, arrays
     desc = {
