@@ -353,7 +353,7 @@ def phenotypic_activity(
     null_size: int = 10000,
     seed: int = 0,
     features: Sequence[str] | None = None,
-    pvalue: str = "copairs",
+    pvalue: str = "auto",
 ) -> pd.DataFrame:
     """Phenotypic activity of each treatment: mAP of its replicate wells against negcon wells.
 
@@ -361,13 +361,15 @@ def phenotypic_activity(
     the negative-control wells (negatives) are ranked by similarity to it; its average
     precision is how well replicates come first. The mean over a treatment's wells (mAP) is
     compared with a null distribution to give a p-value (``pvalue``): copairs' null of
-    randomly ranked wells (default), or the mAP of pseudo-treatments drawn from the
+    randomly ranked wells (``"copairs"``), or the mAP of pseudo-treatments drawn from the
     treatment's and the negcon wells, as many from each plate as the treatment has
     (``"permutation"``, :func:`permutation_map_pvalues`). The permutation null accounts for
     the averaging over a treatment's wells (copairs compares a treatment's mAP with the null
     of a single well's AP), so it calls more treatments that have many wells; with two
     replicates its smallest p-value is one over the number of pseudo-pairs, and pairs of
     negcon wells that are each other's nearest neighbours count against the treatment.
+    ``"auto"`` (default) takes the permutation null when the treatments have a median of at
+    least three wells and ``negcon_same_plate`` is off, copairs' otherwise.
     q-values are
     Benjamini-Hochberg corrected over all treatments (``fdr="bh"``) or hierarchically, first
     over compounds (minimum p-value over its doses), then over the doses of compounds that
@@ -394,7 +396,7 @@ def phenotypic_activity(
     seed : int
     features : sequence of str, optional
         Feature columns (default: every numeric non-Metadata column).
-    pvalue : {"copairs", "permutation"}
+    pvalue : {"auto", "copairs", "permutation"}
         Null distribution of the mAP (see above). ``"permutation"`` ranks against every
         negcon well, so it cannot be combined with ``negcon_same_plate``; it keeps each
         treatment's count of wells per plate (``plate_column``) when that column exists.
@@ -412,8 +414,8 @@ def phenotypic_activity(
     _check_distance(distance)
     if fdr not in ("bh", "hierarchical"):
         raise ValueError(f"fdr must be 'bh' or 'hierarchical', got {fdr!r}")
-    if pvalue not in ("copairs", "permutation"):
-        raise ValueError(f"pvalue must be 'copairs' or 'permutation', got {pvalue!r}")
+    if pvalue not in ("auto", "copairs", "permutation"):
+        raise ValueError(f"pvalue must be 'auto', 'copairs' or 'permutation', got {pvalue!r}")
     if pvalue == "permutation" and negcon_same_plate:
         raise ValueError(
             "analysis.pvalue 'permutation' ranks every treatment against all negcon wells; "
@@ -430,6 +432,10 @@ def phenotypic_activity(
             f"phenotypic_activity: no negative-control wells ({role_column} == {negcon!r})"
         )
     x = _features(df, features, "phenotypic_activity")
+    if pvalue == "auto":
+        wells = df.loc[~is_neg].groupby(group_by, dropna=False).size()
+        many = len(wells) > 0 and float(wells.median()) >= 3
+        pvalue = "permutation" if many and not negcon_same_plate else "copairs"
 
     meta = pd.DataFrame(
         {
@@ -500,6 +506,7 @@ def phenotypic_activity(
         q = _hierarchical_q(out, group_by[:-1], p)
     out["q_value"] = q
     out["active"] = np.nan_to_num(q, nan=1.0) < q_threshold
+    out["p_value_method"] = pvalue
     out = out.reset_index(drop=True)
     cols = (
         group_by
@@ -511,6 +518,7 @@ def phenotypic_activity(
             "q_value",
             "active",
             "negcon_distance",
+            "p_value_method",
         ]
     )
     out = out[cols].sort_values(group_by, kind="stable").reset_index(drop=True)
@@ -1075,7 +1083,7 @@ DEFAULTS: dict[str, Any] = {
     "distance": "cosine",
     "q_threshold": 0.05,
     "fdr": "bh",
-    "pvalue": "copairs",
+    "pvalue": "auto",
     "null_size": 10000,
     "seed": 0,
     "moa_active_only": True,

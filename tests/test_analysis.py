@@ -448,3 +448,28 @@ def test_permutation_pvalue_is_valid_under_the_null_and_more_powerful():
         cp["mean_average_precision"].iloc[0]
     )
     assert perm["p_value"].iloc[0] < 0.01 < 0.02 < cp["p_value"].iloc[0]
+
+
+def test_auto_pvalue_follows_the_number_of_wells(screen):
+    rng = np.random.default_rng(2)
+    n_neg = 20
+    x = rng.normal(size=(n_neg + 6, 5))
+    base = pd.DataFrame(x, columns=[f"f{i}" for i in range(5)]).assign(
+        Metadata_Dose=1.0,
+        Metadata_Role=["negcon"] * n_neg + ["trt"] * 6,
+        Metadata_Plate=["P1", "P2"] * ((n_neg + 6) // 2),
+    )
+    pairs = base.assign(Metadata_Compound=["DMSO"] * n_neg + ["a", "a", "b", "b", "c", "c"])
+    triples = base.assign(Metadata_Compound=["DMSO"] * n_neg + ["a"] * 3 + ["b"] * 3)
+    auto2 = A.phenotypic_activity(pairs, null_size=500)
+    assert set(auto2["p_value_method"]) == {"copairs"}
+    pd.testing.assert_frame_equal(
+        auto2, A.phenotypic_activity(pairs, null_size=500, pvalue="copairs")
+    )
+    auto3 = A.phenotypic_activity(triples, null_size=500)
+    assert set(auto3["p_value_method"]) == {"permutation"}
+    pd.testing.assert_frame_equal(
+        auto3, A.phenotypic_activity(triples, null_size=500, pvalue="permutation")
+    )
+    same_plate = A.phenotypic_activity(triples, null_size=500, negcon_same_plate=True)
+    assert set(same_plate["p_value_method"]) == {"copairs"}
