@@ -65,8 +65,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "euclidean": ({}, {"distance": "euclidean"}),
     "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
     "negcon_same_plate": ({}, {"negcon_same_plate": True}),
-    "copairs_pvalue": ({}, {"pvalue": "copairs"}),
     "permutation_pvalue": ({}, {"pvalue": "permutation"}),
+    "auto_pvalue": ({}, {"pvalue": "auto"}),
 }
 
 
@@ -256,7 +256,7 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
                     fdr=fdr,
                     distance=cfg.get("distance", "cosine"),
                     negcon_same_plate=cfg.get("negcon_same_plate", False),
-                    pvalue=cfg.get("pvalue", "auto"),
+                    pvalue=cfg.get("pvalue", "copairs"),
                 )
                 neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
                 called, total = called + int(neg["active"].sum()), total + len(neg)

@@ -353,7 +353,7 @@ def phenotypic_activity(
     null_size: int = 10000,
     seed: int = 0,
     features: Sequence[str] | None = None,
-    pvalue: str = "auto",
+    pvalue: str = "copairs",
 ) -> pd.DataFrame:
     """Phenotypic activity of each treatment: mAP of its replicate wells against negcon wells.
 
@@ -361,15 +361,17 @@ def phenotypic_activity(
     the negative-control wells (negatives) are ranked by similarity to it; its average
     precision is how well replicates come first. The mean over a treatment's wells (mAP) is
     compared with a null distribution to give a p-value (``pvalue``): copairs' null of
-    randomly ranked wells (``"copairs"``), or the mAP of pseudo-treatments drawn from the
+    randomly ranked wells (``"copairs"``, default), or the mAP of pseudo-treatments drawn from the
     treatment's and the negcon wells, as many from each plate as the treatment has
     (``"permutation"``, :func:`permutation_map_pvalues`). The permutation null accounts for
     the averaging over a treatment's wells (copairs compares a treatment's mAP with the null
     of a single well's AP), so it calls more treatments that have many wells; with two
     replicates its smallest p-value is one over the number of pseudo-pairs, and pairs of
     negcon wells that are each other's nearest neighbours count against the treatment.
-    ``"auto"`` (default) takes the permutation null when the treatments have a median of at
-    least three wells and ``negcon_same_plate`` is off, copairs' otherwise.
+    ``"auto"`` takes the permutation null when the treatments have a median of at least
+    three wells and ``negcon_same_plate`` is off, copairs' otherwise. Neither null knows the
+    plate layout: a treatment whose wells sit side by side (a dose series in adjacent wells)
+    shares their position effect, which both take for activity.
     q-values are
     Benjamini-Hochberg corrected over all treatments (``fdr="bh"``) or hierarchically, first
     over compounds (minimum p-value over its doses), then over the doses of compounds that
@@ -1083,7 +1085,7 @@ DEFAULTS: dict[str, Any] = {
     "distance": "cosine",
     "q_threshold": 0.05,
     "fdr": "bh",
-    "pvalue": "auto",
+    "pvalue": "copairs",
     "null_size": 10000,
     "seed": 0,
     "moa_active_only": True,

@@ -325,7 +325,8 @@ def test_activity_on_lincs_plate():
     prof = read_profiles_table(LINCS)
     # six DMSO wells spread over the plate (A01, A05, B03, F07, F11, J15) become a
     # pseudo-compound (6 "doses" like the real ones): not active. (Six adjacent edge wells,
-    # A01-A06, share a position effect: q 0.058 here, and called with pvalue="permutation".)
+    # A01-A06, share a position effect: q 0.06 here, and called with pvalue="permutation";
+    # the other DMSO blocks of six adjacent wells are called by both nulls.)
     neg = prof.index[prof["Metadata_Role"] == "negcon"][::4]
     assert len(neg) == 6
     prof.loc[neg, "Metadata_Compound"] = "PSEUDO-DMSO"
@@ -461,15 +462,17 @@ def test_auto_pvalue_follows_the_number_of_wells(screen):
     )
     pairs = base.assign(Metadata_Compound=["DMSO"] * n_neg + ["a", "a", "b", "b", "c", "c"])
     triples = base.assign(Metadata_Compound=["DMSO"] * n_neg + ["a"] * 3 + ["b"] * 3)
-    auto2 = A.phenotypic_activity(pairs, null_size=500)
+    auto2 = A.phenotypic_activity(pairs, null_size=500, pvalue="auto")
     assert set(auto2["p_value_method"]) == {"copairs"}
     pd.testing.assert_frame_equal(
         auto2, A.phenotypic_activity(pairs, null_size=500, pvalue="copairs")
     )
-    auto3 = A.phenotypic_activity(triples, null_size=500)
+    auto3 = A.phenotypic_activity(triples, null_size=500, pvalue="auto")
     assert set(auto3["p_value_method"]) == {"permutation"}
     pd.testing.assert_frame_equal(
         auto3, A.phenotypic_activity(triples, null_size=500, pvalue="permutation")
     )
-    same_plate = A.phenotypic_activity(triples, null_size=500, negcon_same_plate=True)
+    same_plate = A.phenotypic_activity(
+        triples, null_size=500, negcon_same_plate=True, pvalue="auto"
+    )
     assert set(same_plate["p_value_method"]) == {"copairs"}
