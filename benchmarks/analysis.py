@@ -310,6 +310,7 @@ def lincs(args, variant: str = "default") -> dict:
             group_by=["Metadata_Compound"],
             null_size=args.null_size,
             distance=ana_over.get("distance", "cosine"),
+            pvalue=ana_over.get("pvalue", "copairs"),
         )
         neg = act[act["Metadata_Compound"].str.startswith("NEG-")]
         dmso_called += int(neg["active"].sum())
