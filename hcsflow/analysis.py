@@ -316,6 +316,51 @@ def permutation_map_pvalues(
     ).astype({"n_null": "int64"})
 
 
+def adjacent_wells(wells: Sequence[str], plates: Sequence[str] | None = None) -> bool:
+    """Whether a treatment's wells form one run of neighbouring wells on one plate.
+
+    Parameters
+    ----------
+    wells : sequence of str
+        Well names (``A01`` or ``A1``) of the treatment's wells.
+    plates : sequence of str, optional
+        Plate of each well.
+
+    Returns
+    -------
+    bool
+        True for two or more wells on a single plate that fill consecutive columns of one row
+        or consecutive rows of one column (e.g. a dose series in ``O19``-``O24``). Such wells
+        share a position effect, which an activity test cannot tell from the treatment's.
+    """
+    from hcsflow.layouts import split_well
+
+    if len(wells) < 2 or (plates is not None and len(set(plates)) > 1):
+        return False
+    try:
+        rc = [split_well(str(w)) for w in wells]
+    except ValueError:
+        return False
+    rows = [(len(r), r) for r, _ in rc]
+    cols = [c for _, c in rc]
+    if len(set(rows)) == 1:
+        c = sorted(cols)
+        return c == list(range(c[0], c[0] + len(c)))
+    if len(set(cols)) == 1:
+        r = sorted(rows)
+        letters = [_row_index(name) for _, name in r]
+        return letters == list(range(letters[0], letters[0] + len(letters)))
+    return False
+
+
+def _row_index(row: str) -> int:
+    """``A`` -> 0, ``Z`` -> 25, ``AA`` -> 26."""
+    value = 0
+    for ch in row.upper():
+        value = value * 26 + (ord(ch) - 64)
+    return value - 1
+
+
 def _bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values of the finite entries of ``p`` (NaN stays NaN)."""
     p = np.asarray(p, dtype=np.float64)
@@ -509,6 +554,24 @@ def phenotypic_activity(
     out["q_value"] = q
     out["active"] = np.nan_to_num(q, nan=1.0) < q_threshold
     out["p_value_method"] = pvalue
+    if WELL in df.columns:
+        plates = df[plate_column].astype("string") if plate_column in df.columns else None
+        adjacent = {}
+        for code, rows in trt.groupby("_group", sort=True).groups.items():
+            wl = df.loc[rows, WELL].astype(str).tolist()
+            adjacent[code] = adjacent_wells(
+                wl, None if plates is None else plates.loc[rows].tolist()
+            )
+        out["adjacent_wells"] = pd.Series(adjacent).reindex(out.index).fillna(False).astype(bool)
+        n_multi = int((out["n_replicates"] >= 2).sum())
+        n_adj = int(out["adjacent_wells"].sum())
+        if n_multi and n_adj > n_multi / 2:
+            logger.warning(
+                "the wells of %d of %d treatments sit side by side on one plate: their "
+                "activity cannot be told from a position effect (see adjacent_wells)",
+                n_adj,
+                n_multi,
+            )
     out = out.reset_index(drop=True)
     cols = (
         group_by
@@ -522,6 +585,7 @@ def phenotypic_activity(
             "negcon_distance",
             "p_value_method",
         ]
+        + (["adjacent_wells"] if "adjacent_wells" in out.columns else [])
     )
     out = out[cols].sort_values(group_by, kind="stable").reset_index(drop=True)
     out["n_replicates"] = out["n_replicates"].astype("int64")

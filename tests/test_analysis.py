@@ -476,3 +476,27 @@ def test_auto_pvalue_follows_the_number_of_wells(screen):
         triples, null_size=500, negcon_same_plate=True, pvalue="auto"
     )
     assert set(same_plate["p_value_method"]) == {"copairs"}
+
+
+def test_adjacent_wells():
+    assert A.adjacent_wells(["O19", "O20", "O21", "O22", "O23", "O24"])
+    assert A.adjacent_wells(["B3", "A03", "C03"])  # one column, rows A-C
+    assert A.adjacent_wells(["Z01", "AA01"])
+    assert not A.adjacent_wells(["A01", "A03"])  # a gap
+    assert not A.adjacent_wells(["A01", "B02"])
+    assert not A.adjacent_wells(["A01"])
+    assert not A.adjacent_wells(["A01", "A02"], plates=["P1", "P2"])
+    assert A.adjacent_wells(["A01", "A02"], plates=["P1", "P1"])
+
+
+@pytest.mark.skipif(not LINCS.exists(), reason=f"{LINCS} not present")
+def test_lincs_dose_series_are_flagged_adjacent(caplog):
+    from hcsflow.profiling import read_profiles_table
+
+    prof = read_profiles_table(LINCS)
+    with caplog.at_level("WARNING", logger="hcsflow.analysis"):
+        act = A.phenotypic_activity(prof, group_by=["Metadata_Compound"], null_size=200)
+    # each compound's six doses fill six neighbouring wells of a row
+    six = act["n_replicates"] == 6
+    assert six.sum() >= 40 and act.loc[six, "adjacent_wells"].all()
+    assert "side by side" in caplog.text
