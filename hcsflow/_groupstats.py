@@ -134,6 +134,26 @@ def _select_oop(src0, a, b, n, k):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _bracket(sample, n, lo_rank):  # pragma: no cover - compiled
+    """Bounds around the lo_rank-th of n values, read off an evenly spaced sample of them.
+
+    ``sample`` holds ``_SAMPLE`` values and is rearranged; an open side is +-inf.
+    """
+    q = lo_rank * _SAMPLE // n
+    a = q - _MARGIN
+    b = q + _MARGIN + 1
+    low = -np.inf
+    high = np.inf
+    first = 0
+    if a >= 0:
+        low = _select(sample, 0, _SAMPLE, a)
+        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
+    if b < _SAMPLE:
+        high = _select(sample, first, _SAMPLE, b)
+    return low, high
+
+
+@numba.njit(cache=True, nogil=True)
 def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     """The k-th smallest of buf[:n] and, if ``even``, the (k-1)-th; buf is rearranged.
 
@@ -153,17 +173,7 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     step = n / _SAMPLE
     for i in range(_SAMPLE):
         sample[i] = buf[int(i * step)]
-    q = lo_rank * _SAMPLE // n
-    a = q - _MARGIN
-    b = q + _MARGIN + 1
-    low = -np.inf
-    high = np.inf
-    first = 0
-    if a >= 0:
-        low = _select(sample, 0, _SAMPLE, a)
-        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
-    if b < _SAMPLE:
-        high = _select(sample, first, _SAMPLE, b)
+    low, high = _bracket(sample, n, lo_rank)
     below = 0
     m = 0
     for i in range(n):
@@ -226,17 +236,7 @@ def _median_run(x, s, e, buf, sample, scratch, scratch2):  # pragma: no cover - 
     k = n // 2
     even = n % 2 == 0
     lo_rank = k - 1 if even else k
-    q = lo_rank * _SAMPLE // n
-    a = q - _MARGIN
-    b = q + _MARGIN + 1
-    low = -np.inf
-    high = np.inf
-    first = 0
-    if a >= 0:
-        low = _select(sample, 0, _SAMPLE, a)
-        first = a + 1  # the selection left sample[a + 1:] >= low: search only there
-    if b < _SAMPLE:
-        high = _select(sample, first, _SAMPLE, b)
+    low, high = _bracket(sample, n, lo_rank)
     below = 0
     m = 0
     nan = 0
