@@ -24,6 +24,8 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations, product
+from math import comb
 from typing import Any
 
 import numpy as np
@@ -261,8 +263,6 @@ def permutation_map_pvalues(
         Columns ``group``, ``mean_average_precision``, ``p_value``, ``n_null`` (number of
         pseudo-groups), one row per group with at least two wells, sorted by group.
     """
-    from math import comb
-
     _check_distance(distance)
     is_negcon = np.asarray(is_negcon, dtype=bool)
     groups = np.asarray(groups)
@@ -285,8 +285,6 @@ def permutation_map_pvalues(
         for positions, k in blocks:
             total *= comb(len(positions), k)
         if total <= null_size:
-            from itertools import combinations, product
-
             draws = np.array(
                 [
                     np.concatenate(choice)
@@ -341,16 +339,17 @@ def adjacent_wells(wells: Sequence[str], plates: Sequence[str] | None = None) ->
         rc = [split_well(str(w)) for w in wells]
     except ValueError:
         return False
-    rows = [(len(r), r) for r, _ in rc]
+    rows = [_row_index(r) for r, _ in rc]
     cols = [c for _, c in rc]
     if len(set(rows)) == 1:
-        c = sorted(cols)
-        return c == list(range(c[0], c[0] + len(c)))
-    if len(set(cols)) == 1:
-        r = sorted(rows)
-        letters = [_row_index(name) for _, name in r]
-        return letters == list(range(letters[0], letters[0] + len(letters)))
-    return False
+        return _consecutive(cols)
+    return len(set(cols)) == 1 and _consecutive(rows)
+
+
+def _consecutive(values: list[int]) -> bool:
+    """Whether the integers are distinct and fill a range without a gap."""
+    v = sorted(values)
+    return v == list(range(v[0], v[0] + len(v)))
 
 
 def _row_index(row: str) -> int:
@@ -496,25 +495,13 @@ def phenotypic_activity(
     if negcon_same_plate:
         meta["plate"] = df[plate_column].astype("string").fillna("<NA>").to_numpy()
         neg_sameby = ["plate"]
-    _, maps = _map_with_pvalues(
-        meta,
-        x,
-        pos_sameby=["group", "ref"],
-        pos_diffby=[],
-        neg_sameby=neg_sameby,
-        neg_diffby=["negcon"],
-        group="group",
-        distance=distance,
-        null_size=null_size,
-        seed=seed,
-    )
     if pvalue == "permutation":
         strata = (
             df[plate_column].astype("string").fillna("<NA>").to_numpy()
             if plate_column in df.columns
             else None
         )
-        perm = permutation_map_pvalues(
+        maps = permutation_map_pvalues(
             x,
             meta["group"].to_numpy(),
             is_neg,
@@ -522,9 +509,19 @@ def phenotypic_activity(
             distance=distance,
             null_size=null_size,
             seed=seed,
-        )
-        maps = maps[["group", "mean_average_precision"]].merge(
-            perm[["group", "p_value"]], on="group", how="left"
+        )[["group", "mean_average_precision", "p_value"]]
+    else:
+        _, maps = _map_with_pvalues(
+            meta,
+            x,
+            pos_sameby=["group", "ref"],
+            pos_diffby=[],
+            neg_sameby=neg_sameby,
+            neg_diffby=["negcon"],
+            group="group",
+            distance=distance,
+            null_size=null_size,
+            seed=seed,
         )
 
     keep = [c for c in (MOA, role_column) if c in df.columns and c not in group_by]
@@ -557,7 +554,7 @@ def phenotypic_activity(
     if WELL in df.columns:
         plates = df[plate_column].astype("string") if plate_column in df.columns else None
         adjacent = {}
-        for code, rows in trt.groupby("_group", sort=True).groups.items():
+        for code, rows in grouped.groups.items():
             wl = df.loc[rows, WELL].astype(str).tolist()
             adjacent[code] = adjacent_wells(
                 wl, None if plates is None else plates.loc[rows].tolist()
