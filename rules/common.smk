@@ -93,13 +93,6 @@ def shard_wells(plate, shard):
 # --- illumination ---------------------------------------------------------------------
 
 
-def illumination_group(plate):
-    """Plates whose fields enter the estimate of ``plate`` (itself, or its whole batch)."""
-    if config["illumination"]["group_by"] == "batch":
-        return batch_plates(PLATES.loc[plate, "batch"])
-    return [plate]
-
-
 def batch_plates(batch):
     """Plates of a batch (plate sheet column ``batch``), sorted."""
     return sorted(PLATES.index[PLATES["batch"] == batch])

@@ -47,7 +47,7 @@ rule illumination:
         mem_mb=4000,
         runtime=30,
     params:
-        plates=lambda wc: illumination_group(wc.plate),
+        plates=lambda wc: [wc.plate],
         illumination=config["illumination"],
         label=lambda wc: wc.plate,
     script:
