@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
-# Demo campaign: two replicate 96-well plates simulated with different seeds.
+# Demo campaign: four replicate 96-well plates (plate N simulated with seed N).
 DEMO_SITES ?= 2
 DEMO_SIZE ?= 540
 CORES ?= all
@@ -19,13 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-$(DEMO)/DEMO-P1/platemap.csv: | venv
-	$(BIN)/hcsflow simulate $(DEMO)/DEMO-P1 --plate DEMO-P1 --wells 96 --sites $(DEMO_SITES) --size $(DEMO_SIZE) --seed 1
+DEMO_PLATES := 1 2 3 4
 
-$(DEMO)/DEMO-P2/platemap.csv: | venv
-	$(BIN)/hcsflow simulate $(DEMO)/DEMO-P2 --plate DEMO-P2 --wells 96 --sites $(DEMO_SITES) --size $(DEMO_SIZE) --seed 2
+$(DEMO)/DEMO-P%/platemap.csv: | venv
+	$(BIN)/hcsflow simulate $(DEMO)/DEMO-P$* --plate DEMO-P$* --wells 96 --sites $(DEMO_SITES) --size $(DEMO_SIZE) --seed $*
 
-demo-data: $(DEMO)/DEMO-P1/platemap.csv $(DEMO)/DEMO-P2/platemap.csv
+demo-data: $(foreach n,$(DEMO_PLATES),$(DEMO)/DEMO-P$(n)/platemap.csv)
 
 # Real well-level profiles (one LINCS Cell Painting plate) for the profile-level stages, when the
 # shared data folder sits beside the repository.

@@ -14,7 +14,7 @@ Printed per screen and feature set:
 - ``sub-threshold called``: fraction of doses of active compounds below the threshold that
   are called active (these have a real, small effect);
 - ``negcon called``: fraction of pseudo-treatments made of DMSO wells (one well per plate,
-  held out of the negative controls; 6 per plate, 5 random hold-outs) called active;
+  held out of the negative controls; 6 per plate, `--negcon-repeats` random hold-outs) called active;
 - ``MoA mAP``: mean over MoAs of the consistency mAP (active treatments), and the fraction of
   MoAs with q < 0.05;
 - ``NSC``: not-same-compound 1-NN MoA accuracy over active treatments;
@@ -26,8 +26,8 @@ Then the activity and consistency of the real LINCS plate (``../shared/data/linc
 
 Run from the repository root (CPU heavy: simulated plates are cached in ``--workdir``)::
 
-    nice -n 10 python benchmarks/analysis.py                      # 2 x 96 wells, 384 px, 1 site
-    nice -n 10 python benchmarks/analysis.py --screens 96x2 384x2 --size 540 --sites 2
+    nice -n 10 python benchmarks/analysis.py       # the default screen: 4 x 96 wells, 540 px, 2 sites
+    nice -n 10 python benchmarks/analysis.py --screens 96x2 384x2 --first-seed 5
 """
 
 from __future__ import annotations
@@ -93,12 +93,24 @@ def campaign_config() -> dict:
     return camp["campaign"]
 
 
-def simulate(workdir: Path, wells: int, n_plates: int, size: int, sites: int, workers: int):
-    """Simulated plate folders (cached) and their per-cell truth tables."""
+def simulate(
+    workdir: Path,
+    wells: int,
+    n_plates: int,
+    size: int,
+    sites: int,
+    workers: int,
+    first_seed: int = 1,
+):
+    """Simulated plate folders (cached) and their per-cell truth tables.
+
+    Plate ``i`` (1-based) is simulated with seed ``first_seed + i - 1``; with the default
+    ``first_seed`` 1 the plates are the demo's (``make demo``: seeds 1-4) at the same size.
+    """
     from hcsflow.simulate import simulate_plate, truth_cell_table
 
     cells, treatments = [], []
-    for i in range(1, n_plates + 1):
+    for i in range(first_seed, first_seed + n_plates):
         plate = f"BENCH{wells}-P{i}"
         out = workdir / f"{wells}w_{size}px_{sites}s" / plate
         if not (out / "truth" / "simulation.json").exists():
@@ -229,7 +241,13 @@ def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFram
 def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     t0 = time.perf_counter()
     cells, truth = simulate(
-        Path(args.workdir), wells, n_plates, args.size, args.sites, args.workers
+        Path(args.workdir),
+        wells,
+        n_plates,
+        args.size,
+        args.sites,
+        args.workers,
+        args.first_seed,
     )
     t_sim = time.perf_counter() - t0
     prof = well_profiles(cells)
@@ -267,7 +285,8 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             m["DMSO pseudo-compounds called"] = f"{c_called / c_total:.2f} ({c_called}/{c_total})"
             rows.append(
                 {
-                    "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s)",
+                    "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), "
+                    f"seeds {args.first_seed}-{args.first_seed + n_plates - 1}",
                     "variant": variant,
                     "features": f"truth masks, simple ({len(A.feature_columns(cprof))} selected)",
                     "cells/well": f"{n_cells / n_wells:.0f}",
@@ -344,14 +363,22 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--screens", nargs="+", default=["96x2"], help="WELLSxPLATES, e.g. 96x2 384x2")
-    ap.add_argument("--size", type=int, default=384, help="field side in pixels")
-    ap.add_argument("--sites", type=int, default=1, help="fields per well")
+    ap.add_argument(
+        "--screens",
+        nargs="+",
+        default=["96x4"],
+        help="WELLSxPLATES, e.g. 96x4 (the demo campaign) 96x2 384x2",
+    )
+    ap.add_argument("--size", type=int, default=540, help="field side in pixels")
+    ap.add_argument("--sites", type=int, default=2, help="fields per well")
+    ap.add_argument(
+        "--first-seed", type=int, default=1, help="seed of the first plate (then +1 per plate)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="simulation worker processes")
     ap.add_argument("--workdir", default="/tmp/hcsflow-bench-analysis", help="plate cache")
     ap.add_argument("--null-size", type=int, default=10000)
     ap.add_argument("--negcon-pseudo", type=int, default=6, help="DMSO wells held out per plate")
-    ap.add_argument("--negcon-repeats", type=int, default=5, help="random hold-outs of DMSO wells")
+    ap.add_argument("--negcon-repeats", type=int, default=20, help="random hold-outs of DMSO wells")
     ap.add_argument("--fdr", nargs="+", default=["bh", "hierarchical"], help="FDR methods")
     ap.add_argument("--no-lincs", action="store_true")
     ap.add_argument(
