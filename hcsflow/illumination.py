@@ -14,8 +14,9 @@ Methods
     a low-rank part (per-field baseline ``b_n`` times the flat-field ``S``, plus the dark-field
     ``D``) and a sparse part ``E`` (the specimen's bright objects), solved by alternating
     robust fits (iteratively reweighted least squares with Tukey biweights) with ``S`` and ``D``
-    smooth (cosine series up to ``max_frequency`` cycles per field), ``mean(S) = 1`` and
-    ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
+    smooth (cosine series up to ``max_frequency`` cycles per field; with the default
+    ``smoothing="adaptive"`` each coefficient is shrunk by how well the fields determine it, so
+    the smoothness follows the data), ``mean(S) = 1`` and ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
     grows with its brightness above it); the dark-field's spatial pattern from the camera's
     noise law (shot noise grows with the light, the offset adds none) or, without noise
     statistics, from the variation of the baselines ``b_n`` (BaSiC's identification). The
@@ -585,6 +586,15 @@ def _rank1_sparse(
         Cosine coefficients kept.
     shape : tuple of int
         ``(h, w)`` with ``h * w == P``.
+    iterations : int
+        Most reweighting iterations.
+    tune : float
+        Cut-off of the biweights in scaled MADs.
+    adaptive : bool
+        Smooth ``S`` by :func:`_shrunk_mean` (coefficients shrunk by their reliability over
+        ``groups`` groups of fields) rather than by keeping every coefficient of ``mask``.
+    groups : int
+        Groups of fields of the reliability estimate.
 
     Returns
     -------
@@ -701,6 +711,15 @@ def _noise_pattern(
         Local noise variance of each field (:class:`FieldStats` ``noise``).
     W : ndarray of shape (N, P)
         Weights of the background (0 on the sparse part).
+    mask : ndarray of shape (h, w), bool
+        Cosine coefficients kept.
+    shape : tuple of int
+        ``(h, w)``.
+    adaptive : bool
+        Smooth by :func:`_shrunk_mean` (coefficients shrunk by their reliability over
+        ``groups`` groups of fields) rather than by keeping every coefficient of ``mask``.
+    groups : int
+        Groups of fields of the reliability estimate.
 
     Returns
     -------
@@ -790,6 +809,10 @@ def _fit_basic(
        dark-field is the constant ``d0``. With a pattern kept, ``d0`` is re-estimated on the
        stack minus the pattern, ``D`` is clipped at 0 and (4) is repeated;
     4. :func:`_rank1_sparse`: reweighted least squares for ``b_n`` and ``S`` with ``D`` fixed.
+
+    With ``adaptive``, the flat-field and the noise-law pattern are smoothed by
+    :func:`_shrunk_mean` (each cosine coefficient kept in proportion to its reliability)
+    instead of keeping every coefficient up to ``max_frequency``.
 
     Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw
     units), and a record of the fit (dark-field model ``"none"``, ``"constant"`` or
