@@ -16,11 +16,11 @@ Methods
     robust fits (iteratively reweighted least squares with Tukey biweights) with ``S`` and ``D``
     smooth (cosine series up to ``max_frequency`` cycles per field; with the default
     ``smoothing="adaptive"`` each coefficient is shrunk by how well the fields determine it, so
-    the smoothness follows the data), ``mean(S) = 1`` and ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
-    grows with its brightness above it); the dark-field's spatial pattern from the camera's
-    noise law (shot noise grows with the light, the offset adds none) or, without noise
-    statistics, from the variation of the baselines ``b_n`` (BaSiC's identification). The
-    pattern is kept in proportion to its split-half reliability; when nothing determines it
+    the smoothness follows the data), ``mean(S) = 1`` and ``D >= 0``. The dark level comes from
+    the fields' own variation (a field's shading contrast grows with its brightness above it);
+    the dark-field's spatial pattern from the camera's noise law (shot noise grows with the
+    light, the offset adds none) or, without noise statistics, from the variation of the
+    baselines ``b_n`` (BaSiC's identification). The pattern is kept in proportion to its split-half reliability; when nothing determines it
     (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
     case is recorded (:attr:`IlluminationResult.details`).
 ``mean_smooth``
@@ -157,8 +157,9 @@ class IlluminationResult:
         Record of the ``basic`` fit: ``darkfield_model`` (``"none"``, ``"constant"``: the
         baselines did not determine a spatial pattern, or ``"surface"``), ``dark_level`` (mean
         of the dark-field), ``baseline_cv`` (coefficient of variation of the fields'
-        baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full) and
-        ``baseline_median``; empty for the other methods.
+        baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full),
+        ``baseline_median`` and ``smoothing`` (``"adaptive"`` or ``"fixed"``); empty for the
+        other methods.
     """
 
     flatfield: np.ndarray
@@ -884,6 +885,7 @@ def _fit_basic(
             baseline_cv=round(cv, 4),
         )
     info["baseline_median"] = round(float(np.median(b)), 4)
+    info["smoothing"] = "adaptive" if adaptive else "fixed"
     sqrt_p = np.sqrt(h * w)
     s_coef = _coeffs(S.reshape(shape), mask)
     s_coef = s_coef / (s_coef[0, 0] / sqrt_p)

@@ -152,6 +152,7 @@ def test_adaptive_smoothing_drops_what_the_fields_do_not_determine(shading):
     fixed = il.fit(stack, "basic", smoothing="fixed", **kw)
     adaptive = il.fit(stack, "basic", **kw)
     e_fixed, e_adaptive = rmse(fixed.flatfield, flat), rmse(adaptive.flatfield, flat)
+    assert (fixed.details["smoothing"], adaptive.details["smoothing"]) == ("fixed", "adaptive")
     assert e_fixed > 0.008
     # pure-noise coefficients are shrunk (the uniform shading has no other), the shading's
     # own are kept
