@@ -24,6 +24,7 @@ Usage::
     nice -n 10 python benchmarks/illumination.py            # full table
     nice -n 10 python benchmarks/illumination.py --quick    # a few cases
     python benchmarks/illumination.py --no-basicpy          # ours only
+    python benchmarks/illumination.py --smoothing           # fixed against adaptive smoothing
 
 Simulated stacks and BaSiCPy's results are cached in ``benchmarks/_work/illumination``
 (git-ignored); delete that folder to start afresh.
@@ -217,6 +218,77 @@ def demo_plate(threads: int) -> None:
             )
 
 
+def smoothing_sweep(cases, size: int) -> None:
+    """Flat-field error of ``basic`` with a fixed cut-off (1-4 cycles) and with adaptive smoothing."""
+    cutoffs = (1.0, 2.0, 3.0, 4.0)
+    print()
+    print(f"## Smoothing: fixed cut-off against adaptive, {size} x {size} fields (flat %)")
+    print()
+    head = " | ".join(f"fixed {c:g}" for c in cutoffs)
+    print(f"| background | vignetting | dark offset | wells | fields | {head} | adaptive (4) |")
+    print("|---|---|---|---|---|" + "---|" * (len(cutoffs) + 1))
+    for case in cases:
+        kind, dark, density, n, seed, varied = case
+        stack, flat, darkf, _ = cached_stack(
+            kind, dark, density, 400 if seed == 4 else n, size, seed, varied
+        )
+        stack = stack[:n]
+        errs = []
+        for c in cutoffs:
+            res = il.fit(stack, "basic", darkfield=dark, max_frequency=c, smoothing="fixed")
+            errs.append(errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0])
+        res = il.fit(stack, "basic", darkfield=dark)
+        errs.append(errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0])
+        print(
+            f"| {'varied' if varied else 'constant'} | {kind} | {'on' if dark else 'off'} "
+            f"| {'sparse' if density < 1 else 'dense'} | {n} | "
+            + " | ".join(f"{e:.2f}" for e in errs)
+            + " |",
+            flush=True,
+        )
+
+
+def seed_table(n_seeds: int, size: int) -> None:
+    """Fixed against adaptive smoothing over independent simulated stacks (new seeds).
+
+    The quality table's stacks share their specimen (seed 3 for most), so their errors are
+    not independent; this draws ``n_seeds`` new stacks per vignetting kind (100 fields,
+    varied background).
+    """
+    kinds = [
+        ("radial", True, 0.2),
+        ("offcenter", True, 1.0),
+        ("tilted", True, 1.0),
+        ("elliptic", False, 1.0),
+        ("none", False, 0.2),
+    ]
+    print()
+    print(
+        f"## Smoothing over {n_seeds} independent stacks per kind (100 fields of {size} x {size}, "
+        "varied background; flat %)"
+    )
+    print()
+    print(
+        "| vignetting | dark offset | wells | fixed mean | fixed max | adaptive mean | adaptive max "
+        "| adaptive better in |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, dark, density in kinds:
+        fixed, adaptive = [], []
+        for seed in range(11, 11 + n_seeds):
+            stack, flat, darkf, _ = cached_stack(kind, dark, density, 100, size, seed, True)
+            for sm, out in (("fixed", fixed), ("adaptive", adaptive)):
+                res = il.fit(stack, "basic", darkfield=dark, smoothing=sm)
+                out.append(errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0])
+        better = sum(a < f for a, f in zip(adaptive, fixed, strict=True))
+        print(
+            f"| {kind} | {'on' if dark else 'off'} | {'sparse' if density < 1 else 'dense'} "
+            f"| {np.mean(fixed):.2f} | {np.max(fixed):.2f} | {np.mean(adaptive):.2f} "
+            f"| {np.max(adaptive):.2f} | {better} of {n_seeds} |",
+            flush=True,
+        )
+
+
 def fmt(x, spec=".2f"):
     return "—" if x is None else format(x, spec)
 
@@ -239,12 +311,21 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--demo-plate", action="store_true", help="only the per-channel demo-plate table"
     )
+    ap.add_argument(
+        "--smoothing",
+        action="store_true",
+        help="only the smoothing tables: fixed cut-offs against adaptive on the quality "
+        "table's stacks, and fixed against adaptive over independent stacks",
+    )
+    ap.add_argument(
+        "--seeds", type=int, default=8, help="independent stacks per kind (--smoothing)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.demo_plate:
         demo_plate(args.threads)
         return 0
-    py = None if args.no_basicpy else ensure_basicpy()
+    py = None if args.no_basicpy or args.smoothing else ensure_basicpy()
 
     cases = []  # (kind, dark, density, n, seed, varied background)
     if args.quick:
@@ -274,6 +355,10 @@ def main(argv=None) -> int:
         ]
 
     print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs, {args.threads} threads")
+    if args.smoothing:
+        smoothing_sweep(cases, args.size)
+        seed_table(args.seeds, args.size)
+        return 0
     print(
         f"# python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}"
     )

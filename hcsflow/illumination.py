@@ -14,12 +14,13 @@ Methods
     a low-rank part (per-field baseline ``b_n`` times the flat-field ``S``, plus the dark-field
     ``D``) and a sparse part ``E`` (the specimen's bright objects), solved by alternating
     robust fits (iteratively reweighted least squares with Tukey biweights) with ``S`` and ``D``
-    smooth (cosine series up to ``max_frequency`` cycles per field), ``mean(S) = 1`` and
-    ``D >= 0``. The dark level comes from the fields' own variation (a field's shading contrast
-    grows with its brightness above it); the dark-field's spatial pattern from the camera's
-    noise law (shot noise grows with the light, the offset adds none) or, without noise
-    statistics, from the variation of the baselines ``b_n`` (BaSiC's identification). The
-    pattern is kept in proportion to its split-half reliability; when nothing determines it
+    smooth (cosine series up to ``max_frequency`` cycles per field; with the default
+    ``smoothing="adaptive"`` each coefficient is shrunk by how well the fields determine it, so
+    the smoothness follows the data), ``mean(S) = 1`` and ``D >= 0``. The dark level comes from
+    the fields' own variation (a field's shading contrast grows with its brightness above it);
+    the dark-field's spatial pattern from the camera's noise law (shot noise grows with the
+    light, the offset adds none) or, without noise statistics, from the variation of the
+    baselines ``b_n`` (BaSiC's identification). The pattern is kept in proportion to its split-half reliability; when nothing determines it
     (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
     case is recorded (:attr:`IlluminationResult.details`).
 ``mean_smooth``
@@ -71,6 +72,7 @@ from hcsflow.io import atomic_path
 
 METHODS = ("basic", "mean_smooth", "none")
 FALLBACKS = ("mean_smooth", "none")
+SMOOTHINGS = ("adaptive", "fixed")
 
 
 class IlluminationWarning(UserWarning):
@@ -155,8 +157,9 @@ class IlluminationResult:
         Record of the ``basic`` fit: ``darkfield_model`` (``"none"``, ``"constant"``: the
         baselines did not determine a spatial pattern, or ``"surface"``), ``dark_level`` (mean
         of the dark-field), ``baseline_cv`` (coefficient of variation of the fields'
-        baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full) and
-        ``baseline_median``; empty for the other methods.
+        baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full),
+        ``baseline_median`` and ``smoothing`` (``"adaptive"`` or ``"fixed"``); empty for the
+        other methods.
     """
 
     flatfield: np.ndarray
@@ -411,6 +414,93 @@ def _smooth(img: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> np.nda
     return _surface(_coeffs(img.reshape(shape), mask)).ravel()
 
 
+def _ring_index(shape: tuple[int, int]) -> np.ndarray:
+    """Ring of every DCT-II coefficient: ``floor`` of its radial index (half-cycle wide rings)."""
+    h, w = shape
+    return np.floor(np.hypot(np.arange(h)[:, None], np.arange(w)[None, :])).astype(np.int64)
+
+
+def _biweight(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tukey biweight of scaled residuals ``u``: the weight ``w`` and the slope ``(u w)'``.
+
+    ``w = (1 - u^2)^2`` and ``d(u w)/du = (1 - u^2)(1 - 5 u^2)`` for ``|u| < 1``, both 0 beyond.
+    """
+    inside = np.abs(u) < 1.0
+    u2 = u * u
+    w = np.where(inside, (1.0 - u2) ** 2, 0.0)
+    dw = np.where(inside, (1.0 - u2) * (1.0 - 5.0 * u2), 0.0)
+    return w, dw
+
+
+def _shrunk_mean(
+    values: np.ndarray,
+    weights: np.ndarray,
+    slopes: np.ndarray,
+    fallback: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    groups: int = 10,
+) -> np.ndarray:
+    """A weighted mean over fields, smoothed by shrinking each cosine coefficient to its reliability.
+
+    The raw surface is the weighted mean ``m = sum(w X) / sum(w)`` over fields. Its cosine
+    coefficients ``c_k`` (those kept by ``mask``) have a sampling variance ``v_k`` estimated
+    from ``K`` groups of fields (field ``n`` in group ``n % K``): the influence of group ``g``
+    on the surface is ``sum_g w (X - m) / sum(w')`` with ``w'`` the slope of the robust
+    estimator's influence function (``w`` for a plain weighted mean; smaller for Tukey
+    biweights, whose weights shrink with the residual, which makes the robust mean noisier
+    than its weights alone say: the sandwich variance of an M-estimator), and
+    ``v_k = K / (K - 1)`` times the sum of squares over groups of the influences' coefficients.
+    The variances are pooled over rings of equal spatial frequency (the noise of a mean of
+    fields -- the specimen's background texture, the remains of cells -- depends on the
+    frequency, not on the orientation). Each coefficient is kept with the positive-part
+    James-Stein factor ``max(0, 1 - v_k / c_k^2)``: a coefficient that the fields determine well
+    is kept whole, one that is mostly noise drops out. The mean (``c_0``) is kept as is. The
+    smoothness thus follows the data; ``mask`` is its upper bound.
+
+    Parameters
+    ----------
+    values, weights, slopes : ndarray of shape (N, P)
+        Per-field values ``X``, their weights ``w`` and influence slopes ``w'``.
+    fallback : ndarray of shape (P,)
+        Value at pixels with no weight.
+    mask : ndarray of shape (h, w), bool
+        Coefficients allowed.
+    shape : tuple of int
+        ``(h, w)`` with ``h * w == P``.
+    groups : int
+        Number of groups of fields ``K`` (at most ``N``; below 3 no shrinkage).
+
+    Returns
+    -------
+    ndarray of shape (P,)
+    """
+    n = values.shape[0]
+    wsum = weights.sum(axis=0)
+    raw = np.where(wsum > 0, (weights * values).sum(axis=0) / np.maximum(wsum, 1e-12), fallback)
+    coef = _coeffs(raw.reshape(shape), mask)
+    k = min(groups, n)
+    if k < 3:
+        return _surface(coef).ravel()
+    # the sandwich's denominator, kept from vanishing where most values are outliers
+    den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
+    contrib = weights * (values - raw)
+    infl = np.stack([contrib[j::k].sum(axis=0) for j in range(k)])
+    infl = np.where(den > 0, infl / np.maximum(den, 1e-12), 0.0)
+    ic = sfft.dctn(infl.reshape(k, *shape), axes=(1, 2), norm="ortho") * mask
+    var = k / (k - 1) * ((ic - ic.mean(axis=0)) ** 2).sum(axis=0)
+    ring = _ring_index(shape)
+    sel = mask.copy()
+    sel[0, 0] = False
+    pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
+    count = np.bincount(ring[sel], minlength=ring.max() + 1)
+    vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
+    c2 = coef * coef
+    factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
+    factor[0, 0] = 1.0
+    return _surface(coef * factor).ravel()
+
+
 def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     """Constant dark level from the fields' own variation (BaSiC's contrast regression).
 
@@ -471,6 +561,8 @@ def _rank1_sparse(
     shape: tuple[int, int],
     iterations: int = 12,
     tune: float = 4.685,
+    adaptive: bool = True,
+    groups: int = 10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
@@ -495,6 +587,15 @@ def _rank1_sparse(
         Cosine coefficients kept.
     shape : tuple of int
         ``(h, w)`` with ``h * w == P``.
+    iterations : int
+        Most reweighting iterations.
+    tune : float
+        Cut-off of the biweights in scaled MADs.
+    adaptive : bool
+        Smooth ``S`` by :func:`_shrunk_mean` (coefficients shrunk by their reliability over
+        ``groups`` groups of fields) rather than by keeping every coefficient of ``mask``.
+    groups : int
+        Groups of fields of the reliability estimate.
 
     Returns
     -------
@@ -515,13 +616,17 @@ def _rank1_sparse(
         scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
         if not scale > 0:
             W = ok[:, None] * np.ones_like(Y)
+            dW = W
         else:
-            u = R / (tune * scale)
-            W = np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0) * ok[:, None]
+            W, dW = _biweight(R / (tune * scale))
+            W, dW = W * ok[:, None], dW * ok[:, None]
         wsum = W.sum(axis=0)
-        Sr = (W * Z / bb[:, None]).sum(axis=0) / np.maximum(wsum, 1e-12)
-        Sr = np.where(wsum > 0, Sr, S)
-        new = _smooth(Sr, mask, shape)
+        if adaptive:
+            new = _shrunk_mean(Z / bb[:, None], W, dW, S, mask, shape, groups)
+        else:
+            Sr = (W * Z / bb[:, None]).sum(axis=0) / np.maximum(wsum, 1e-12)
+            Sr = np.where(wsum > 0, Sr, S)
+            new = _smooth(Sr, mask, shape)
         m = new.mean()
         if not m > 0:
             raise ValueError("the fields have no signal above the dark level")
@@ -585,6 +690,8 @@ def _noise_pattern(
     W: np.ndarray,
     mask: np.ndarray,
     shape: tuple[int, int],
+    adaptive: bool = True,
+    groups: int = 10,
 ) -> np.ndarray | None:
     """Spatial pattern of the dark-field from the noise law of the camera.
 
@@ -605,6 +712,15 @@ def _noise_pattern(
         Local noise variance of each field (:class:`FieldStats` ``noise``).
     W : ndarray of shape (N, P)
         Weights of the background (0 on the sparse part).
+    mask : ndarray of shape (h, w), bool
+        Cosine coefficients kept.
+    shape : tuple of int
+        ``(h, w)``.
+    adaptive : bool
+        Smooth by :func:`_shrunk_mean` (coefficients shrunk by their reliability over
+        ``groups`` groups of fields) rather than by keeping every coefficient of ``mask``.
+    groups : int
+        Groups of fields of the reliability estimate.
 
     Returns
     -------
@@ -638,12 +754,15 @@ def _noise_pattern(
         scale = 1.4826 * float(np.median(np.abs(R[Wv > 0])))
         if not scale > 0:
             return None
-        u = R / (4.685 * scale)
-        Wq = Wv * np.where(np.abs(u) < 1.0, (1.0 - u * u) ** 2, 0.0)
+        bw, dbw = _biweight(R / (4.685 * scale))
+        Wq = Wv * bw
         wsum = Wq.sum(axis=0)
         if not (wsum > 0).all():
             return None
-    P = _smooth((Wq * Q).sum(axis=0) / wsum, mask, shape)
+    if adaptive:
+        P = _shrunk_mean(Q, Wq, Wv * dbw, np.zeros(Y.shape[1]), mask, shape, groups)
+    else:
+        P = _smooth((Wq * Q).sum(axis=0) / wsum, mask, shape)
     return P - P.mean()
 
 
@@ -672,6 +791,7 @@ def _fit_basic(
     noise: np.ndarray | None = None,
     dark_pattern: bool = True,
     min_baseline_cv: float = 0.02,
+    adaptive: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
 
@@ -691,6 +811,10 @@ def _fit_basic(
        stack minus the pattern, ``D`` is clipped at 0 and (4) is repeated;
     4. :func:`_rank1_sparse`: reweighted least squares for ``b_n`` and ``S`` with ``D`` fixed.
 
+    With ``adaptive``, the flat-field and the noise-law pattern are smoothed by
+    :func:`_shrunk_mean` (each cosine coefficient kept in proportion to its reliability)
+    instead of keeping every coefficient up to ``max_frequency``.
+
     Returns the DCT coefficients (on the working grid) of ``S`` (mean 1) and ``D`` (raw
     units), and a record of the fit (dark-field model ``"none"``, ``"constant"`` or
     ``"surface"``, the baselines' coefficient of variation, the pattern's shrinkage).
@@ -705,7 +829,7 @@ def _fit_basic(
     if not darkfield:
         if not M.mean() > 0:
             raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
-        S, b, _ = _rank1_sparse(Y, np.zeros(h * w), M / M.mean(), mask, shape)
+        S, b, _ = _rank1_sparse(Y, np.zeros(h * w), M / M.mean(), mask, shape, adaptive=adaptive)
         D = np.zeros(h * w)
         info["darkfield_model"] = "none"
     else:
@@ -714,7 +838,7 @@ def _fit_basic(
         if not start.mean() > 0:
             raise ValueError("the fields have no signal above the dark level")
         D = np.full(h * w, d0)
-        S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape)
+        S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape, adaptive=adaptive)
         cv = float(np.std(b) / np.mean(b)) if np.mean(b) > 0 else 0.0
         shrink = 0.0
         source = "none"
@@ -727,7 +851,12 @@ def _fit_basic(
             for _ in range(4):
                 est = None
                 if V is not None and source != "baseline":
-                    est = _reliable(lambda i, W=W: _noise_pattern(Y[i], V[i], W[i], mask, shape), n)
+                    est = _reliable(
+                        lambda i, W=W: _noise_pattern(
+                            Y[i], V[i], W[i], mask, shape, adaptive=adaptive
+                        ),
+                        n,
+                    )
                     source = "noise" if est is not None else "none"
                 if est is None and cv >= min_baseline_cv:
                     est = _reliable(
@@ -745,7 +874,7 @@ def _fit_basic(
                 P = shrink * P
                 d0 = _dark_level(Y - P, _smooth(M - P, mask, shape))
                 D = np.maximum(d0 + P, 0.0)
-                S, b, W = _rank1_sparse(Y, D, S, mask, shape)
+                S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive)
                 if source == "noise":
                     break
         info.update(
@@ -756,6 +885,7 @@ def _fit_basic(
             baseline_cv=round(cv, 4),
         )
     info["baseline_median"] = round(float(np.median(b)), 4)
+    info["smoothing"] = "adaptive" if adaptive else "fixed"
     sqrt_p = np.sqrt(h * w)
     s_coef = _coeffs(S.reshape(shape), mask)
     s_coef = s_coef / (s_coef[0, 0] / sqrt_p)
@@ -799,6 +929,7 @@ def fit(
     screening: ScreeningParams = ScreeningParams(),
     names: Sequence[str] | None = None,
     dark_pattern: bool = True,
+    smoothing: str = "adaptive",
 ) -> IlluminationResult:
     """Estimate flat-field and dark-field from many fields, with screening and fallback.
 
@@ -830,6 +961,11 @@ def fit(
         With ``method="basic"`` and ``darkfield``: estimate the dark-field's spatial pattern
         (from the variation of the fields' baselines and from the noise law); otherwise the
         dark-field is a constant offset.
+    smoothing : {"adaptive", "fixed"}
+        ``basic``: ``"adaptive"`` keeps each cosine coefficient of the flat-field and of the
+        dark-field's pattern in proportion to how well the fields determine it (delete-a-group
+        jackknife over the fields, James-Stein shrinkage), so the smoothness follows the data
+        up to ``max_frequency``; ``"fixed"`` keeps every coefficient up to ``max_frequency``.
 
     Returns
     -------
@@ -846,6 +982,8 @@ def fit(
         raise ValueError(f"illumination method {method!r} is not one of {METHODS}")
     if fallback not in FALLBACKS:
         raise ValueError(f"illumination fallback {fallback!r} is not one of {FALLBACKS}")
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"illumination smoothing {smoothing!r} is not one of {SMOOTHINGS}")
     if isinstance(stack, np.ndarray) and stack.ndim != 3:
         raise ValueError(f"stack has shape {stack.shape}; expected (N, H, W)")
     small, stats, shape = downsample(
@@ -881,6 +1019,7 @@ def fit(
             max_frequency=max_frequency,
             noise=None if stats.noise is None else stats.noise[used],
             dark_pattern=dark_pattern,
+            adaptive=smoothing == "adaptive",
         )
     else:
         s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)

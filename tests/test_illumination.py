@@ -78,9 +78,15 @@ def test_recovers_flat_and_dark_pattern_from_noise_law(stack_varied):
     assert _pattern_rmse(res.darkfield, dark) < 0.7 * dark.std()
     assert np.corrcoef(res.darkfield.ravel(), dark.ravel())[0, 1] > 0.7
     assert abs(float(res.darkfield.mean()) - float(dark.mean())) < 6
-    # and the flat-field is closer to the truth than with a constant dark-field
-    assert rmse(res.flatfield, flat) < 0.042
-    assert rmse(res.flatfield, flat) < 0.85 * rmse(const.flatfield, flat)
+    assert rmse(res.flatfield, flat) < 0.046
+    # and the flat-field is closer to the truth than with a constant dark-field. On this stack
+    # the fields' own low-frequency background happens to cancel most of the shading's
+    # gradient, and shrinking that gradient towards zero costs more than the dark-field
+    # pattern gains: the comparison keeps every coefficient, to isolate the pattern's effect
+    surface = il.fit(stack, "basic", smoothing="fixed")
+    constant = il.fit(stack, "basic", smoothing="fixed", dark_pattern=False)
+    assert rmse(surface.flatfield, flat) < 0.042
+    assert rmse(surface.flatfield, flat) < 0.85 * rmse(constant.flatfield, flat)
     assert 0.25 < res.details["baseline_cv"] < 0.4
 
 
@@ -124,6 +130,52 @@ def test_constant_baseline_falls_back_to_constant_dark():
     assert res.details["dark_pattern_shrinkage"] == 0.0
     assert np.ptp(res.darkfield) < 1e-3
     assert res.meta()["fit"]["darkfield_model"] == "constant"
+
+
+def _noisy_stack(n: int, flat: np.ndarray, noise: float, seed: int = 0) -> np.ndarray:
+    """Fields ``b_n S`` + white Gaussian noise (``noise`` relative to the baseline), 64 x 64."""
+    rng = np.random.default_rng(seed)
+    b = 100 * np.exp(rng.normal(0, 0.1, n))
+    stack = b[:, None, None] * (flat + rng.normal(0, noise, (n, *flat.shape)))
+    return stack.astype(np.float32)
+
+
+@pytest.mark.parametrize("shading", ["uniform", "radial"])
+def test_adaptive_smoothing_drops_what_the_fields_do_not_determine(shading):
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    flat = np.ones((64, 64)) if shading == "uniform" else (1 + 0.12 * (x**2 + y**2)) ** -2.0
+    flat /= flat.mean()
+    # noise of 40 % per pixel and field: every coefficient of a fixed cosine series up to 4
+    # cycles carries about 1 / sqrt(P N) of it; the true shading needs only a few of them
+    stack = _noisy_stack(40, flat, 0.4)
+    kw = dict(darkfield=False, screen=False)
+    fixed = il.fit(stack, "basic", smoothing="fixed", **kw)
+    adaptive = il.fit(stack, "basic", **kw)
+    e_fixed, e_adaptive = rmse(fixed.flatfield, flat), rmse(adaptive.flatfield, flat)
+    assert (fixed.details["smoothing"], adaptive.details["smoothing"]) == ("fixed", "adaptive")
+    assert e_fixed > 0.008
+    # pure-noise coefficients are shrunk (the uniform shading has no other), the shading's
+    # own are kept
+    assert e_adaptive < (0.65 if shading == "uniform" else 0.8) * e_fixed
+    assert e_adaptive < 0.008
+
+
+def test_adaptive_smoothing_keeps_a_well_determined_surface():
+    # little noise: the shading's coefficients, and its fine detail up to max_frequency, stay
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    flat = (1 + 0.12 * (x**2 + y**2)) ** -2.0 * (1 + 0.05 * np.cos(3 * np.pi * x))
+    flat /= flat.mean()
+    stack = _noisy_stack(40, flat, 0.02)
+    kw = dict(darkfield=False, screen=False)
+    fixed = il.fit(stack, "basic", smoothing="fixed", **kw)
+    adaptive = il.fit(stack, "basic", **kw)
+    assert rmse(adaptive.flatfield, flat) < 0.004
+    assert rmse(adaptive.flatfield, fixed.flatfield) < 0.002
+
+
+def test_smoothing_option_is_checked():
+    with pytest.raises(ValueError, match="smoothing 'wiggly'"):
+        il.fit(np.ones((3, 8, 8)), "basic", smoothing="wiggly")
 
 
 def test_mean_smooth_recovers_flatfield(stack_nodark):

@@ -42,6 +42,7 @@ with log_to(sm.log[0]) as log:
             dark_pattern=opts["dark_pattern"],
             working_size=opts["working_size"],
             max_frequency=opts["max_frequency"],
+            smoothing=opts["smoothing"],
             min_fields=opts["min_fields"],
             fallback=opts["fallback"],
             screen=opts["screen"],
