@@ -783,6 +783,80 @@ def _reliable(
     return full, float(np.mean((halves[0] - halves[1]) ** 2)) / 4.0
 
 
+def _centred_contrast(
+    Y: np.ndarray,
+    S: np.ndarray,
+    b: np.ndarray,
+    W: np.ndarray,
+    groups: int = 10,
+) -> tuple[float, float] | None:
+    """The flat-field's shading contrast from the fields' variation about their mean.
+
+    With ``Y_n(x) = b_n S(x) + D(x) + E_n(x)``, the fields centred on their (weighted)
+    per-pixel mean are ``Y_n - Ybar = (b_n - bbar) S(x) + (E_n - Ebar)``: the dark-field, its
+    level and its pattern, cancels. A flat-field fitted with a wrong dark level ``D - delta``
+    keeps the true shape with a scaled contrast, ``S_fit - 1 = (S - 1) / (1 + delta h)``
+    (``h`` the mean inverse baseline), so the model ``Y_n - Ybar = (b_n - bbar)(alpha + beta
+    u(x))`` with ``u = S_fit - 1`` is fitted by weighted least squares over fields and pixels;
+    ``k = beta / alpha`` is the factor by which the contrast of ``S_fit`` is to be scaled, and
+    does not depend on the dark-field. Its sampling variance is the delete-a-group jackknife
+    over ``groups`` groups of fields (field ``n`` in group ``n % groups``), so the specimen's
+    own smooth background, which is shared by the pixels of a field, is accounted for.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+        Downsampled fields.
+    S : ndarray of shape (P,)
+        Fitted flat-field, mean 1.
+    b : ndarray of shape (N,)
+        Baselines of the fields.
+    W : ndarray of shape (N, P)
+        Weights of the background (0 on the sparse part).
+    groups : int
+        Groups of fields of the jackknife (at least 3).
+
+    Returns
+    -------
+    (k, var) or None
+        The contrast factor and its jackknife variance; ``None`` when the baselines do not
+        vary or there are fewer than 3 groups.
+    """
+    n = Y.shape[0]
+    k_groups = min(groups, n)
+    ok = b > 0
+    Wk = W * ok[:, None]
+    sw = Wk.sum(axis=0)
+    if k_groups < 3 or not (sw > 0).any():
+        return None
+    swc = np.maximum(sw, 1e-12)
+    Ybar = (Wk * Y).sum(axis=0) / swc
+    bbar = (Wk * b[:, None]).sum(axis=0) / swc
+    bc = b[:, None] - bbar
+    Yc = Y - Ybar
+    u = S - 1.0
+    wb = Wk * bc
+    # per-group sums of the normal equations of (alpha, beta): a00, a01, a11, r0, r1
+    terms = (wb * bc, wb * bc * u, wb * bc * u * u, wb * Yc, wb * Yc * u)
+    sums = np.array([[t[g::k_groups].sum() for t in terms] for g in range(k_groups)])
+
+    def solve(a00: float, a01: float, a11: float, r0: float, r1: float) -> float:
+        det = a00 * a11 - a01 * a01
+        if not det > 0:
+            return np.nan
+        alpha = (a11 * r0 - a01 * r1) / det
+        beta = (a00 * r1 - a01 * r0) / det
+        return beta / alpha if alpha > 0 else np.nan
+
+    total = sums.sum(axis=0)
+    k = solve(*total)
+    jack = np.array([solve(*(total - sums[g])) for g in range(k_groups)])
+    if not (np.isfinite(k) and np.isfinite(jack).all()):
+        return None
+    var = (k_groups - 1) / k_groups * float(((jack - jack.mean()) ** 2).sum())
+    return float(k), var
+
+
 def _fit_basic(
     small: np.ndarray,
     *,
@@ -792,6 +866,7 @@ def _fit_basic(
     dark_pattern: bool = True,
     min_baseline_cv: float = 0.02,
     adaptive: bool = True,
+    centred: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
 
@@ -877,6 +952,41 @@ def _fit_basic(
                 S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive)
                 if source == "noise":
                     break
+        # the dark level from the contrast regression is noisy, and its error scales the
+        # flat-field's contrast; the fields centred on their mean carry the contrast free of
+        # the dark-field: the two estimates of the contrast are combined by their variances
+        # (delete-a-group jackknife of each), the dark level moved to match and (4) repeated
+        contrast, weight = 1.0, 0.0
+        if centred and n >= 8:
+            est_c = _centred_contrast(Y, S, b, W)
+            ok = b > 0
+            Wk = W * ok[:, None]
+            inv_b = np.where(ok, 1.0 / np.where(ok, b, 1.0), 0.0)
+            h_mean = float(
+                ((Wk * inv_b[:, None]).sum(axis=0) / np.maximum(Wk.sum(axis=0), 1e-12)).mean()
+            )
+            if est_c is not None and h_mean > 0:
+                k_hat, k_var = est_c
+                pattern = D - float(D.mean())
+                m_pattern = _smooth(M - pattern, mask, shape)
+                kg = min(10, n)
+                groups = np.arange(n) % kg
+                levels = np.array(
+                    [_dark_level((Y - pattern)[groups != g], m_pattern) for g in range(kg)]
+                )
+                # a level error delta scales the contrast by 1 + delta * h_mean
+                var0 = (kg - 1) / kg * float(((levels - levels.mean()) ** 2).sum()) * h_mean**2
+                weight = var0 / (var0 + k_var) if var0 + k_var > 0 else 0.0
+                contrast = 1.0 + weight * (k_hat - 1.0)
+                level = float(D.mean())
+                delta = (contrast - 1.0) / h_mean
+                delta = float(np.clip(delta, -level, float(Y.min()) - level))
+                if delta != 0.0:
+                    D = np.maximum(D + delta, 0.0)
+                    S, b, W = _rank1_sparse(
+                        Y, D, 1.0 + contrast * (S - 1.0), mask, shape, adaptive=adaptive
+                    )
+        info.update(contrast_factor=round(contrast, 4), contrast_weight=round(weight, 4))
         info.update(
             darkfield_model="surface" if shrink > 0 else "constant",
             dark_level=round(float(D.mean()), 4),
