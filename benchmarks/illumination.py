@@ -25,6 +25,7 @@ Usage::
     nice -n 10 python benchmarks/illumination.py --quick    # a few cases
     python benchmarks/illumination.py --no-basicpy          # ours only
     python benchmarks/illumination.py --smoothing           # fixed against adaptive smoothing
+    python benchmarks/illumination.py --centred             # the centred fields' contrast on/off
 
 Simulated stacks and BaSiCPy's results are cached in ``benchmarks/_work/illumination``
 (git-ignored); delete that folder to start afresh.
@@ -255,13 +256,7 @@ def seed_table(n_seeds: int, size: int) -> None:
     not independent; this draws ``n_seeds`` new stacks per vignetting kind (100 fields,
     varied background).
     """
-    kinds = [
-        ("radial", True, 0.2),
-        ("offcenter", True, 1.0),
-        ("tilted", True, 1.0),
-        ("elliptic", False, 1.0),
-        ("none", False, 0.2),
-    ]
+    kinds = SEED_KINDS
     print()
     print(
         f"## Smoothing over {n_seeds} independent stacks per kind (100 fields of {size} x {size}, "
@@ -286,6 +281,76 @@ def seed_table(n_seeds: int, size: int) -> None:
             f"| {np.mean(fixed):.2f} | {np.max(fixed):.2f} | {np.mean(adaptive):.2f} "
             f"| {np.max(adaptive):.2f} | {better} of {n_seeds} |",
             flush=True,
+        )
+
+
+SEED_KINDS = [
+    ("radial", True, 0.2),
+    ("offcenter", True, 1.0),
+    ("tilted", True, 1.0),
+    ("elliptic", False, 1.0),
+    ("none", False, 0.2),
+]
+
+
+def centred_table(cases, n_seeds: int, size: int, big: bool) -> None:
+    """``basic`` without and with the centred fields' contrast (``centred``), flat % and level.
+
+    On the quality table's stacks, on ``n_seeds`` independent stacks per kind (as in
+    :func:`seed_table`) and, with ``big``, on the 200 x 1080^2 stack. ``level`` is the mean of
+    the estimated dark-field (raw units), ``true`` that of the true one, ``weight`` the weight
+    the combination gave the centred fields' contrast.
+    """
+    print()
+    print(f"## Centred fields' contrast off / on ({size} x {size} fields unless stated)")
+    print()
+    print(
+        "| stack | fields | flat % off | flat % on | level off | level on | true level "
+        "| weight | s off | s on |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    seeds = [(k, d, rho, 100, s, True) for k, d, rho in SEED_KINDS for s in range(11, 11 + n_seeds)]
+    groups: dict[str, list[tuple[float, float]]] = {"quality": [], "seeds": []}
+    runs = [("quality", c) for c in cases] + [("seeds", c) for c in seeds]
+    if big:
+        runs.append(("big", None))
+    for group, case in runs:
+        if case is None:
+            stack, flat, darkf, _ = big_stack(200, 1080, 7)
+            stack, dark, label, n = np.asarray(stack), True, "offcenter, on, dense, 1080^2", 200
+        else:
+            kind, dark, density, n, seed, varied = case
+            stack, flat, darkf, _ = cached_stack(
+                kind, dark, density, 400 if seed == 4 else n, size, seed, varied
+            )
+            stack = stack[:n]
+            label = (
+                f"{'varied' if varied else 'constant'}, {kind}, {'on' if dark else 'off'}, "
+                f"{'sparse' if density < 1 else 'dense'}, seed {seed}"
+            )
+        out = []
+        for centred in (False, True):
+            t0 = time.perf_counter()
+            res = il.fit(stack, "basic", darkfield=dark, centred=centred)
+            dt = time.perf_counter() - t0
+            fe = errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0]
+            out.append((fe, float(res.darkfield.mean()), dt, res.details))
+        groups.setdefault(group, []).append((out[0][0], out[1][0]))
+        weight = out[1][3].get("contrast_weight")
+        print(
+            f"| {label} | {n} | {out[0][0]:.2f} | {out[1][0]:.2f} | {out[0][1]:.1f} "
+            f"| {out[1][1]:.1f} | {float(np.mean(darkf)):.1f} | {fmt(weight)} "
+            f"| {out[0][2]:.2f} | {out[1][2]:.2f} |",
+            flush=True,
+        )
+    for group, rows in groups.items():
+        if not rows:
+            continue
+        off, on = np.array(rows).T
+        print(
+            f"{group}: flat % mean {off.mean():.2f} -> {on.mean():.2f}, max {off.max():.2f} -> "
+            f"{on.max():.2f}, <= 2 % in {(off <= 2).sum()} -> {(on <= 2).sum()} of {len(off)}; "
+            f"better in {(on < off).sum()}, worse in {(on > off).sum()}"
         )
 
 
@@ -320,12 +385,18 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--seeds", type=int, default=8, help="independent stacks per kind (--smoothing)"
     )
+    ap.add_argument(
+        "--centred",
+        action="store_true",
+        help="only the table of basic without and with the centred fields' contrast (quality "
+        "stacks, independent stacks and, unless --no-big, the 1080 x 1080 stack)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.demo_plate:
         demo_plate(args.threads)
         return 0
-    py = None if args.no_basicpy or args.smoothing else ensure_basicpy()
+    py = None if args.no_basicpy or args.smoothing or args.centred else ensure_basicpy()
 
     cases = []  # (kind, dark, density, n, seed, varied background)
     if args.quick:
@@ -355,6 +426,9 @@ def main(argv=None) -> int:
         ]
 
     print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs, {args.threads} threads")
+    if args.centred:
+        centred_table(cases, args.seeds, args.size, not args.no_big)
+        return 0
     if args.smoothing:
         smoothing_sweep(cases, args.size)
         seed_table(args.seeds, args.size)

@@ -22,7 +22,10 @@ Methods
     light, the offset adds none) or, without noise statistics, from the variation of the
     baselines ``b_n`` (BaSiC's identification). The pattern is kept in proportion to its split-half reliability; when nothing determines it
     (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
-    case is recorded (:attr:`IlluminationResult.details`).
+    case is recorded (:attr:`IlluminationResult.details`). The fields centred on their mean,
+    ``(b_n - mean b) S(x)``, carry the shading free of the dark-field: the contrast they give
+    and the contrast implied by the dark level are combined by their variances, and the dark
+    level is moved to match.
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
     (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
@@ -158,7 +161,9 @@ class IlluminationResult:
         baselines did not determine a spatial pattern, or ``"surface"``), ``dark_level`` (mean
         of the dark-field), ``baseline_cv`` (coefficient of variation of the fields'
         baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full),
-        ``baseline_median`` and ``smoothing`` (``"adaptive"`` or ``"fixed"``); empty for the
+        ``baseline_median``, ``smoothing`` (``"adaptive"`` or ``"fixed"``), ``contrast_factor``
+        (the factor by which the centred fields scaled the flat-field's contrast, 1: none) and
+        ``contrast_weight`` (the weight of the centred fields' contrast); empty for the
         other methods.
     """
 
@@ -827,8 +832,10 @@ def _centred_contrast(
     ok = b > 0
     Wk = W * ok[:, None]
     sw = Wk.sum(axis=0)
-    if k_groups < 3 or not (sw > 0).any():
+    if k_groups < 3 or not (sw > 0).any() or not ok.any():
         return None
+    if not np.std(b[ok]) > 1e-6 * abs(float(np.mean(b[ok]))):
+        return None  # baselines that do not vary carry no contrast
     swc = np.maximum(sw, 1e-12)
     Ybar = (Wk * Y).sum(axis=0) / swc
     bbar = (Wk * b[:, None]).sum(axis=0) / swc
@@ -884,7 +891,15 @@ def _fit_basic(
        pattern that the data do not determine (baselines that barely vary) drops out and the
        dark-field is the constant ``d0``. With a pattern kept, ``d0`` is re-estimated on the
        stack minus the pattern, ``D`` is clipped at 0 and (4) is repeated;
-    4. :func:`_rank1_sparse`: reweighted least squares for ``b_n`` and ``S`` with ``D`` fixed.
+    4. :func:`_rank1_sparse`: reweighted least squares for ``b_n`` and ``S`` with ``D`` fixed;
+    5. with a dark-field and ``centred``: the shading contrast of the fields centred on their
+       mean (:func:`_centred_contrast`, free of the dark-field) is combined with the one
+       implied by the dark level (contrast factor 1) by inverse-variance weighting, each
+       variance from a delete-a-group jackknife over the same 10 groups of fields (the level's
+       variance, ``var(d0) h^2`` with ``h`` the mean inverse baseline, from refitting
+       :func:`_dark_level` without each group); the level is moved by
+       ``(k - 1) / h`` for the combined factor ``k`` and (4) is repeated. Baselines that do
+       not vary give the centred contrast no weight (today's estimate is kept).
 
     With ``adaptive``, the flat-field and the noise-law pattern are smoothed by
     :func:`_shrunk_mean` (each cosine coefficient kept in proportion to its reliability)
@@ -1040,6 +1055,7 @@ def fit(
     names: Sequence[str] | None = None,
     dark_pattern: bool = True,
     smoothing: str = "adaptive",
+    centred: bool = True,
 ) -> IlluminationResult:
     """Estimate flat-field and dark-field from many fields, with screening and fallback.
 
@@ -1076,6 +1092,11 @@ def fit(
         dark-field's pattern in proportion to how well the fields determine it (delete-a-group
         jackknife over the fields, James-Stein shrinkage), so the smoothness follows the data
         up to ``max_frequency``; ``"fixed"`` keeps every coefficient up to ``max_frequency``.
+    centred : bool
+        ``basic`` with ``darkfield``: combine the flat-field's contrast given by the fields
+        centred on their mean (free of the dark-field) with the one implied by the dark level,
+        by their variances, and move the dark level to match; ``False`` keeps the dark level of
+        the contrast regression alone.
 
     Returns
     -------
@@ -1130,6 +1151,7 @@ def fit(
             noise=None if stats.noise is None else stats.noise[used],
             dark_pattern=dark_pattern,
             adaptive=smoothing == "adaptive",
+            centred=centred,
         )
     else:
         s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)

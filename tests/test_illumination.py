@@ -132,6 +132,64 @@ def test_constant_baseline_falls_back_to_constant_dark():
     assert res.meta()["fit"]["darkfield_model"] == "constant"
 
 
+def _centred_inputs(baseline_cv: float, dark: np.ndarray | float, n: int = 60, seed: int = 0):
+    """Fields ``b_n S + D`` with smooth per-field background texture and noise, 32 x 32."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1:1:32j, -1:1:32j]
+    flat = (1 + 0.15 * ((x - 0.2) ** 2 + y**2)) ** -2.0
+    flat /= flat.mean()
+    b = 50 * np.exp(rng.normal(0, np.sqrt(np.log1p(baseline_cv**2)), n))
+    texture = 0.03 * np.sin(
+        3 * x[None] * rng.uniform(1, 2, (n, 1, 1)) + rng.uniform(0, 6, (n, 1, 1))
+    )
+    noise = rng.normal(0, 0.3, (n, 32, 32))
+    stack = b[:, None, None] * flat * (1 + texture) + dark + noise
+    return stack.reshape(n, -1), flat.ravel(), b
+
+
+def test_centred_contrast_does_not_depend_on_the_dark_field():
+    # a flat-field fitted with a wrong dark level keeps the shape with a scaled contrast; the
+    # fields' variation about their mean gives the scale back whatever the dark-field
+    y, x = np.mgrid[-1:1:32j, -1:1:32j]
+    dark_a = np.zeros((32, 32))
+    dark_b = 140 + 6 * x - 3 * y
+    Ya, flat, b = _centred_inputs(0.3, dark_a)
+    Yb, _, _ = _centred_inputs(0.3, dark_b)
+    s_fit = 1 + (flat - 1) / 1.25  # contrast 1.25 times too low
+    W = np.ones_like(Ya)
+    ka, va = il._centred_contrast(Ya, s_fit, b + 7.0, W)  # baselines up to a shift
+    kb, vb = il._centred_contrast(Yb, s_fit, b + 7.0, W)
+    assert ka == pytest.approx(kb, rel=1e-9) and va == pytest.approx(vb, rel=1e-6)
+    assert abs(ka - 1.25) < 0.05 and abs(ka - 1.25) < 4 * np.sqrt(va)
+    # baselines that do not vary carry no contrast
+    Yc, _, bc = _centred_inputs(0.0, dark_b)
+    assert il._centred_contrast(Yc, s_fit, bc, W) is None
+
+
+def test_centred_contrast_corrects_the_dark_level():
+    # a stack on which the contrast regression puts the dark level 27 units below the truth
+    # (flat-field error 3.0 %); the centred fields' contrast moves it most of the way back
+    stack, flat, dark = simulate_illumination_stack(
+        100,
+        (256, 256),
+        vignetting="offcenter",
+        dark_offset=True,
+        density=1.0,
+        seed=12,
+        background_cv=0.25,
+        background_jitter=0.05,
+    )
+    regression = il.fit(stack, "basic", centred=False)
+    res = il.fit(stack, "basic")
+    assert regression.details["contrast_factor"] == 1.0
+    assert res.details["contrast_factor"] > 1.1 and 0.3 < res.details["contrast_weight"] <= 1
+    true_level = float(dark.mean())
+    assert true_level - regression.details["dark_level"] > 20
+    assert abs(res.details["dark_level"] - true_level) < 15
+    assert rmse(regression.flatfield, flat) > 0.028
+    assert rmse(res.flatfield, flat) < 0.6 * rmse(regression.flatfield, flat)
+
+
 def _noisy_stack(n: int, flat: np.ndarray, noise: float, seed: int = 0) -> np.ndarray:
     """Fields ``b_n S`` + white Gaussian noise (``noise`` relative to the baseline), 64 x 64."""
     rng = np.random.default_rng(seed)
