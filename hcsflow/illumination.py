@@ -161,10 +161,10 @@ class IlluminationResult:
         baselines did not determine a spatial pattern, or ``"surface"``), ``dark_level`` (mean
         of the dark-field), ``baseline_cv`` (coefficient of variation of the fields'
         baselines), ``dark_pattern_shrinkage`` (0: pattern dropped, 1: kept in full),
-        ``baseline_median``, ``smoothing`` (``"adaptive"`` or ``"fixed"``), ``contrast_factor``
-        (the factor by which the centred fields scaled the flat-field's contrast, 1: none) and
-        ``contrast_weight`` (the weight of the centred fields' contrast); empty for the
-        other methods.
+        ``baseline_median``, ``smoothing`` (``"adaptive"`` or ``"fixed"``) and, with
+        dark-field, ``contrast_factor`` (the factor by which the centred fields scaled the
+        flat-field's contrast, 1: none) and ``contrast_weight`` (the weight of the centred
+        fields' contrast); empty for the other methods.
     """
 
     flatfield: np.ndarray
