@@ -102,6 +102,29 @@ def cached_stack(
     return stack, flat, darkf, path.with_suffix(".npy")
 
 
+def case_stack(case, size: int):
+    """The first ``n`` fields of a case's cached stack: ``(stack, flat, dark, npy)``.
+
+    Cases with seed 4 are the field-count series: all are cut from one 400-field stack.
+    """
+    kind, dark, density, n, seed, varied = case
+    stack, flat, darkf, npy = cached_stack(
+        kind, dark, density, 400 if seed == 4 else n, size, seed, varied
+    )
+    return stack[:n], flat, darkf, npy
+
+
+def case_cells(case) -> list[str]:
+    """A case's background, vignetting, dark offset and wells, as the tables print them."""
+    kind, dark, density, _, _, varied = case
+    return [
+        "varied" if varied else "constant",
+        kind,
+        "on" if dark else "off",
+        "sparse" if density < 1 else "dense",
+    ]
+
+
 def big_stack(n: int, size: int, seed: int):
     """``n`` simulated fields of ``size``^2 (offcenter vignetting, dark offset), cached."""
     WORK.mkdir(parents=True, exist_ok=True)
@@ -234,11 +257,8 @@ def smoothing_sweep(cases, size: int) -> None:
     print(f"| background | vignetting | dark offset | wells | fields | {head} | adaptive (4) |")
     print("|---|---|---|---|---|" + "---|" * (len(cutoffs) + 1))
     for case in cases:
-        kind, dark, density, n, seed, varied = case
-        stack, flat, darkf, _ = cached_stack(
-            kind, dark, density, 400 if seed == 4 else n, size, seed, varied
-        )
-        stack = stack[:n]
+        dark, n = case[1], case[3]
+        stack, flat, darkf, _ = case_stack(case, size)
         errs = []
         for c in cutoffs:
             res = il.fit(stack, "basic", darkfield=dark, max_frequency=c, smoothing="fixed")
@@ -246,8 +266,9 @@ def smoothing_sweep(cases, size: int) -> None:
         res = il.fit(stack, "basic", darkfield=dark)
         errs.append(errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0])
         print(
-            f"| {'varied' if varied else 'constant'} | {kind} | {'on' if dark else 'off'} "
-            f"| {'sparse' if density < 1 else 'dense'} | {n} | "
+            "| "
+            + " | ".join(case_cells(case))
+            + f" | {n} | "
             + " | ".join(f"{e:.2f}" for e in errs)
             + " |",
             flush=True,
@@ -324,15 +345,9 @@ def centred_table(cases, n_seeds: int, size: int, big: bool) -> None:
             stack, flat, darkf, _ = big_stack(200, 1080, 7)
             stack, dark, label, n = np.asarray(stack), True, "offcenter, on, dense, 1080^2", 200
         else:
-            kind, dark, density, n, seed, varied = case
-            stack, flat, darkf, _ = cached_stack(
-                kind, dark, density, 400 if seed == 4 else n, size, seed, varied
-            )
-            stack = stack[:n]
-            label = (
-                f"{'varied' if varied else 'constant'}, {kind}, {'on' if dark else 'off'}, "
-                f"{'sparse' if density < 1 else 'dense'}, seed {seed}"
-            )
+            dark, n, seed = case[1], case[3], case[4]
+            stack, flat, darkf, _ = case_stack(case, size)
+            label = ", ".join(case_cells(case)) + f", seed {seed}"
         out = []
         for centred in (False, True):
             t0 = time.perf_counter()
@@ -444,10 +459,8 @@ def main(argv=None) -> int:
     data = {}
     jobs = []
     for case in cases:
-        kind, dark, density, n, seed, varied = case
-        big_n = 400 if seed == 4 else n
-        stack, flat, darkf, npy = cached_stack(kind, dark, density, big_n, args.size, seed, varied)
-        stack = stack[:n]
+        dark, n = case[1], case[3]
+        stack, flat, darkf, npy = case_stack(case, args.size)
         sub = WORK / f"{npy.stem}_first{n}.npy"
         if not sub.exists():
             np.save(sub, stack)
@@ -468,7 +481,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     worst = []
     for case, job in zip(cases, jobs, strict=True):
-        kind, dark, density, n, _, varied = case
+        dark, n, varied = case[1], case[3], case[5]
         stack, flat, darkf = data[case]
         m = float(stack.mean())
         f1, d1, t1, model = run_ours(stack, "basic", dark)
@@ -483,8 +496,7 @@ def main(argv=None) -> int:
         worst.append((e1[0], e3[0], varied))
         fl_true, fl_const = dark_floor(stack, flat, darkf) if dark else (None, None)
         print(
-            f"| {'varied' if varied else 'constant'} "
-            f"| {kind} | {'on' if dark else 'off'} | {'sparse' if density < 1 else 'dense'} "
+            "| " + " | ".join(case_cells(case)) + " "
             f"| {n} | {e1[0]:.2f} | {e1[1]:.2f} | {t1:.2f} | {model} | {e2[0]:.2f} | {t2:.2f} "
             f"| {fmt(e3[0])} | {fmt(e3[1])} | {fmt(bt)} | {fmt(fl_true)} | {fmt(fl_const)} |",
             flush=True,
