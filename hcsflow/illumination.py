@@ -76,6 +76,9 @@ from hcsflow.io import atomic_path
 METHODS = ("basic", "mean_smooth", "none")
 FALLBACKS = ("mean_smooth", "none")
 SMOOTHINGS = ("adaptive", "fixed")
+#: Groups of fields (field ``n`` in group ``n % GROUPS``) of the reliability and jackknife
+#: estimates of the ``basic`` fit.
+GROUPS = 10
 
 
 class IlluminationWarning(UserWarning):
@@ -444,7 +447,7 @@ def _shrunk_mean(
     fallback: np.ndarray,
     mask: np.ndarray,
     shape: tuple[int, int],
-    groups: int = 10,
+    groups: int = GROUPS,
 ) -> np.ndarray:
     """A weighted mean over fields, smoothed by shrinking each cosine coefficient to its reliability.
 
@@ -504,6 +507,23 @@ def _shrunk_mean(
     factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
     factor[0, 0] = 1.0
     return _surface(coef * factor).ravel()
+
+
+def _jackknife_variance(estimates: np.ndarray) -> float:
+    """Delete-a-group jackknife variance from the ``K`` leave-one-group-out estimates.
+
+    Parameters
+    ----------
+    estimates : ndarray of shape (K,)
+        The estimate recomputed with each group of fields left out.
+
+    Returns
+    -------
+    float
+        ``(K - 1) / K * sum((estimates - mean) ** 2)``.
+    """
+    k = estimates.shape[0]
+    return (k - 1) / k * float(((estimates - estimates.mean()) ** 2).sum())
 
 
 def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
@@ -567,7 +587,7 @@ def _rank1_sparse(
     iterations: int = 12,
     tune: float = 4.685,
     adaptive: bool = True,
-    groups: int = 10,
+    groups: int = GROUPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
@@ -696,7 +716,7 @@ def _noise_pattern(
     mask: np.ndarray,
     shape: tuple[int, int],
     adaptive: bool = True,
-    groups: int = 10,
+    groups: int = GROUPS,
 ) -> np.ndarray | None:
     """Spatial pattern of the dark-field from the noise law of the camera.
 
@@ -793,7 +813,7 @@ def _centred_contrast(
     S: np.ndarray,
     b: np.ndarray,
     W: np.ndarray,
-    groups: int = 10,
+    groups: int = GROUPS,
 ) -> tuple[float, float] | None:
     """The flat-field's shading contrast from the fields' variation about their mean.
 
@@ -860,8 +880,7 @@ def _centred_contrast(
     jack = np.array([solve(*(total - sums[g])) for g in range(k_groups)])
     if not (np.isfinite(k) and np.isfinite(jack).all()):
         return None
-    var = (k_groups - 1) / k_groups * float(((jack - jack.mean()) ** 2).sum())
-    return float(k), var
+    return float(k), _jackknife_variance(jack)
 
 
 def _fit_basic(
@@ -984,13 +1003,12 @@ def _fit_basic(
                 k_hat, k_var = est_c
                 pattern = D - float(D.mean())
                 m_pattern = _smooth(M - pattern, mask, shape)
-                kg = min(10, n)
+                kg = min(GROUPS, n)
                 groups = np.arange(n) % kg
-                levels = np.array(
-                    [_dark_level((Y - pattern)[groups != g], m_pattern) for g in range(kg)]
-                )
+                y_flat = Y - pattern
+                levels = np.array([_dark_level(y_flat[groups != g], m_pattern) for g in range(kg)])
                 # a level error delta scales the contrast by 1 + delta * h_mean
-                var0 = (kg - 1) / kg * float(((levels - levels.mean()) ** 2).sum()) * h_mean**2
+                var0 = _jackknife_variance(levels) * h_mean**2
                 weight = var0 / (var0 + k_var) if var0 + k_var > 0 else 0.0
                 contrast = 1.0 + weight * (k_hat - 1.0)
                 level = float(D.mean())
