@@ -26,6 +26,30 @@ _MARGIN = 10
 
 
 @numba.njit(cache=True, nogil=True)
+def _median_of_three(a, b, c):  # pragma: no cover - compiled
+    """The middle value of a, b and c (the pivot of the selections below)."""
+    if a > b:
+        a, b = b, a
+    if b > c:
+        b, c = c, b
+    if a > b:
+        a, b = b, a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _insertion_sort(buf, lo, hi):  # pragma: no cover - compiled
+    """Sort buf[lo:hi] in place (the last step of a selection, on at most _SMALL values)."""
+    for i in range(lo + 1, hi):
+        v = buf[i]
+        j = i - 1
+        while j >= lo and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+
+
+@numba.njit(cache=True, nogil=True)
 def _select(buf, lo, hi, k):  # pragma: no cover - compiled
     """k-th smallest of buf[lo:hi] (k absolute), rearranging buf[lo:hi] in place.
 
@@ -33,16 +57,7 @@ def _select(buf, lo, hi, k):  # pragma: no cover - compiled
     the pivot, then values equal to it, so that runs of equal values end the search at once.
     """
     while hi - lo > _SMALL:
-        a = buf[lo]
-        b = buf[(lo + hi) >> 1]
-        c = buf[hi - 1]
-        if a > b:
-            a, b = b, a
-        if b > c:
-            b, c = c, b
-        if a > b:
-            a, b = b, a
-        pivot = b
+        pivot = _median_of_three(buf[lo], buf[(lo + hi) >> 1], buf[hi - 1])
         store = lo
         for i in range(lo, hi):
             v = buf[i]
@@ -65,13 +80,7 @@ def _select(buf, lo, hi, k):  # pragma: no cover - compiled
         if k < eq:
             return pivot
         lo = eq
-    for i in range(lo + 1, hi):
-        v = buf[i]
-        j = i - 1
-        while j >= lo and buf[j] > v:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = v
+    _insertion_sort(buf, lo, hi)
     return buf[k]
 
 
@@ -93,16 +102,7 @@ def _select_oop(src0, a, b, n, k):  # pragma: no cover - compiled
             a[i] = src0[i]
         src = a
     while n > _SMALL:
-        x0 = src[lo]
-        x1 = src[lo + (n >> 1)]
-        x2 = src[lo + n - 1]
-        if x0 > x1:
-            x0, x1 = x1, x0
-        if x1 > x2:
-            x1, x2 = x2, x1
-        if x0 > x1:
-            x0, x1 = x1, x0
-        pivot = x1
+        pivot = _median_of_three(src[lo], src[lo + (n >> 1)], src[lo + n - 1])
         nl = 0
         ng = 0
         for i in range(lo, lo + n):
@@ -123,13 +123,7 @@ def _select_oop(src0, a, b, n, k):  # pragma: no cover - compiled
         src, dst, spare = dst, spare, dst
         if n <= _SMALL:
             break
-    for i in range(lo + 1, lo + n):
-        v = src[i]
-        j = i - 1
-        while j >= lo and src[j] > v:
-            src[j + 1] = src[j]
-            j -= 1
-        src[j + 1] = v
+    _insertion_sort(src, lo, lo + n)
     return src[lo + k]
 
 
