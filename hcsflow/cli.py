@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hcsflow.segmentation.train",
         "train the nuclear + whole-cell segmentation network",
     ),
+    "average-segmenters": (
+        "hcsflow.segmentation.average",
+        "average the weights of segmentation checkpoints fine-tuned from one start",
+    ),
 }
 
 

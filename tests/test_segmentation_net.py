@@ -234,6 +234,59 @@ def test_shipped_checkpoint_finds_nuclei():
     assert inner[core].mean() > inner[rim].mean() + 0.3
 
 
+def _tiny_checkpoint(path, seed, **meta_extra):
+    torch.manual_seed(seed)
+    model = SegNet(**TINY)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 2, 32, 32) * (1 + seed))
+    meta = {"model_mpp": 0.65, "nuclear_diameter_px": 18.0, "normalization": {"low": 1.0}}
+    meta["card"] = {"name": f"m{seed}"}
+    meta.update(meta_extra)
+    save_checkpoint(path, model.eval(), meta)
+    return model
+
+
+def test_average_checkpoints(tmp_path):
+    """The soup's every floating tensor is the mean of the ingredients'; mismatches are named."""
+    from hcsflow.cli import main
+    from hcsflow.segmentation.model import average_checkpoints
+
+    a = _tiny_checkpoint(tmp_path / "a.pt", 1, postprocess={"min_distance": 4})
+    b = _tiny_checkpoint(tmp_path / "b.pt", 2, postprocess={"min_distance": 6})
+    soup, metas = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"])
+    sa, sb, ss = a.state_dict(), b.state_dict(), soup.state_dict()
+    assert not torch.equal(sa["stem.0.weight"], sb["stem.0.weight"])
+    for k, v in ss.items():
+        if v.is_floating_point():
+            expected = ((sa[k].double() + sb[k].double()) / 2).to(v.dtype)
+            assert torch.allclose(v, expected, rtol=0, atol=1e-7), k
+        else:
+            assert torch.equal(v, sa[k]), k
+    assert [m["card"]["name"] for m in metas] == ["m1", "m2"]
+    # averaging one network with itself gives it back
+    same, _ = average_checkpoints([tmp_path / "a.pt", tmp_path / "a.pt"])
+    x = torch.rand(1, 2, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(same(x), a.eval()(x), atol=1e-6)
+    # the command writes a checkpoint with the chosen post-processing and a card
+    out = tmp_path / "soup.pt"
+    argv = ["average-segmenters", "--out", str(out), str(tmp_path / "a.pt")]
+    argv += [str(tmp_path / "b.pt"), "--postprocess-from", str(tmp_path / "b.pt")]
+    assert main(argv) == 0
+    loaded, meta = load_checkpoint(out)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), soup(x), atol=1e-6)
+    assert meta["postprocess"] == {"min_distance": 6}
+    assert [i["name"] for i in meta["card"]["training"]["average_of"]] == ["m1", "m2"]
+    assert "average-segmenters" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([tmp_path / "a.pt"])
+    _tiny_checkpoint(tmp_path / "c.pt", 3, model_mpp=0.325)
+    with pytest.raises(ValueError, match=r"c\.pt has model_mpp"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])
+
+
 def test_train_cli_on_user_folder(tmp_path):
     """``hcsflow train-segmenter`` on a folder of npz pairs writes a loadable checkpoint + card."""
     from hcsflow.cli import main

@@ -219,3 +219,62 @@ def load_checkpoint(
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, meta
+
+
+def average_checkpoints(
+    paths: list[str] | list[os.PathLike[str]],
+) -> tuple[SegNet, list[dict[str, Any]]]:
+    """The uniform weight average ("model soup") of checkpoints of one architecture.
+
+    Networks fine-tuned from the same starting weights with different seeds lie in one basin
+    of the loss, so the mean of their weights is itself a good network and usually a better
+    one than each (Wortsman et al. 2022, *Model soups*). Floating-point tensors (weights and
+    the batch-normalization running statistics) are averaged in float64 and cast back;
+    integer tensors (batch counters) are taken from the first checkpoint.
+
+    Parameters
+    ----------
+    paths : list of path-like
+        Two or more checkpoints (:func:`save_checkpoint`).
+
+    Returns
+    -------
+    model : SegNet
+        The averaged network, in eval mode on the CPU.
+    metas : list of dict
+        The ``meta`` of each checkpoint, in order.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two checkpoints, or a checkpoint whose architecture, heads, resolution or
+        normalization differs from the first one (named in the message).
+    """
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    model, first = load_checkpoint(paths[0])
+    metas = [first]
+    acc = {
+        k: v.to(torch.float64).clone()
+        for k, v in model.state_dict().items()
+        if v.is_floating_point()
+    }
+    keys = ("arch", "heads", "model_mpp", "nuclear_diameter_px", "normalization")
+    for path in paths[1:]:
+        other, meta = load_checkpoint(path)
+        for key in keys:
+            if meta.get(key) != first.get(key):
+                raise ValueError(
+                    f"checkpoint {path} has {key} {meta.get(key)!r}, but {paths[0]} has "
+                    f"{first.get(key)!r}: only checkpoints of one architecture and input "
+                    "convention can be averaged"
+                )
+        for k, v in other.state_dict().items():
+            if k in acc:
+                acc[k] += v.to(torch.float64)
+        metas.append(meta)
+    state = model.state_dict()
+    for k, v in acc.items():
+        state[k] = (v / len(paths)).to(state[k].dtype)
+    model.load_state_dict(state)
+    return model.eval(), metas
