@@ -247,7 +247,7 @@ def _tiny_checkpoint(path, seed, **meta_extra):
     return model
 
 
-def test_average_checkpoints(tmp_path):
+def test_average_checkpoints(tmp_path, capsys):
     """The soup's every floating tensor is the mean of the ingredients'; mismatches are named."""
     from hcsflow.cli import main
     from hcsflow.segmentation.model import average_checkpoints
@@ -282,6 +282,12 @@ def test_average_checkpoints(tmp_path):
     assert "average-segmenters" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="at least two"):
         average_checkpoints([tmp_path / "a.pt"])
+    # the command reports a bad checkpoint by name, without a traceback
+    missing = tmp_path / "missing.pt"
+    assert (
+        main(["average-segmenters", "--out", str(out), str(tmp_path / "a.pt"), str(missing)]) == 2
+    )
+    assert "missing.pt" in capsys.readouterr().err
     _tiny_checkpoint(tmp_path / "c.pt", 3, model_mpp=0.325)
     with pytest.raises(ValueError, match=r"c\.pt has model_mpp"):
         average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])

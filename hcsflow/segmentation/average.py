@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 
@@ -32,7 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Average, write the checkpoint and its card."""
+    """Average, write the checkpoint and its card; a bad checkpoint is reported, exit code 2."""
+    try:
+        return _average(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hcsflow average-segmenters: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _average(args: argparse.Namespace) -> int:
     from hcsflow.segmentation.model import (
         average_checkpoints,
         count_parameters,
