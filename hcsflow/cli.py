@@ -2,7 +2,10 @@
 
 Each sub-command lives in the module that implements it; that module provides
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
-command runs, so ``hcsflow --help`` stays fast.
+command runs, so ``hcsflow --help`` stays fast. Bad input (a ``ValueError`` or an
+``OSError`` such as a missing file, raised with a message that names the file or option) is
+reported as ``hcsflow COMMAND: error: ...`` with exit code 2, as argparse reports a bad
+option; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"hcsflow {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"hcsflow {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -1785,34 +1784,30 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """Run ``hcsflow simulate``; returns the exit code (2 on bad arguments or plate map)."""
-    try:
-        pm = None
-        if args.platemap:
-            if not Path(args.platemap).exists():
-                raise ValueError(f"plate map {args.platemap} does not exist")
-            pm = pd.read_csv(args.platemap, dtype={"well": str}, keep_default_na=False)
-        res = simulate_plate(
-            args.out_dir,
-            plate=args.plate,
-            n_wells=args.wells,
-            sites=args.sites,
-            size=args.size,
-            image_mpp=args.mpp,
-            seed=args.seed,
-            platemap=pm,
-            vignetting=args.vignetting,
-            dark_offset=not args.no_dark_offset,
-            density=args.density,
-            out_of_focus_fraction=args.out_of_focus_fraction,
-            plate_effects=not args.no_plate_effects,
-            background_cv=args.background_cv,
-            background_jitter=args.background_jitter,
-            n_workers=args.workers,
-        )
-    except ValueError as exc:
-        print(f"hcsflow simulate: error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``hcsflow simulate``; a bad argument or plate map raises ``ValueError``."""
+    pm = None
+    if args.platemap:
+        if not Path(args.platemap).exists():
+            raise ValueError(f"plate map {args.platemap} does not exist")
+        pm = pd.read_csv(args.platemap, dtype={"well": str}, keep_default_na=False)
+    res = simulate_plate(
+        args.out_dir,
+        plate=args.plate,
+        n_wells=args.wells,
+        sites=args.sites,
+        size=args.size,
+        image_mpp=args.mpp,
+        seed=args.seed,
+        platemap=pm,
+        vignetting=args.vignetting,
+        dark_offset=not args.no_dark_offset,
+        density=args.density,
+        out_of_focus_fraction=args.out_of_focus_fraction,
+        plate_effects=not args.no_plate_effects,
+        background_cv=args.background_cv,
+        background_jitter=args.background_jitter,
+        n_workers=args.workers,
+    )
     if args.cell_table:
         from hcsflow.io import make_provenance, write_table
 

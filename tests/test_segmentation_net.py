@@ -293,7 +293,7 @@ def test_average_checkpoints(tmp_path, capsys):
         average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])
 
 
-def test_train_cli_on_user_folder(tmp_path):
+def test_train_cli_on_user_folder(tmp_path, capsys):
     """``hcsflow train-segmenter`` on a folder of npz pairs writes a loadable checkpoint + card."""
     from hcsflow.cli import main
 
@@ -318,8 +318,12 @@ def test_train_cli_on_user_folder(tmp_path):
     assert (tmp_path / "m.step2.pt").exists()
     bad = tmp_path / "empty"
     bad.mkdir()
-    with pytest.raises(ValueError, match="empty"):
-        main(["train-segmenter", "--out", str(out), "--user", str(bad), "--steps", "1"])
+    before = out.read_bytes()
+    code = main(["train-segmenter", "--out", str(out), "--user", str(bad), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcsflow train-segmenter: error:") and "empty" in err
+    assert str(bad) in err and "Traceback" not in err
+    assert out.read_bytes() == before  # the earlier checkpoint is not touched
 
 
 def test_options_from_config():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -33,15 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Average, write the checkpoint and its card; a bad checkpoint is reported, exit code 2."""
-    try:
-        return _average(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"hcsflow average-segmenters: error: {exc}", file=sys.stderr)
-        return 2
+    """Average, write the checkpoint and its card.
 
-
-def _average(args: argparse.Namespace) -> int:
+    A missing or mismatched checkpoint raises ``ValueError`` / ``FileNotFoundError`` naming
+    the file, before the output is touched (the command line reports it, exit code 2).
+    """
     from hcsflow.segmentation.model import (
         average_checkpoints,
         count_parameters,
