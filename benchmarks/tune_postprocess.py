@@ -7,7 +7,7 @@ the DSB2018 *training* split (never the validation split) and from simulated fie
 seeds disjoint from the benchmark's, so that the validation figures stay unbiased. Prints one
 Markdown row per setting with the mean F1@0.5 and DSB score of each data set.
 
-    PYTHONPATH=$PWD python benchmarks/tune_postprocess.py --model models/segmenter_v3.pt
+    PYTHONPATH=$PWD python benchmarks/tune_postprocess.py --model models/segmenter_v4.pt
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ DSB = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v3.pt"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v4.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--dsb-images", type=int, default=40)
     parser.add_argument("--sim-fields", type=int, default=3)
