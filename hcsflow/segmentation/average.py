@@ -13,7 +13,6 @@ the averaging command.
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 
 
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint,
         save_checkpoint,
     )
-    from hcsflow.segmentation.train import write_card
+    from hcsflow.segmentation.train import command_line, write_card
 
     out = Path(args.out)
     model, metas = average_checkpoints(args.checkpoints)
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         _, source = load_checkpoint(args.postprocess_from)
         meta["postprocess"] = dict(source.get("postprocess", {}))
     first = metas[0]["card"]
-    command = "hcsflow average-segmenters " + " ".join(shlex.quote(a) for a in _argv(args))
+    command = command_line(args, "average-segmenters", positional="checkpoints")
     ingredients = [
         {"checkpoint": str(p), "name": m["card"].get("name"), "command": m["card"].get("command")}
         for p, m in zip(args.checkpoints, metas, strict=True)
@@ -79,13 +78,3 @@ def run(args: argparse.Namespace) -> int:
     write_card(out.with_suffix(".md"), meta)
     print(f"[average-segmenters] wrote {out} and {out.with_suffix('.md')}", flush=True)
     return 0
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    """The explicit options of parsed arguments (for the card)."""
-    parts = ["--out", str(args.out)]
-    if args.name:
-        parts += ["--name", args.name]
-    if args.postprocess_from:
-        parts += ["--postprocess-from", str(args.postprocess_from)]
-    return parts + [str(p) for p in args.checkpoints]

@@ -813,11 +813,17 @@ def options_from_config(train: dict[str, Any] | None, image_mpp: float) -> list[
     return args
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The explicit ``hcsflow train-segmenter`` command (every option) of parsed arguments."""
-    parts = ["hcsflow", "train-segmenter"]
+def command_line(
+    args: argparse.Namespace, command: str = "train-segmenter", positional: str | None = None
+) -> str:
+    """The explicit ``hcsflow <command>`` command line (every option) of parsed arguments.
+
+    ``positional`` names the attribute holding the positional arguments (a list), written
+    after the options.
+    """
+    parts = ["hcsflow", command]
     for key, value in vars(args).items():
-        if value is None or value is False or value == []:
+        if key == positional or value is None or value is False or value == []:
             continue
         flag = "--" + key.replace("_", "-")
         if key == "user":
@@ -829,6 +835,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts.append(flag)
         else:
             parts += [flag, str(value)]
+    if positional is not None:
+        parts += [str(v) for v in getattr(args, positional)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
