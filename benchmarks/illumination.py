@@ -16,6 +16,10 @@ BaSiCPy 2.0 pins scipy<1.13), and prints:
   smoothed per-pixel median minus the true dark-field (noise and smoothing alone), and minus
   the true dark-field's mean as a constant (the least error of any constant-offset model).
 
+The fields are 256 x 256 crops at 0.65 µm/px. ``--camera-px 1080`` simulates instead the whole
+area of a 1080 x 1080 camera field binned to 256 x 256 pixels (2.74 µm/px: undersampled optics,
+as with strong camera binning; see :func:`field_mpp`).
+
 A second table times 200 simulated fields of 1080 x 1080 (simulated once, about 10 minutes on
 2 cores, then cached), and the correction of one 1080 x 1080 image.
 
@@ -55,6 +59,23 @@ RUNNER = HERE / "_basicpy_runner.py"
 #: Well-to-well and field-to-field coefficient of variation of the background level.
 BACKGROUND_CV = 0.25
 BACKGROUND_JITTER = 0.05
+#: Pixel size of the camera the simulated plates stand for, µm/px.
+CROP_MPP = 0.65
+
+
+def field_mpp(size: int, camera_px: int) -> float:
+    """Pixel size (µm/px) at which ``size`` pixels span a camera field of ``camera_px`` pixels.
+
+    The estimators work on a 64 x 64 grid, so a stack of 256 x 256 fields stands for full
+    camera fields binned down only if it covers their area: 1080 camera pixels at 0.65 µm/px
+    binned to 256 give 2.74 µm/px. With ``camera_px == size`` the fields are 256 x 256 crops
+    at 0.65 µm/px: the whole vignetting then spans a sixteenth of a real field's specimen, so
+    the specimen's own background texture (20 µm scale) and its cells are four times coarser
+    relative to the shading than in a real field. Binned fields keep the whole field's
+    specimen but put the optics' blur below a pixel, so the cells add variance at the pixel
+    scale, where the noise law measures the camera's noise.
+    """
+    return CROP_MPP * camera_px / size
 
 
 def ensure_basicpy() -> Path | None:
@@ -78,12 +99,24 @@ def ensure_basicpy() -> Path | None:
 
 
 def cached_stack(
-    kind: str, dark: bool, density: float, n: int, size: int, seed: int, varied: bool = True
+    kind: str,
+    dark: bool,
+    density: float,
+    n: int,
+    size: int,
+    seed: int,
+    varied: bool = True,
+    mpp: float = CROP_MPP,
 ):
-    """A simulated stack; ``varied``: background level varies between wells and fields."""
+    """A simulated stack; ``varied``: background level varies between wells and fields.
+
+    ``mpp`` is the simulated pixel size: :data:`CROP_MPP` for crops of a camera field,
+    larger for the whole field binned to ``size`` pixels (see :func:`field_mpp`).
+    """
     WORK.mkdir(parents=True, exist_ok=True)
     bg = "bgvar" if varied else "bgconst"
-    path = WORK / f"{kind}_d{int(dark)}_rho{density}_n{n}_{size}_s{seed}_{bg}.npz"
+    fov = "" if mpp == CROP_MPP else f"_mpp{mpp:.4f}"
+    path = WORK / f"{kind}_d{int(dark)}_rho{density}_n{n}_{size}{fov}_s{seed}_{bg}.npz"
     if path.exists():
         z = np.load(path)
         return z["stack"], z["flat"], z["dark"], path.with_suffix(".npy")
@@ -96,20 +129,21 @@ def cached_stack(
         seed=seed,
         background_cv=BACKGROUND_CV if varied else 0.0,
         background_jitter=BACKGROUND_JITTER if varied else 0.0,
+        image_mpp=mpp,
     )
     np.savez(path, stack=stack, flat=flat, dark=darkf)
     np.save(path.with_suffix(".npy"), stack)
     return stack, flat, darkf, path.with_suffix(".npy")
 
 
-def case_stack(case, size: int):
+def case_stack(case, size: int, mpp: float = CROP_MPP):
     """The first ``n`` fields of a case's cached stack: ``(stack, flat, dark, npy)``.
 
     Cases with seed 4 are the field-count series: all are cut from one 400-field stack.
     """
     kind, dark, density, n, seed, varied = case
     stack, flat, darkf, npy = cached_stack(
-        kind, dark, density, 400 if seed == 4 else n, size, seed, varied
+        kind, dark, density, 400 if seed == 4 else n, size, seed, varied, mpp
     )
     return stack[:n], flat, darkf, npy
 
@@ -247,7 +281,7 @@ def demo_plate(threads: int) -> None:
             )
 
 
-def smoothing_sweep(cases, size: int) -> None:
+def smoothing_sweep(cases, size: int, mpp: float) -> None:
     """Flat-field error of ``basic`` with a fixed cut-off (1-4 cycles) and with adaptive smoothing."""
     cutoffs = (1.0, 2.0, 3.0, 4.0)
     print()
@@ -258,7 +292,7 @@ def smoothing_sweep(cases, size: int) -> None:
     print("|---|---|---|---|---|" + "---|" * (len(cutoffs) + 1))
     for case in cases:
         dark, n = case[1], case[3]
-        stack, flat, darkf, _ = case_stack(case, size)
+        stack, flat, darkf, _ = case_stack(case, size, mpp)
         errs = []
         for c in cutoffs:
             res = il.fit(stack, "basic", darkfield=dark, max_frequency=c, smoothing="fixed")
@@ -275,7 +309,7 @@ def smoothing_sweep(cases, size: int) -> None:
         )
 
 
-def seed_table(n_seeds: int, size: int) -> None:
+def seed_table(n_seeds: int, size: int, mpp: float) -> None:
     """Fixed against adaptive smoothing over independent simulated stacks (new seeds).
 
     The quality table's stacks share their specimen (seed 3 for most), so their errors are
@@ -297,7 +331,7 @@ def seed_table(n_seeds: int, size: int) -> None:
     for kind, dark, density in kinds:
         fixed, adaptive = [], []
         for seed in range(11, 11 + n_seeds):
-            stack, flat, darkf, _ = cached_stack(kind, dark, density, 100, size, seed, True)
+            stack, flat, darkf, _ = cached_stack(kind, dark, density, 100, size, seed, True, mpp)
             for sm, out in (("fixed", fixed), ("adaptive", adaptive)):
                 res = il.fit(stack, "basic", darkfield=dark, smoothing=sm)
                 out.append(errors(res.flatfield, res.darkfield, flat, darkf, 1.0)[0])
@@ -319,7 +353,7 @@ SEED_KINDS = [
 ]
 
 
-def centred_table(cases, n_seeds: int, size: int, big: bool) -> None:
+def centred_table(cases, n_seeds: int, size: int, mpp: float, big: bool) -> None:
     """``basic`` without and with the centred fields' contrast (``centred``), flat % and level.
 
     On the quality table's stacks, on ``n_seeds`` independent stacks per kind (as in
@@ -346,7 +380,7 @@ def centred_table(cases, n_seeds: int, size: int, big: bool) -> None:
             stack, dark, label, n = np.asarray(stack), True, "offcenter, on, dense, 1080^2", 200
         else:
             dark, n, seed = case[1], case[3], case[4]
-            stack, flat, darkf, _ = case_stack(case, size)
+            stack, flat, darkf, _ = case_stack(case, size, mpp)
             label = ", ".join(case_cells(case)) + f", seed {seed}"
         out = []
         for centred in (False, True):
@@ -394,6 +428,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--size", type=int, default=256, help="field size of the quality table")
     ap.add_argument(
+        "--camera-px",
+        type=int,
+        default=None,
+        help="the simulated fields cover a camera field of this many pixels at 0.65 µm/px, "
+        "binned to --size (1080: 2.74 µm/px at --size 256); default --size: crops of a "
+        "camera field at 0.65 µm/px",
+    )
+    ap.add_argument(
         "--demo-plate", action="store_true", help="only the per-channel demo-plate table"
     )
     ap.add_argument(
@@ -413,6 +455,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.camera_px is None:
+        args.camera_px = args.size
+    mpp = field_mpp(args.size, args.camera_px)
     if args.demo_plate:
         demo_plate(args.threads)
         return 0
@@ -446,12 +491,17 @@ def main(argv=None) -> int:
         ]
 
     print(f"# machine: {platform.node()}, {os.cpu_count()} CPUs, {args.threads} threads")
+    print(
+        f"# simulated fields: {args.size} x {args.size} px at {mpp:.3f} µm/px (a camera field of "
+        f"{args.camera_px} x {args.camera_px} px at {CROP_MPP} µm/px"
+        + (" binned)" if args.camera_px != args.size else ", cropped)")
+    )
     if args.centred:
-        centred_table(cases, args.seeds, args.size, not args.no_big)
+        centred_table(cases, args.seeds, args.size, mpp, not args.no_big)
         return 0
     if args.smoothing:
-        smoothing_sweep(cases, args.size)
-        seed_table(args.seeds, args.size)
+        smoothing_sweep(cases, args.size, mpp)
+        seed_table(args.seeds, args.size, mpp)
         return 0
     print(
         f"# python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}"
@@ -460,7 +510,7 @@ def main(argv=None) -> int:
     jobs = []
     for case in cases:
         dark, n = case[1], case[3]
-        stack, flat, darkf, npy = case_stack(case, args.size)
+        stack, flat, darkf, npy = case_stack(case, args.size, mpp)
         sub = WORK / f"{npy.stem}_first{n}.npy"
         if not sub.exists():
             np.save(sub, stack)
@@ -470,7 +520,10 @@ def main(argv=None) -> int:
     bp = run_basicpy(py, [j for j in jobs if not j.get("skip")], args.threads)
 
     print()
-    print(f"## Quality on {args.size} x {args.size} fields (darkfield estimated when offset is on)")
+    print(
+        f"## Quality on {args.size} x {args.size} fields at {mpp:.2f} µm/px (darkfield estimated "
+        "when offset is on)"
+    )
     print()
     print(
         "| background | vignetting | dark offset | wells | fields | basic flat % | basic dark % "
