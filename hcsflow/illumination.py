@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -466,6 +467,13 @@ def _shrunk_mean(
     is kept whole, one that is mostly noise drops out. The mean (``c_0``) is kept as is. The
     smoothness thus follows the data; ``mask`` is its upper bound.
 
+    Before the shrinkage, the surface as a whole is tested against a constant: under a
+    constant surface ``T = sum_k c_k^2 / v_k`` over the ``m`` coefficients besides the mean is
+    about chi-squared with ``m`` degrees of freedom, so ``T < m + 3 sqrt(2 m)`` means the fields
+    show no surface beyond their noise, and the constant ``c_0`` is returned (a uniform
+    illumination is then left exactly uniform, not shaded by the noise that survives the
+    coefficient-wise shrinkage).
+
     Parameters
     ----------
     values, weights, slopes : ndarray of shape (N, P)
@@ -504,7 +512,12 @@ def _shrunk_mean(
     count = np.bincount(ring[sel], minlength=ring.max() + 1)
     vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
     c2 = coef * coef
-    factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
+    m = int(sel.sum())
+    t = float((c2[sel] / np.maximum(vr[sel], 1e-300)).sum())
+    if t < m + 3.0 * math.sqrt(2.0 * m):
+        factor = np.zeros_like(coef)
+    else:
+        factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
     factor[0, 0] = 1.0
     return _surface(coef * factor).ravel()
 

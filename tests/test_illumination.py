@@ -218,6 +218,26 @@ def test_adaptive_smoothing_drops_what_the_fields_do_not_determine(shading):
     assert e_adaptive < 0.008
 
 
+def test_uniform_illumination_gives_a_constant_flatfield():
+    # no shading at all: the surface is tested against a constant and comes out exactly flat
+    stack = _noisy_stack(40, np.ones((64, 64)), 0.4)
+    res = il.fit(stack, "basic", darkfield=False, screen=False)
+    assert float(np.ptp(res.flatfield)) < 1e-6
+    # with a fixed cut-off the same fields give a shaded surface
+    fixed = il.fit(stack, "basic", darkfield=False, screen=False, smoothing="fixed")
+    assert float(np.ptp(fixed.flatfield)) > 0.01
+
+
+def test_weak_but_determined_shading_is_not_taken_for_uniform():
+    # a 1.5 % tilt, well above the noise of 40 fields, must survive the uniformity test
+    y, x = np.mgrid[-1:1:64j, -1:1:64j]
+    flat = 1 + 0.015 * x
+    stack = _noisy_stack(40, flat, 0.05)
+    res = il.fit(stack, "basic", darkfield=False, screen=False)
+    assert float(np.ptp(res.flatfield)) > 0.02
+    assert rmse(res.flatfield, flat / flat.mean()) < 0.003
+
+
 def test_adaptive_smoothing_keeps_a_well_determined_surface():
     # little noise: the shading's coefficients, and its fine detail up to max_frequency, stay
     y, x = np.mgrid[-1:1:64j, -1:1:64j]
