@@ -28,6 +28,8 @@ Usage::
     nice -n 10 python benchmarks/illumination.py            # full table
     nice -n 10 python benchmarks/illumination.py --quick    # a few cases
     python benchmarks/illumination.py --no-basicpy          # ours only
+    python benchmarks/illumination.py --size 1080 --no-big  # the same cases on 1080 x 1080 fields
+    python benchmarks/illumination.py --camera-px 1080      # whole fields binned to 256 x 256
     python benchmarks/illumination.py --smoothing           # fixed against adaptive smoothing
     python benchmarks/illumination.py --centred             # the centred fields' contrast on/off
 
