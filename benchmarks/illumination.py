@@ -77,7 +77,8 @@ def field_mpp(size: int, camera_px: int) -> float:
     specimen but put the optics' blur below a pixel, so the cells add variance at the pixel
     scale, where the noise law measures the camera's noise.
     """
-    return CROP_MPP * camera_px / size
+    # the ratio first: 1.0 for crops, so their pixel size (and cache name) is exactly CROP_MPP
+    return CROP_MPP * (camera_px / size)
 
 
 def ensure_basicpy() -> Path | None:
