@@ -13,7 +13,7 @@ simulated fields with seeds disjoint from the benchmarks' (800000+), nuclei and 
 with AGP as cytoplasm. Prints one Markdown row per setting with mean F1@0.5 and DSB score
 (mean over IoU 0.5:0.95 of TP / (TP + FP + FN)) per data set.
 
-    PYTHONPATH=$PWD python benchmarks/tune_inference.py --model models/segmenter_v4.pt
+    PYTHONPATH=$PWD python benchmarks/tune_inference.py --model models/segmenter_v5.pt
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ DSB = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v4.pt"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v5.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--dsb-images", type=int, default=60)
     parser.add_argument("--sample-seed", type=int, default=1)
@@ -42,14 +43,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-thresholds", type=float, nargs="+", default=[0.3, 0.5])
     parser.add_argument("--native", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tta", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--grid",
+        nargs="*",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="further post-processing settings to search, e.g. min_distance=4,8 "
+        "merge_dynamic=0,0.2 (PostprocessParams fields, in model pixels)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
     from hcsflow.segmentation import Segmenter
     from hcsflow.segmentation.metrics import dsb_score, f1_at
     from hcsflow.segmentation.model import load_checkpoint
+    from hcsflow.segmentation.postprocess import PostprocessParams
     from hcsflow.segmentation.train import is_dsb_validation, list_dsb, median_diameter, read_dsb
     from hcsflow.simulate import random_appearance, simulate_field
+
+    grid_keys, grid_values = [], []
+    for item in args.grid:
+        key, _, values = item.partition("=")
+        if key not in {f.name for f in fields(PostprocessParams)} or not values:
+            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2 with a PostprocessParams key")
+        grid_keys.append(key)
+        grid_values.append([float(v) if "." in v else int(v) for v in values.split(",")])
 
     model, meta = load_checkpoint(args.model)
     base = Segmenter.load(args.model, device="cpu", threads=args.threads)
@@ -68,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(("sim", f.image[0], f.image[3], 0.65, f.nuclei, f.cells))
 
     header = "| zoom | tta | native | fg_threshold | seed_threshold "
+    header += "".join(f"| {k} " for k in grid_keys)
     header += "| DSB-train F1 | DSB-train score | sim nuclei F1 | sim nuclei score "
     header += "| sim cells F1 | sim cells score |"
     print(header)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * (11 + len(grid_keys)))
     t0 = time.time()
     for zoom, tta in itertools.product(args.zooms, args.tta):
         seg = Segmenter(model, meta, device="cpu", zoom=zoom, tta=bool(tta))
@@ -79,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         for _, nuc, cyto, mpp, _, _ in cases:
             x, xn = seg._model_input(nuc, cyto, mpp, keep_native=True)
             cached.append((x, xn, seg.predict_maps([x])[0]))
-        for native, ft, st in itertools.product(
-            args.native, args.fg_thresholds, args.seed_thresholds
+        for native, ft, st, *extra in itertools.product(
+            args.native, args.fg_thresholds, args.seed_thresholds, *grid_values
         ):
             post = dict(meta.get("postprocess", {}), fg_threshold=ft, seed_threshold=st)
+            post.update(zip(grid_keys, extra, strict=True))
             variant = Segmenter(
                 model,
                 meta,
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     scores["simn"].append((f1_at(pn, tn), dsb_score(pn, tn)))
                     scores["simc"].append((f1_at(pc, tc), dsb_score(pc, tc)))
-            row = [f"{zoom:.3f}", str(tta), str(native), f"{ft}", f"{st}"]
+            row = [f"{zoom:.3f}", str(tta), str(native), f"{ft}", f"{st}", *map(str, extra)]
             for key in ("dsb", "simn", "simc"):
                 v = np.array(scores[key]) if scores[key] else np.full((1, 2), np.nan)
                 row += [f"{v[:, 0].mean():.3f}", f"{v[:, 1].mean():.3f}"]

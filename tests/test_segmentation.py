@@ -26,6 +26,8 @@ from hcsflow.segmentation.postprocess import (
     PostprocessParams,
     deep_watershed,
     grow_labels,
+    merge_shallow_basins,
+    nuclei_from_maps,
     nuclei_only,
 )
 from hcsflow.segmentation.segmenter import (
@@ -200,6 +202,46 @@ def test_deep_watershed_splits_touching_objects():
     maps = maps_from_masks(nuclei, cells)
     pn, pc, _ = deep_watershed(maps)
     assert f1_at(pn, nuclei, 0.8) == 1.0 and f1_at(pc, cells, 0.8) == 1.0
+
+
+def _bumpy_nucleus_and_touching_pair():
+    """Maps of one nucleus whose inner distance has two maxima over a shallow saddle (depth
+    about 0.09), beside two touching discs (saddle near their rims), and the true labels."""
+    yy, xx = np.mgrid[:60, :120]
+    truth = np.zeros((60, 120), np.int32)
+    truth[(yy - 30) ** 2 + (xx - 28) ** 2 <= 18**2] = 1
+    truth[(yy - 30) ** 2 + (xx - 75) ** 2 <= 10**2] = 2
+    truth[((yy - 30) ** 2 + (xx - 95) ** 2 <= 10**2) & (truth == 0)] = 3
+    inner = inner_distance(truth)
+    bumps = np.maximum(
+        np.exp(-((yy - 30) ** 2 + (xx - 22) ** 2) / 18.0),
+        np.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 18.0),
+    )
+    inner[truth == 1] = (0.9 + 0.1 * bumps)[truth == 1]
+    return inner, (truth > 0).astype(np.float32), truth
+
+
+def test_shallow_secondary_maximum_is_merged_but_touching_nuclei_are_not():
+    inner, fg, truth = _bumpy_nucleus_and_touching_pair()
+    kw = dict(min_distance=3, seed_smoothing=0.0, min_nucleus_size=0)
+    split, _ = nuclei_from_maps(inner, fg, PostprocessParams(**kw))
+    assert split.max() == 4  # the two bumps are two seeds
+    merged, _ = nuclei_from_maps(inner, fg, PostprocessParams(merge_dynamic=0.2, **kw))
+    assert merged.max() == 3
+    assert f1_at(merged, truth, 0.9) == 1.0
+    # a threshold above the touching discs' saddle depth merges them as well
+    over, _ = nuclei_from_maps(inner, fg, PostprocessParams(merge_dynamic=0.95, **kw))
+    assert over.max() == 2
+
+
+def test_merge_shallow_basins_joins_chains_and_numbers_in_order():
+    height = np.array([[1.0, 0.95, 0.97, 0.5, 1.0, 0.96, 0.3, 0.0, 1.0]])
+    labels = np.array([[1, 2, 3, 3, 4, 5, 5, 0, 6]])
+    out = merge_shallow_basins(labels, height, 0.1)
+    # 1-2 (saddle 0.95) and 2-3 (0.95) join; 3-4 meet at 0.5 and stay apart; 4-5 join;
+    # 6 touches nothing; groups are numbered in the order of their first basin
+    np.testing.assert_array_equal(out, [[1, 1, 1, 1, 2, 2, 2, 0, 3]])
+    np.testing.assert_array_equal(merge_shallow_basins(labels, height, 0.0), labels)
 
 
 def test_every_cell_carries_its_nucleus():
