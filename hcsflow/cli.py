@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hcsflow.segmentation.average",
         "average the weights of segmentation checkpoints fine-tuned from one start",
     ),
+    "set-postprocess": (
+        "hcsflow.segmentation.setpost",
+        "copy a segmentation checkpoint with new deep-watershed settings",
+    ),
 }
 
 

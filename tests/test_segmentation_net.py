@@ -18,7 +18,7 @@ from hcsflow.segmentation.model import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "segmenter_v4.pt"
+SHIPPED = ROOT / "models" / "segmenter_v5.pt"
 TINY = {"in_channels": 2, "widths": (4, 8, 8), "blocks": (1, 1, 1)}
 
 
@@ -291,6 +291,33 @@ def test_average_checkpoints(tmp_path, capsys):
     _tiny_checkpoint(tmp_path / "c.pt", 3, model_mpp=0.325)
     with pytest.raises(ValueError, match=r"c\.pt has model_mpp"):
         average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])
+
+
+def test_set_postprocess_copies_weights_with_new_settings(tmp_path, capsys):
+    """``hcsflow set-postprocess``: same weights, updated settings, a card that says so; bad
+    settings are named and nothing is written."""
+    from hcsflow.cli import main
+
+    a = _tiny_checkpoint(tmp_path / "a.pt", 1, postprocess={"min_distance": 8})
+    out = tmp_path / "b.pt"
+    argv = ["set-postprocess", str(tmp_path / "a.pt"), "--out", str(out), "--name", "mb"]
+    argv += ["--set", "min_distance=3", "merge_dynamic=0.075", "--note", "why"]
+    assert main(argv) == 0
+    loaded, meta = load_checkpoint(out)
+    x = torch.rand(1, 2, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), a.eval()(x))
+    assert meta["postprocess"] == {"min_distance": 3, "merge_dynamic": 0.075}
+    assert isinstance(meta["postprocess"]["min_distance"], int)
+    assert meta["card"]["name"] == "mb" and "why" in meta["card"]["notes"]
+    card = out.with_suffix(".md").read_text()
+    assert "set-postprocess" in card and "--note why" in card and '"merge_dynamic": 0.075' in card
+    for bad, named in (("min_dist=3", "min_dist"), ("merge_dynamic=2", "merge_dynamic")):
+        target = tmp_path / "bad.pt"
+        argv = ["set-postprocess", str(tmp_path / "a.pt"), "--out", str(target), "--set", bad]
+        assert main(argv) == 2
+        assert named in capsys.readouterr().err
+        assert not target.exists()
 
 
 def test_train_cli_on_user_folder(tmp_path, capsys):

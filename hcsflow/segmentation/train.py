@@ -508,12 +508,19 @@ def predict_maps(model, inp: np.ndarray) -> np.ndarray:
 def postprocess_params(nuclear_diameter: float) -> dict[str, Any]:
     """Deep-watershed settings stored with a checkpoint (``meta["postprocess"]``).
 
-    Seeds must be maxima over a neighbourhood of about 0.45 of the nuclear diameter the network
-    was trained at, with an inner distance above 0.5: smaller neighbourhoods split nuclei at
-    shallow secondary maxima of the inner distance (chosen with
-    ``benchmarks/tune_postprocess.py`` on DSB2018 training images and simulated fields).
+    Seeds are maxima over a neighbourhood of about a sixth of the nuclear diameter the network
+    was trained at, with an inner distance above 0.5; touching basins whose saddle lies less
+    than 0.075 below the lower peak are then merged, so that shallow secondary maxima of the
+    inner distance do not split a nucleus while close nuclei in clumps keep their own seeds
+    (chosen with ``benchmarks/tune_inference.py --grid`` on DSB2018 training images and
+    simulated fields; ``docs/segmentation-model.md``).
     """
-    return {"min_distance": max(3, int(round(0.45 * nuclear_diameter))), "seed_threshold": 0.5}
+    return {
+        "min_distance": max(3, int(round(nuclear_diameter / 6))),
+        "seed_threshold": 0.5,
+        "fg_threshold": 0.5,
+        "merge_dynamic": 0.075,
+    }
 
 
 def _instances(maps: np.ndarray, post: dict[str, Any], cells: bool):
@@ -814,19 +821,23 @@ def options_from_config(train: dict[str, Any] | None, image_mpp: float) -> list[
 
 
 def command_line(
-    args: argparse.Namespace, command: str = "train-segmenter", positional: str | None = None
+    args: argparse.Namespace,
+    command: str = "train-segmenter",
+    positional: str | None = None,
+    repeated: tuple[str, ...] = ("user", "note"),
 ) -> str:
     """The explicit ``hcsflow <command>`` command line (every option) of parsed arguments.
 
-    ``positional`` names the attribute holding the positional arguments (a list), written
-    after the options.
+    ``positional`` names the attribute holding the positional argument(s) (a string or a
+    list), written after the options; options in ``repeated`` (``action="append"``) repeat
+    their flag for each value.
     """
     parts = ["hcsflow", command]
     for key, value in vars(args).items():
         if key == positional or value is None or value is False or value == []:
             continue
         flag = "--" + key.replace("_", "-")
-        if key == "user":
+        if key in repeated:
             for v in value:
                 parts += [flag, str(v)]
         elif isinstance(value, (list, tuple)):
@@ -836,7 +847,8 @@ def command_line(
         else:
             parts += [flag, str(value)]
     if positional is not None:
-        parts += [str(v) for v in getattr(args, positional)]
+        values = getattr(args, positional)
+        parts += [values] if isinstance(values, str) else [str(v) for v in values]
     return " ".join(shlex.quote(p) for p in parts)
 
 
