@@ -70,14 +70,14 @@ from hcsflow.segmentation.postprocess import (
 )
 
 #: Default model, relative to the repository that holds the package.
-DEFAULT_MODEL = "segmenter_v4.pt"
+DEFAULT_MODEL = "segmenter_v5.pt"
 
 #: QC flags a field can carry.
 FLAGS = ("blank", "saturated", "no_objects")
 
 
 def default_model_path() -> Path:
-    """Path of the shipped checkpoint, ``models/segmenter_v4.pt`` next to the package."""
+    """Path of the shipped checkpoint, ``models/segmenter_v5.pt`` next to the package."""
     import hcsflow
 
     return Path(hcsflow.__file__).resolve().parents[1] / "models" / DEFAULT_MODEL
@@ -456,7 +456,7 @@ class Segmenter:
         Parameters
         ----------
         path : path-like, optional
-            Checkpoint; default :func:`default_model_path` (``models/segmenter_v4.pt``).
+            Checkpoint; default :func:`default_model_path` (``models/segmenter_v5.pt``).
             Ignored for ``method="classical"``.
         device : str, optional
             ``"cpu"``, ``"cuda"``, or ``None``/``"auto"``: CUDA when present, else CPU.
