@@ -168,7 +168,8 @@ class IlluminationResult:
         ``baseline_median``, ``smoothing`` (``"adaptive"`` or ``"fixed"``) and, with
         dark-field, ``contrast_factor`` (the factor by which the centred fields scaled the
         flat-field's contrast, 1: none) and ``contrast_weight`` (the weight of the centred
-        fields' contrast); empty for the other methods.
+        fields' contrast) and ``flatfield_uniform`` (True when the fields showed no shading
+        beyond their noise and the flat-field is a constant); empty for the other methods.
     """
 
     flatfield: np.ndarray
@@ -1184,6 +1185,9 @@ def fit(
             adaptive=smoothing == "adaptive",
             centred=centred,
         )
+        # the adaptive smoothing returns a constant when the fields show no shading
+        ac = np.abs(s_coef.ravel()[1:])
+        details["flatfield_uniform"] = bool(ac.max(initial=0.0) <= 1e-9 * abs(s_coef[0, 0]))
     else:
         s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)
     flat = _evaluate(s_coef, small.shape[1:], shape)

@@ -223,6 +223,7 @@ def test_uniform_illumination_gives_a_constant_flatfield():
     stack = _noisy_stack(40, np.ones((64, 64)), 0.4)
     res = il.fit(stack, "basic", darkfield=False, screen=False)
     assert float(np.ptp(res.flatfield)) < 1e-6
+    assert res.details["flatfield_uniform"] is True
     # with a fixed cut-off the same fields give a shaded surface
     fixed = il.fit(stack, "basic", darkfield=False, screen=False, smoothing="fixed")
     assert float(np.ptp(fixed.flatfield)) > 0.01
@@ -235,6 +236,7 @@ def test_weak_but_determined_shading_is_not_taken_for_uniform():
     stack = _noisy_stack(40, flat, 0.05)
     res = il.fit(stack, "basic", darkfield=False, screen=False)
     assert float(np.ptp(res.flatfield)) > 0.02
+    assert res.details["flatfield_uniform"] is False
     assert rmse(res.flatfield, flat / flat.mean()) < 0.003
 
 
