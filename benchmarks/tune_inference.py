@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     from hcsflow.segmentation import Segmenter
     from hcsflow.segmentation.metrics import dsb_score, f1_at
     from hcsflow.segmentation.model import load_checkpoint
-    from hcsflow.segmentation.postprocess import PostprocessParams
+    from hcsflow.segmentation.setpost import parse_settings
     from hcsflow.segmentation.train import is_dsb_validation, list_dsb, median_diameter, read_dsb
     from hcsflow.simulate import random_appearance, simulate_field
 
     grid_keys, grid_values = [], []
     for item in args.grid:
         key, _, values = item.partition("=")
-        if key not in {f.name for f in fields(PostprocessParams)} or not values:
-            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2 with a PostprocessParams key")
         grid_keys.append(key)
-        grid_values.append([float(v) if "." in v else int(v) for v in values.split(",")])
+        grid_values.append(
+            [parse_settings([f"{key}={v}"], "--grid")[key] for v in values.split(",")]
+        )
 
     model, meta = load_checkpoint(args.model)
     base = Segmenter.load(args.model, device="cpu", threads=args.threads)

@@ -39,11 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", action="append", default=[], help="a note for the card")
 
 
-def parse_settings(items: list[str]) -> dict[str, Any]:
+def parse_settings(items: list[str], option: str = "--set") -> dict[str, Any]:
     """``["min_distance=3", "merge_dynamic=0.075"]`` -> typed settings.
 
     Values take the type of the :class:`PostprocessParams` field; an unknown key or a value
-    of the wrong type raises ``ValueError`` naming it.
+    of the wrong type raises ``ValueError`` naming it and the command-line ``option``.
     """
     from hcsflow.segmentation.postprocess import PostprocessParams
 
@@ -52,11 +52,13 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in types:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}")
+            raise ValueError(
+                f"{option} {item!r}: expected KEY=VALUE with KEY one of {sorted(types)}"
+            )
         try:
             out[key] = types[key](value)
         except ValueError:
-            raise ValueError(f"--set {item!r}: {key} takes a {types[key].__name__}") from None
+            raise ValueError(f"{option} {item!r}: {key} takes a {types[key].__name__}") from None
     return out
 
 
@@ -80,12 +82,11 @@ def run(args: argparse.Namespace) -> int:
     meta = {k: v for k, v in source.items() if k != "card"}
     meta["postprocess"] = post
     card = dict(source.get("card", {}))
+    source_name = card.get("name", str(args.checkpoint))
     history = list(card.get("benchmark_history", []))
     if card.get("benchmark"):
         old = dict(card.pop("benchmark"))
-        old["setting"] = (
-            f"{card.get('name', args.checkpoint)}, post-processing {source.get('postprocess', {})}"
-        )
+        old["setting"] = f"{source_name}, post-processing {source.get('postprocess', {})}"
         history.insert(0, old)
     card["benchmark_history"] = history
     card["name"] = args.name or out.stem
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     card["command"] = (
         f"{card.get('command', '')}\n# then the post-processing settings:\n{command}".strip()
     )
-    source_name = source.get("card", {}).get("name", str(args.checkpoint))
     card["notes"] = [
         f"Weights of {source_name}, unchanged; post-processing settings {post}.",
         *args.note,
