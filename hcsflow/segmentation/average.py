@@ -40,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
         average_checkpoints,
         count_parameters,
         load_checkpoint,
-        save_checkpoint,
     )
-    from hcsflow.segmentation.train import command_line, write_card
+    from hcsflow.segmentation.train import command_line, save_with_card
 
     out = Path(args.out)
     model, metas = average_checkpoints(args.checkpoints)
@@ -73,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     meta["card"] = card
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, model, meta)
-    write_card(out.with_suffix(".md"), meta)
-    print(f"[average-segmenters] wrote {out} and {out.with_suffix('.md')}", flush=True)
+    card_path = save_with_card(out, model, meta)
+    print(f"[average-segmenters] wrote {out} and {card_path}", flush=True)
     return 0

@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
     Bad settings (unknown key, wrong type, out of range) and a missing checkpoint raise before
     anything is written.
     """
-    from hcsflow.segmentation.model import count_parameters, load_checkpoint, save_checkpoint
+    from hcsflow.segmentation.model import count_parameters, load_checkpoint
     from hcsflow.segmentation.postprocess import PostprocessParams
-    from hcsflow.segmentation.train import command_line, write_card
+    from hcsflow.segmentation.train import command_line, save_with_card
 
     out = Path(args.out)
     model, source = load_checkpoint(args.checkpoint)
@@ -103,8 +103,6 @@ def run(args: argparse.Namespace) -> int:
         *(f"{source_name}: {n}" for n in card.get("notes", [])),
     ]
     meta["card"] = card
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, model, meta)
-    write_card(out.with_suffix(".md"), meta)
-    print(f"[set-postprocess] wrote {out} and {out.with_suffix('.md')}", flush=True)
+    card_path = save_with_card(out, model, meta)
+    print(f"[set-postprocess] wrote {out} and {card_path}", flush=True)
     return 0

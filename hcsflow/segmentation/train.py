@@ -769,10 +769,8 @@ def run(args: argparse.Namespace) -> int:
         "command": command,
         "parameters": count_parameters(model),
     }
-    meta = {**base_meta, "card": card}
-    save_checkpoint(out, model, meta)
-    write_card(out.with_suffix(".md"), meta)
-    log(f"wrote {out} and {out.with_suffix('.md')} in {time.time() - t_start:.0f} s")
+    card_path = save_with_card(out, model, {**base_meta, "card": card})
+    log(f"wrote {out} and {card_path} in {time.time() - t_start:.0f} s")
     return 0
 
 
@@ -850,6 +848,20 @@ def command_line(
         values = getattr(args, positional)
         parts += [values] if isinstance(values, str) else [str(v) for v in values]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def save_with_card(out: str | Path, model, meta: dict[str, Any]) -> Path:
+    """Write the checkpoint ``out`` (creating its folder) and its Markdown card beside it.
+
+    Returns the card's path (``out`` with the suffix ``.md``).
+    """
+    from hcsflow.segmentation.model import save_checkpoint
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, meta)
+    write_card(out.with_suffix(".md"), meta)
+    return out.with_suffix(".md")
 
 
 def write_card(path: str | Path, meta: dict[str, Any]) -> None:
