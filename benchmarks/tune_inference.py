@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.grid:
         key, _, values = item.partition("=")
         grid_keys.append(key)
-        grid_values.append(
-            [parse_settings([f"{key}={v}"], "--grid")[key] for v in values.split(",")]
-        )
+        try:
+            grid_values.append(
+                [parse_settings([f"{key}={v}"], "--grid")[key] for v in values.split(",")]
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
 
     model, meta = load_checkpoint(args.model)
     base = Segmenter.load(args.model, device="cpu", threads=args.threads)

@@ -58,7 +58,9 @@ def parse_settings(items: list[str], option: str = "--set") -> dict[str, Any]:
         try:
             out[key] = types[key](value)
         except ValueError:
-            raise ValueError(f"{option} {item!r}: {key} takes a {types[key].__name__}") from None
+            raise ValueError(
+                f"{option} {item!r}: {key} takes a value of type {types[key].__name__}"
+            ) from None
     return out
 
 
