@@ -1,0 +1,80 @@
+"""Shared helpers of the per-object measurement families.
+
+Every family module (``shape``, ``intensity``, ``texture``, ...) measures objects given as label
+images in which object ``k`` (1-based) is the ``k``-th row of the output, and returns one
+float array per feature, NaN for an object absent from the label image (a cell without a
+nucleus has no ``Nuclei_*`` or ``Cytoplasm_*`` pixels of its own). The functions here are the
+label-indexed reductions the families share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+#: Type of the per-feature result of a family: full column name -> float64 array of shape (n,).
+Features = dict[str, np.ndarray]
+
+#: The three compartments, in output column order.
+COMPARTMENTS: tuple[str, ...] = ("Cells", "Nuclei", "Cytoplasm")
+
+
+def counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixel count of objects ``1..n``.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        Label image, 0 is background, labels in ``0..n``.
+    n : int
+        Number of objects (rows of the output).
+
+    Returns
+    -------
+    ndarray of int64, shape (n,)
+    """
+    return np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1]
+
+
+def label_sums(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Sum of ``values`` over the pixels of each object ``1..n``.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+    values : ndarray of float, shape (H, W)
+    n : int
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    return np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)[1 : n + 1]
+
+
+def present(labels: np.ndarray, n: int) -> np.ndarray:
+    """Boolean mask, shape (n,): True for objects with at least one pixel."""
+    return counts(labels, n) > 0
+
+
+def nan_absent(features: Features, mask: np.ndarray) -> Features:
+    """Set every feature to NaN where ``mask`` (shape (n,)) is False; returns ``features``."""
+    if not mask.all():
+        for values in features.values():
+            values[~mask] = np.nan
+    return features
+
+
+def check_compartments(compartments: Mapping[str, np.ndarray], n: int) -> None:
+    """Raise ValueError unless every label image is 2-D, integer, equal in shape, labels <= n."""
+    shapes = {name: lab.shape for name, lab in compartments.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"label images differ in shape: {shapes}")
+    for name, lab in compartments.items():
+        if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(
+                f"{name} labels must be a 2-D integer image, got {lab.dtype} {lab.shape}"
+            )
+        if lab.size and int(lab.max()) > n:
+            raise ValueError(f"{name} labels go up to {int(lab.max())}, more than n={n}")
