@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numba
 import numpy as np
 
 #: Type of the per-feature result of a family: full column name -> float64 array of shape (n,).
@@ -78,3 +79,40 @@ def check_compartments(compartments: Mapping[str, np.ndarray], n: int) -> None:
             )
         if lab.size and int(lab.max()) > n:
             raise ValueError(f"{name} labels go up to {int(lab.max())}, more than n={n}")
+
+
+def group_pixels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the pixels of objects ``1..n``, grouped by object (counting sort).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        Label image, 0 is background, labels in ``0..n``.
+    n : int
+        Number of objects.
+
+    Returns
+    -------
+    order : ndarray of int64, shape (P,)
+        Flat (C-order) indices of the P object pixels; those of object ``k`` are
+        ``order[offsets[k - 1]:offsets[k]]``, in increasing (C) order.
+    offsets : ndarray of int64, shape (n + 1,)
+        Start of each object's run in ``order``; ``offsets[0] == 0``, ``offsets[n] == P``.
+    """
+    flat = np.ascontiguousarray(labels).ravel().astype(np.int64, copy=False)
+    counts = np.bincount(flat, minlength=n + 1)[: n + 1]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts[1:], out=offsets[1:])
+    return _scatter(flat, offsets), offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    fill = offsets[:-1].copy()
+    order = np.empty(offsets[-1], dtype=np.int64)
+    for p in range(flat.size):
+        k = flat[p]
+        if k > 0:
+            order[fill[k - 1]] = p
+            fill[k - 1] += 1
+    return order

@@ -54,8 +54,7 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
-from hcsflow.features._objects import Features, check_compartments
-from hcsflow.features.texture import group_pixels
+from hcsflow.features._objects import Features, check_compartments, group_pixels
 
 #: Features per channel pair, in output order; those ending in "2" are written as ``B_A``.
 _FEATURES: tuple[str, ...] = (

@@ -56,7 +56,7 @@ import numba
 import numpy as np
 import skimage.exposure
 
-from hcsflow.features._objects import Features, check_compartments
+from hcsflow.features._objects import Features, check_compartments, group_pixels
 
 #: The thirteen Haralick features, in CellProfiler's (and mahotas') order.
 HARALICK_FEATURES: tuple[str, ...] = (
@@ -77,39 +77,6 @@ HARALICK_FEATURES: tuple[str, ...] = (
 
 #: The four 2-D co-occurrence directions (dy, dx) at unit distance, CellProfiler's _00.._03.
 DIRECTIONS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (1, 0), (1, -1))
-
-
-@numba.njit(cache=True, nogil=True)
-def group_pixels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """Flat indices of the pixels of objects ``1..n``, grouped by object (counting sort).
-
-    Parameters
-    ----------
-    labels : ndarray of int, shape (H * W,)
-        Flattened label image, labels in ``0..n``.
-    n : int
-
-    Returns
-    -------
-    order : ndarray of int64, shape (P,)
-        Flat indices of the P labelled pixels; those of object ``k`` (1-based) are
-        ``order[starts[k - 1]:starts[k]]``, in raster order.
-    starts : ndarray of int64, shape (n + 1,)
-    """
-    starts = np.zeros(n + 2, np.int64)
-    for i in range(labels.size):
-        starts[labels[i] + 1] += 1
-    for k in range(1, n + 2):
-        starts[k] += starts[k - 1]
-    # starts[k] is now the first slot of label k (label 0 included); fill and shift.
-    fill = starts[:-1].copy()
-    order = np.empty(starts[n + 1], np.int64)
-    for i in range(labels.size):
-        lab = labels[i]
-        order[fill[lab]] = i
-        fill[lab] += 1
-    first = starts[1]
-    return order[first:], starts[1:] - first
 
 
 @numba.njit(cache=True, nogil=True)
