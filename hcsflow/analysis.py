@@ -1257,7 +1257,10 @@ def run_analysis(
             moa_set, compound_column=compound, distance=cfg["distance"], features=feats
         )
         per_moa = nsc.predictions.groupby(MOA)["correct"].mean().rename("nsc_accuracy")
-        consistency = consistency.join(per_moa, on=MOA)
+        if len(per_moa):
+            consistency = consistency.join(per_moa, on=MOA)
+        else:  # no treatment to compare (e.g. none called active)
+            consistency = consistency.assign(nsc_accuracy=np.nan)
     else:
         consistency = moa_consistency(
             cons.assign(**{MOA: pd.Series([None] * len(cons), dtype="object")}),
