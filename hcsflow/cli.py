@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hcsflow.segmentation.setpost",
         "copy a segmentation checkpoint with new deep-watershed settings",
     ),
+    "train-embedder": (
+        "hcsflow.features.embed_train",
+        "train a per-cell CNN embedder on sampled crops (weakly or self-supervised)",
+    ),
 }
 
 
