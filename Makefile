@@ -8,7 +8,7 @@ DEMO_SITES ?= 2
 DEMO_SIZE ?= 540
 CORES ?= all
 
-.PHONY: demo test venv lint format demo-data clean-demo
+.PHONY: demo demo-lincs test venv lint format demo-data clean-demo
 
 venv: $(VENV)/.installed
 
@@ -27,21 +27,21 @@ $(DEMO)/DEMO-P%/platemap.csv: | venv
 demo-data: $(foreach n,$(DEMO_PLATES),$(DEMO)/DEMO-P$(n)/platemap.csv)
 
 # Real well-level profiles (one LINCS Cell Painting plate) for the profile-level stages, when the
-# shared data folder sits beside the repository.
+# shared data folder sits beside the repository: `make demo-lincs`.
 LINCS := ../shared/data/lincs_profiles/SQ00015054_normalized_feature_select.csv.gz
 
 demo: venv demo-data
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
-	@if [ -f $(LINCS) ]; then \
-	  $(BIN)/snakemake --profile profiles/local --cores $(CORES) \
-	    --config input_profiles=$(LINCS) results=results_lincs; fi
 	@echo
-	@echo "Demo finished."
-	@echo "  Simulated plates (images -> manifests, illumination, masks): $(CURDIR)/results"
-	@ls results
-	@test ! -f results/report/index.html || echo "  Report: $(CURDIR)/results/report/index.html"
-	@test ! -f results_lincs/report/index.html || \
-	  echo "  Real LINCS plate (profiles -> activity, consistency, clusters): $(CURDIR)/results_lincs/report/index.html"
+	@echo "Demo finished: four simulated plates, raw images -> report."
+	@echo "  Per-cell tables: $(CURDIR)/results/cells/"
+	@echo "  Report:          $(CURDIR)/results/report/index.html"
+
+demo-lincs: venv
+	@test -f $(LINCS) || { echo "$(LINCS) not found"; exit 2; }
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
+	  --config input_profiles=$(LINCS) results=results_lincs
+	@echo "  Real LINCS plate (profiles -> activity, consistency, clusters): $(CURDIR)/results_lincs/report/index.html"
 
 test: venv
 	$(BIN)/python -m pytest

@@ -13,6 +13,7 @@ include: "rules/discover.smk"
 include: "rules/illumination.smk"
 include: "rules/segment.smk"
 include: "rules/train.smk"
+include: "rules/measure.smk"
 include: "rules/profiles.smk"
 include: "rules/analysis.smk"
 

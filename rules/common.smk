@@ -43,18 +43,6 @@ ANALYSIS_TARGETS = [
 ]
 
 
-def profile_stages_runnable():
-    """The campaign and analysis stages run on input_profiles, or on per-cell tables when a
-    rule writes them (rule measure)."""
-    if config["input_profiles"]:
-        return True
-    try:
-        rules.measure
-    except Exception:  # Snakemake raises WorkflowError for an unknown rule
-        return False
-    return True
-
-
 def all_targets():
     """Final outputs of every stage that can run (the inputs of rule all)."""
     targets = []
@@ -62,8 +50,7 @@ def all_targets():
         targets += expand(f"{RESULTS}/manifest/{{plate}}.parquet", plate=PLATES.index)
         targets += illumination_targets()
         targets += segmentation_targets()
-    if profile_stages_runnable():
-        targets += ANALYSIS_TARGETS
+    targets += ANALYSIS_TARGETS
     return targets
 
 
@@ -179,3 +166,38 @@ def segmentation_targets():
         )
         targets.append(f"{RESULTS}/qc/{plate}_overlays.png")
     return targets
+
+
+# --- measurement and embeddings ---------------------------------------------------------
+
+TRAINED_EMBEDDERS = ("weakly_supervised", "self_supervised")
+
+
+def embedder_source():
+    """What the measure jobs embed with: a checkpoint path (an input), a name, or None."""
+    emb = config["embedding"]
+    if emb["method"] == "none":
+        return None
+    if emb["method"] in TRAINED_EMBEDDERS:
+        return f"{RESULTS}/models/embedder.pt"
+    if emb["method"] == "checkpoint":
+        return emb["checkpoint"]
+    return emb["method"]
+
+
+def embedding_gpu():
+    emb = config["embedding"]
+    return 1 if emb["method"] != "none" and emb["device"] == "cuda" else 0
+
+
+def measure_inputs(wildcards):
+    inputs = {
+        "manifest": f"{RESULTS}/manifest/{wildcards.plate}.parquet",
+        "masks": f"{RESULTS}/masks/{wildcards.plate}/{wildcards.shard}.npz",
+    }
+    for channel, path in illumination_inputs(wildcards.plate).items():
+        inputs[f"illum_{channel}"] = path
+    source = embedder_source()
+    if source is not None and Path(source).suffix in (".pt", ".pth", ".ts"):
+        inputs["embedder"] = source
+    return inputs

@@ -43,6 +43,11 @@ def overrides(sheet: Path) -> list[str]:
     return ["--config", f"plates={sheet}", f"results={sheet.parent / 'results'}"]
 
 
+def manifests(sheet: Path) -> list[str]:
+    """The discovery targets of the two plates (their images are too small to segment)."""
+    return [str(sheet.parent / "results" / "manifest" / f"{p}.parquet") for p in ("T1", "T2")]
+
+
 def test_dry_run_and_lint(sheet):
     dry = snakemake("-n", *overrides(sheet))
     assert dry.returncode == 0, dry.stderr + dry.stdout
@@ -53,7 +58,7 @@ def test_dry_run_and_lint(sheet):
 
 
 def test_run_writes_manifests_with_provenance(sheet):
-    run = snakemake("-c1", *overrides(sheet))
+    run = snakemake("-c1", *manifests(sheet), *overrides(sheet))
     assert run.returncode == 0, run.stderr[-3000:]
     results = sheet.parent / "results"
     m = read_manifest(results, "T2")
@@ -63,7 +68,7 @@ def test_run_writes_manifests_with_provenance(sheet):
     first = (results / "manifest" / "T1.parquet").read_bytes()
     # rerun from scratch: byte-identical
     (results / "manifest" / "T1.parquet").unlink()
-    assert snakemake("-c1", *overrides(sheet)).returncode == 0
+    assert snakemake("-c1", *manifests(sheet), *overrides(sheet)).returncode == 0
     assert (results / "manifest" / "T1.parquet").read_bytes() == first
     assert (results / "logs" / "discover" / "T1.log").exists()
     assert (results / "benchmarks" / "discover" / "T1.tsv").exists()
@@ -71,7 +76,7 @@ def test_run_writes_manifests_with_provenance(sheet):
 
 def test_failed_job_leaves_no_output(sheet):
     (sheet.parent / "T1" / "images" / "T1_A02_s1_w3.tif").unlink()
-    run = snakemake("-c1", "--keep-going", *overrides(sheet))
+    run = snakemake("-c1", "--keep-going", *manifests(sheet), *overrides(sheet))
     assert run.returncode != 0
     results = sheet.parent / "results"
     assert not (results / "manifest" / "T1.parquet").exists()

@@ -1,0 +1,325 @@
+"""Measure the fields of one plate x shard: manifest rows + masks in, per-cell table out.
+
+This is what one workflow job does (rule ``measure``); it is a plain function so that a
+notebook can run it too. For each field, in well and site order: the raw channels are read,
+their image quality is measured, each channel is illumination-corrected in memory
+(``(raw - dark) / flat``) and put in CellProfiler's units (divided by the file type's full
+range: 65535 for 16-bit files), the field's masks are read from the shard's archive, and
+:func:`hcsflow.features.measure` (and, when an embedder is given,
+:meth:`hcsflow.features.Embedder.embed`) run on it. Only one field's images are in memory at a
+time, so memory is bounded by the field, whatever the shard or plate size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from hcsflow.features.core import MeasureParams, measure, pair_nuclei
+from hcsflow.features.quality import field_quality
+from hcsflow.io import mask_key, read_field
+
+if TYPE_CHECKING:
+    from hcsflow.features.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+#: Manifest columns that are not copied into the per-cell table.
+_FILE_PREFIXES = ("FileName_", "PathName_")
+
+
+def intensity_scale(dtype: np.dtype) -> float:
+    """Factor that puts a raw image of this type in CellProfiler's units (1 / full range)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return 1.0 / float(np.iinfo(dtype).max)
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field read for measurement.
+
+    Attributes
+    ----------
+    row : dict
+        Its manifest row.
+    raw : ndarray of shape (C, H, W)
+        The channels as stored.
+    corrected : ndarray of shape (C, H, W), float32
+        Illumination-corrected, in raw units.
+    nuclei, cells : ndarray of shape (H, W)
+        Label images from the shard's mask archive.
+    where : str
+        ``plate P well W site S``, for messages.
+    """
+
+    row: dict[str, Any]
+    raw: np.ndarray
+    corrected: np.ndarray
+    nuclei: np.ndarray
+    cells: np.ndarray
+    where: str
+
+
+def iter_fields(
+    manifest: pd.DataFrame,
+    channel_names: Sequence[str],
+    masks_paths: Sequence[str | Path],
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Iterator[Field]:
+    """Read the fields of a manifest one at a time, in well and site order, with their masks.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Rows of the fields (``Metadata_*``, ``PathName_<ch>``, ``FileName_<ch>``).
+    channel_names : sequence of str
+        Channels to read.
+    masks_paths : sequence of path
+        Mask archives (:func:`hcsflow.io.write_masks`) holding the fields' masks.
+    illumination : mapping of channel name to (flat, dark), optional
+        Profiles of shape (H, W); channels not listed are left uncorrected.
+
+    Yields
+    ------
+    Field
+    """
+    from hcsflow.illumination import correct
+
+    names = list(channel_names)
+    illumination = dict(illumination or {})
+    unknown = sorted(set(illumination) - set(names))
+    if unknown:
+        raise ValueError(f"illumination profiles given for unknown channels {unknown}")
+    rows = manifest.sort_values(["Metadata_Well", "Metadata_Site"]).to_dict("records")
+    with contextlib.ExitStack() as stack:
+        members: dict[str, Any] = {}
+        for path in map(Path, masks_paths):
+            with zipfile.ZipFile(path) as archive:
+                listed = archive.namelist()
+            npz = stack.enter_context(np.load(path, allow_pickle=False))
+            for name in listed:
+                members[name.removesuffix(".npy")] = (npz, path)
+        for i, row in enumerate(rows, start=1):
+            well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
+            where = f"plate {row['Metadata_Plate']} well {well} site {site}"
+            keys = [mask_key(well, site, k) for k in ("nuclei", "cells")]
+            if any(k not in members for k in keys):
+                raise ValueError(f"{where}: no masks in {', '.join(map(str, masks_paths))}")
+            raw = read_field(row, names)
+            nuclei, cells = (members[k][0][k] for k in keys)
+            if nuclei.shape != raw.shape[1:] or cells.shape != raw.shape[1:]:
+                raise ValueError(
+                    f"{where}: masks of shape {cells.shape} ({members[keys[1]][1]}) do not "
+                    f"match the images {raw.shape[1:]}"
+                )
+            corrected = np.empty(raw.shape, dtype=np.float32)
+            for k, ch in enumerate(names):
+                if ch in illumination:
+                    flat, dark = illumination[ch]
+                    try:
+                        correct(raw[k], flat, dark, out=corrected[k])
+                    except ValueError as exc:
+                        raise ValueError(f"{where} channel {ch}: {exc}") from exc
+                else:
+                    corrected[k] = raw[k]
+            log.info("%s (%d of %d fields)", where, i, len(rows))
+            yield Field(row, raw, corrected, nuclei, cells, where)
+
+
+def measure_fields(
+    manifest: pd.DataFrame,
+    channel_names: Sequence[str],
+    masks_path: str | Path,
+    *,
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    params: MeasureParams | None = None,
+    embedder: Embedder | None = None,
+    image_mpp: float = 0.65,
+    dtype: str = "float32",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-cell measurements and per-field image quality of the fields of a manifest.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Rows of one plate x shard (``Metadata_*``, ``PathName_<ch>``, ``FileName_<ch>``).
+    channel_names : sequence of str
+        The channels to measure, as named in the manifest's file columns.
+    masks_path : path
+        The shard's mask archive (:func:`hcsflow.io.write_masks`).
+    illumination : mapping of channel name to (flat, dark), optional
+        Profiles of shape (H, W); channels not listed are left uncorrected.
+    params : MeasureParams, optional
+        Measurement families and options.
+    embedder : Embedder, optional
+        Adds ``Cells_Embedding_0000``... and the flag ``Metadata_Cells_CropPadded``.
+    image_mpp : float
+        Micrometres per pixel (the embedder's crop size is physical).
+    dtype : {"float32", "float64"}
+        Type of the measurement and embedding columns in the output.
+
+    Returns
+    -------
+    cells : DataFrame
+        One row per cell: the manifest's ``Metadata_*`` columns, ``Metadata_ObjectNumber``,
+        ``Metadata_Cells_Location_Center_X/Y``, flags, measurements, embeddings.
+    quality : DataFrame
+        One row per field: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``,
+        ``Count_Cells``, ``Count_Nuclei``, ``Count_CellsWithoutNucleus`` and
+        ``ImageQuality_*`` per channel.
+    """
+    names = list(channel_names)
+    meta_cols = [c for c in manifest.columns if c.startswith("Metadata_")]
+    tables: list[pd.DataFrame] = []
+    quality: list[dict[str, Any]] = []
+    for f in iter_fields(manifest, names, [masks_path], illumination):
+        scale = np.float32(intensity_scale(f.raw.dtype))
+        table = measure(f.corrected * scale, f.nuclei, f.cells, names, params)
+        if embedder is not None:
+            table = _add_embeddings(table, embedder, f.corrected, f.nuclei, f.cells, image_mpp)
+        head = pd.DataFrame({c: [f.row[c]] * len(table) for c in meta_cols}, index=table.index)
+        tables.append(pd.concat([head, table], axis=1))
+        rec = {c: f.row[c] for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")}
+        rec["Count_Cells"] = len(table)
+        rec["Count_Nuclei"] = int((~table["Metadata_Cells_NoNucleus"]).sum())
+        rec["Count_CellsWithoutNucleus"] = int(table["Metadata_Cells_NoNucleus"].sum())
+        rec.update(field_quality(f.raw, names))
+        quality.append(rec)
+    if tables:
+        cells_df = pd.concat(tables, ignore_index=True)
+    else:
+        cells_df = _empty_table(manifest[meta_cols], names, params, embedder)
+    feature_cols = [c for c in cells_df.columns if not c.startswith("Metadata_")]
+    cells_df[feature_cols] = cells_df[feature_cols].astype(dtype)
+    qual = pd.DataFrame.from_records(quality)
+    if qual.empty:
+        qual = pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
+    return cells_df, qual
+
+
+def _add_embeddings(
+    table: pd.DataFrame,
+    embedder: Embedder,
+    corrected: np.ndarray,
+    nuclei: np.ndarray,
+    cells: np.ndarray,
+    image_mpp: float,
+) -> pd.DataFrame:
+    """``table`` with the flag ``Metadata_Cells_CropPadded`` and the embedding columns."""
+    cells_k, nuclei_k, _ = pair_nuclei(nuclei, cells)
+    emb, padded = embedder.embed(
+        corrected, nuclei_k, cells_k, image_mpp, n=len(table), return_border=True
+    )
+    out = table.copy()
+    out.insert(_flag_position(out), "Metadata_Cells_CropPadded", np.asarray(padded, dtype=bool))
+    columns = embedder.feature_names(corrected.shape[0])
+    emb_df = pd.DataFrame(emb, columns=columns, index=out.index)
+    return pd.concat([out, emb_df], axis=1)
+
+
+def _flag_position(table: pd.DataFrame) -> int:
+    return table.columns.get_loc("Metadata_Cells_TouchesBorder") + 1
+
+
+def _empty_table(
+    meta: pd.DataFrame,
+    names: list[str],
+    params: MeasureParams | None,
+    embedder: Embedder | None,
+) -> pd.DataFrame:
+    """The per-cell table of a shard without cells: every column, no rows."""
+    empty = measure(
+        np.zeros((len(names), 4, 4), np.float32),
+        np.zeros((4, 4), np.int32),
+        np.zeros((4, 4), np.int32),
+        names,
+        params,
+    )
+    if embedder is not None:
+        empty.insert(_flag_position(empty), "Metadata_Cells_CropPadded", pd.Series([], dtype=bool))
+        for c in embedder.feature_names(len(names)):
+            empty[c] = pd.Series([], dtype=np.float32)
+    head = meta.iloc[:0].reset_index(drop=True)
+    return pd.concat([head, empty], axis=1)
+
+
+def sample_fields(
+    manifest: pd.DataFrame,
+    channel_names: Sequence[str],
+    masks_paths: Sequence[str | Path],
+    *,
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    crop_um: float = 40.0,
+    image_mpp: float = 0.65,
+    cells_per_field: int = 4,
+    seed: int = 0,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """A deterministic sample of cell crops of a plate, for training an embedder.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        The plate's fields.
+    channel_names : sequence of str
+        Channels of the crops.
+    masks_paths : sequence of path
+        The plate's mask archives.
+    illumination : mapping of channel name to (flat, dark), optional
+        Profiles applied before cropping (crops are in corrected raw units).
+    crop_um, image_mpp : float
+        Crop side in micrometres, and the pixel size.
+    cells_per_field : int
+        Cells drawn per field (all of them when a field has fewer).
+    seed : int
+        Seed of the draw; each field's draw depends on the seed, plate, well and site only.
+
+    Returns
+    -------
+    crops : ndarray of float16, shape (N, C, S, S)
+    metadata : DataFrame
+        One row per crop: ``Metadata_Plate``, ``_Well``, ``_Site``, ``_ObjectNumber``,
+        ``Metadata_Role`` and ``Metadata_Treatment`` (``compound@dose``, the class of weakly
+        supervised training).
+    """
+    from hcsflow.features.crops import crop_size_px
+    from hcsflow.features.embed_train import sample_crops, treatment_name
+
+    size = crop_size_px(crop_um, image_mpp)
+    names = list(channel_names)
+    crops, rows = [], []
+    for f in iter_fields(manifest, names, masks_paths, illumination):
+        cells_k, nuclei_k, numbers = pair_nuclei(f.nuclei, f.cells)
+        key = f"{seed}:{f.row['Metadata_Plate']}:{f.row['Metadata_Well']}:{f.row['Metadata_Site']}"
+        field_seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        c, chosen = sample_crops(f.corrected, nuclei_k, cells_k, cells_per_field, field_seed, size)
+        crops.append(c)
+        treatment = treatment_name(
+            f.row.get("Metadata_Compound", ""), f.row.get("Metadata_Dose", 0)
+        )
+        for k in np.asarray(chosen, dtype=np.int64):
+            rows.append(
+                {
+                    "Metadata_Plate": f.row["Metadata_Plate"],
+                    "Metadata_Well": f.row["Metadata_Well"],
+                    "Metadata_Site": int(f.row["Metadata_Site"]),
+                    "Metadata_ObjectNumber": int(numbers[k - 1]),
+                    "Metadata_Treatment": treatment,
+                    "Metadata_Role": f.row.get("Metadata_Role", ""),
+                }
+            )
+    if crops:
+        out = np.concatenate(crops).astype(np.float16)
+    else:
+        out = np.zeros((0, len(names), size, size), np.float16)
+    return out, pd.DataFrame.from_records(rows)
