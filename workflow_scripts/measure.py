@@ -1,5 +1,11 @@
 """Snakemake script: per-cell measurements (and embeddings) of one plate x shard."""
 
+import os
+
+# torch's OpenMP threads must not spin while the job's other threads (or jobs) need the core
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 from hcsflow.features.core import MeasureParams
 from hcsflow.features.embed import Embedder
 from hcsflow.features.shard import measure_fields

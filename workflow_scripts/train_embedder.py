@@ -1,6 +1,12 @@
 """Snakemake script: train the campaign's embedder on the plates' crop samples
 (``hcsflow train-embedder``, run in this job's Python)."""
 
+import os
+
+# torch's OpenMP threads must not spin while the job's other threads (or jobs) need the core
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 import contextlib
 
 from hcsflow.cli import main
