@@ -17,34 +17,7 @@ import numpy as np
 from cp_measure.core.measureobjectsizeshape import get_feret, get_sizeshape, get_zernike
 from skimage.segmentation import relabel_sequential
 
-#: The scalar AreaShape features (hcsflow.features.shape.SHAPE_FEATURES).
-_FEATURES = (
-    "Area",
-    "Perimeter",
-    "FormFactor",
-    "Eccentricity",
-    "Solidity",
-    "Extent",
-    "MajorAxisLength",
-    "MinorAxisLength",
-    "Orientation",
-    "Compactness",
-    "EulerNumber",
-    "ConvexArea",
-    "EquivalentDiameter",
-    "BoundingBoxArea",
-    "BoundingBoxMinimum_X",
-    "BoundingBoxMinimum_Y",
-    "BoundingBoxMaximum_X",
-    "BoundingBoxMaximum_Y",
-    "Center_X",
-    "Center_Y",
-    "MaxFeretDiameter",
-    "MinFeretDiameter",
-    "MeanRadius",
-    "MaximumRadius",
-    "MedianRadius",
-)
+from hcsflow.features.shape import SHAPE_FEATURES as _FEATURES
 
 #: Moment features cp_measure returns with ``calculate_advanced`` (hcsflow's ``advanced``).
 _ADVANCED_PREFIXES = (

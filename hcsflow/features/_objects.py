@@ -9,7 +9,7 @@ label-indexed reductions the families share.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numba
 import numpy as np
@@ -67,8 +67,26 @@ def nan_absent(features: Features, mask: np.ndarray) -> Features:
     return features
 
 
-def check_compartments(compartments: Mapping[str, np.ndarray], n: int) -> None:
-    """Raise ValueError unless every label image is 2-D, integer, equal in shape, labels <= n."""
+def check_compartments(
+    compartments: Mapping[str, np.ndarray],
+    n: int,
+    image: np.ndarray | None = None,
+    channel_names: Sequence[str] | None = None,
+) -> None:
+    """Raise ValueError unless every label image is 2-D, integer, equal in shape, labels <= n.
+
+    With ``image`` (shape (C, H, W)) and its C ``channel_names``, also check that the image
+    has one plane per name and the label images' shape (H, W).
+    """
+    if image is not None:
+        names = list(channel_names or [])
+        if image.ndim != 3 or image.shape[0] != len(names):
+            raise ValueError(
+                f"image must be (C, H, W) with C={len(names)} channels, got {image.shape}"
+            )
+        for lab in compartments.values():
+            if lab.shape != image.shape[1:]:
+                raise ValueError(f"label images {lab.shape} do not match the image {image.shape}")
     shapes = {name: lab.shape for name, lab in compartments.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"label images differ in shape: {shapes}")

@@ -438,14 +438,7 @@ def measure_correlation(
         and Costes come as ``_A_B`` then ``_B_A`` for each pair. NaN for absent objects.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != len(channel_names):
-        raise ValueError(
-            f"image must be (C, H, W) with C={len(channel_names)} channels, got {image.shape}"
-        )
-    check_compartments(compartments, n)
-    for lab in compartments.values():
-        if lab.shape != image.shape[1:]:
-            raise ValueError(f"label images {lab.shape} do not match the image {image.shape}")
+    check_compartments(compartments, n, image, channel_names)
     if not 0 <= manders_threshold <= 100:
         raise ValueError(f"manders_threshold must be a percentage, got {manders_threshold}")
     if rwc_ranks not in ("object", "image"):

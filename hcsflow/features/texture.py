@@ -334,14 +334,7 @@ def measure_texture(
         objects without pixels or without a valid pixel pair in some direction of a scale.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[0] != len(channel_names):
-        raise ValueError(
-            f"image must be (C, H, W) with C={len(channel_names)} channels, got {image.shape}"
-        )
-    check_compartments(compartments, n)
-    for lab in compartments.values():
-        if lab.shape != image.shape[1:]:
-            raise ValueError(f"label images {lab.shape} do not match the image {image.shape}")
+    check_compartments(compartments, n, image, channel_names)
     scales = tuple(int(s) for s in scales)
     if not scales or min(scales) < 1:
         raise ValueError(f"scales must be positive integers, got {scales}")
