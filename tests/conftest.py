@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,19 @@ CHANNELS3 = [
     {"name": "ER", "id": "w2", "role": "cytoplasm"},
     {"name": "Mito", "id": "w3", "role": "other"},
 ]
+
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def run_snakemake(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run snakemake in a workflow folder with its ``over.yaml`` config and this checkout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [SNAKEMAKE, "--configfile", "over.yaml", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

@@ -4,21 +4,17 @@ analysis and the report; reruns give byte-identical per-cell tables."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from hcsflow.io import read_provenance, read_table
 from hcsflow.simulate import default_platemap, simulate_plate
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def _platemap() -> pd.DataFrame:
@@ -64,15 +60,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [SNAKEMAKE, "--configfile", "over.yaml", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    return run_snakemake(root, *args, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from hcsflow import illumination as il
 from hcsflow.io import read_masks, read_provenance, read_table
 from hcsflow.segmentation.metrics import f1_at
 from hcsflow.simulate import simulate_plate
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 SNAKEFILE = f"""
 configfile: "config/config.yaml"
@@ -66,15 +62,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [SNAKEMAKE, "--configfile", "over.yaml", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_snakemake(root, *args, timeout=600)
 
 
 def test_segment_rules_lint_clean(workdir):
