@@ -1087,6 +1087,8 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
         )
 
         def score(name: str, cells: list[pd.DataFrame], key: str = key, truth=truth) -> None:
+            if args.sets and name not in args.sets:
+                return
             for variant in args.variants:
                 cache = metrics_path(args, key, name, variant)
                 if cache.exists():
@@ -1176,6 +1178,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=["default", "sphering"],
         help="campaign variants of benchmarks/analysis.py (VARIANTS)",
+    )
+    p.add_argument(
+        "--sets",
+        nargs="*",
+        help="feature sets to score, e.g. CellProfiler weakly_supervised (default: all)",
     )
     p.add_argument(
         "--ssl-steps", type=int, default=0, help="self_supervised steps (0: as --train-steps)"
