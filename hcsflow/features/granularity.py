@@ -413,33 +413,33 @@ def _label_sums(labels: np.ndarray, image: np.ndarray, n: int) -> tuple[np.ndarr
     return counts, sums
 
 
+def _shrink(
+    img: np.ndarray, factor: float, shape: tuple[float, float] | None = None
+) -> tuple[np.ndarray, float, float]:
+    """CellProfiler's resize of an (H, W) image by ``factor`` (>= 1: unchanged, as float64).
+
+    ``shape`` is the image's shape as CellProfiler counts it (fractional after an earlier
+    resize; default ``img.shape``). Returns the resized image and the new shape
+    ``shape * factor``, which the later steps use.
+    """
+    h, w = img.shape if shape is None else shape
+    if factor >= 1:
+        return img.astype(np.float64), float(h), float(w)
+    new_h, new_w = h * factor, w * factor
+    rows = np.arange(0, new_h, dtype=np.float64) / factor
+    cols = np.arange(0, new_w, dtype=np.float64) / factor
+    return _resample(img, rows, cols), new_h, new_w
+
+
 def _background_free(
     channel: np.ndarray, subsample_size: float, image_sample_size: float, element_size: int
 ) -> tuple[np.ndarray, float, float]:
     """Steps 1-2: the subsampled, background-subtracted image and CellProfiler's new shape."""
-    h, w = channel.shape
     img = np.ascontiguousarray(channel)
     if img.dtype != np.float32:
         img = img.astype(np.float64)
-    if subsample_size < 1:
-        new_h, new_w = h * subsample_size, w * subsample_size
-        pixels = _resample(
-            img,
-            np.arange(0, new_h, dtype=np.float64) / subsample_size,
-            np.arange(0, new_w, dtype=np.float64) / subsample_size,
-        )
-    else:
-        new_h, new_w = float(h), float(w)
-        pixels = img.astype(np.float64)
-    if image_sample_size < 1:
-        back_h, back_w = new_h * image_sample_size, new_w * image_sample_size
-        back = _resample(
-            pixels,
-            np.arange(0, back_h, dtype=np.float64) / image_sample_size,
-            np.arange(0, back_w, dtype=np.float64) / image_sample_size,
-        )
-    else:
-        back = pixels
+    pixels, new_h, new_w = _shrink(img, subsample_size)
+    back, back_h, back_w = _shrink(pixels, image_sample_size, (new_h, new_w))
     back = _disk_filter(_disk_filter(back, element_size, False), element_size, True)
     if image_sample_size < 1:
         back = _resample(
