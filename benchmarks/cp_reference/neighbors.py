@@ -24,15 +24,7 @@ from cp_measure.multimask.measureobjectneighbors import (
 )
 from skimage.segmentation import relabel_sequential
 
-_FEATURES = (
-    "NumberOfNeighbors",
-    "PercentTouching",
-    "FirstClosestDistance",
-    "FirstClosestObjectNumber",
-    "SecondClosestDistance",
-    "SecondClosestObjectNumber",
-    "AngleBetweenNeighbors",
-)
+from hcsflow.features.neighbors import NEIGHBOR_FEATURES as _FEATURES
 
 
 def reference(

@@ -44,12 +44,13 @@ from scipy.spatial import cKDTree
 
 from hcsflow.features._objects import Features, check_compartments, nan_absent
 
-__all__ = ["NEIGHBOR_COMPARTMENTS", "measure_neighbors"]
+__all__ = ["NEIGHBOR_COMPARTMENTS", "NEIGHBOR_FEATURES", "measure_neighbors"]
 
 #: Compartments measured (the cytoplasm is not, as in CellProfiler pipelines).
 NEIGHBOR_COMPARTMENTS: tuple[str, ...] = ("Cells", "Nuclei")
 
-_FEATURES = (
+#: Features per compartment, in column order (suffix _Adjacent or _<distance>).
+NEIGHBOR_FEATURES = (
     "NumberOfNeighbors",
     "PercentTouching",
     "FirstClosestDistance",
@@ -180,7 +181,7 @@ def _neighbors_one(labels: np.ndarray, n: int, distance: int) -> dict[str, np.nd
     present = area[1:] > 0
     rows = np.flatnonzero(present)  # row index (object k - 1) of each present object
     m = len(rows)
-    out = {name: np.zeros(n) for name in _FEATURES}
+    out = {name: np.zeros(n) for name in NEIGHBOR_FEATURES}
     if m >= 2:
         out["NumberOfNeighbors"] = number[1:].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -250,6 +251,6 @@ def measure_neighbors(
         if comp not in compartments:
             continue
         feats = _neighbors_one(compartments[comp], int(n), distance)
-        for name in _FEATURES:
+        for name in NEIGHBOR_FEATURES:
             out[f"{comp}_Neighbors_{name}_{suffix}"] = feats[name]
     return out
