@@ -124,6 +124,24 @@ def group_pixels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return _scatter(flat, offsets), offsets
 
 
+def centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts (n,) and centroids (n, 2) of labels ``1..n`` (NaN where absent)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
+    flat = lab.ravel()
+    keep = (flat > 0) & (flat <= n)
+    idx = flat[keep].astype(np.intp)
+    pos = np.flatnonzero(keep)
+    yy, xx = np.divmod(pos, lab.shape[1])
+    count = np.bincount(idx, minlength=n + 1)[1:].astype(np.float64)
+    sy = np.bincount(idx, weights=yy, minlength=n + 1)[1:]
+    sx = np.bincount(idx, weights=xx, minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cen = np.stack([sy / count, sx / count], axis=1)
+    return count, cen
+
+
 @numba.njit(cache=True, nogil=True)
 def _scatter(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     fill = offsets[:-1].copy()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.features._objects import COMPARTMENTS
+from hcsflow.features._objects import COMPARTMENTS, centroids
 
 #: family name -> (module, function); run in this order, which is the column order.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -221,25 +221,15 @@ def measure(
         if key in columns:
             columns[key] = np.where(np.isnan(columns[key]), np.nan, object_numbers)
     has_nucleus = np.bincount(nuclei_k.ravel(), minlength=n + 1)[1:] > 0
-    cy, cx = _centres(cells_k, n)
+    _, centres = centroids(cells_k, n)
     meta = pd.DataFrame(
         {
             "Metadata_ObjectNumber": object_numbers,
-            "Metadata_Cells_Location_Center_X": cx,
-            "Metadata_Cells_Location_Center_Y": cy,
+            "Metadata_Cells_Location_Center_X": centres[:, 1],
+            "Metadata_Cells_Location_Center_Y": centres[:, 0],
             "Metadata_Cells_NoNucleus": ~has_nucleus,
             "Metadata_Cells_TouchesBorder": _touches_border(cells_k, n),
         }
     )
     feats = pd.DataFrame(columns, index=meta.index) if columns else pd.DataFrame(index=meta.index)
     return pd.concat([meta, feats], axis=1)
-
-
-def _centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids (y, x) of objects 1..n, each of shape (n,)."""
-    yy, xx = np.indices(labels.shape)
-    cnt = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy = np.bincount(labels.ravel(), weights=yy.ravel(), minlength=n + 1)[1:] / cnt
-        cx = np.bincount(labels.ravel(), weights=xx.ravel(), minlength=n + 1)[1:] / cnt
-    return cy, cx

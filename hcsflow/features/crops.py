@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hcsflow.features._objects import centroids
+
 __all__ = [
     "cell_centres",
     "crop_origins",
@@ -55,24 +57,6 @@ def crop_size_px(crop_um: float, image_mpp: float) -> int:
     return max(1, int(np.floor(crop_um / image_mpp + 0.5)))
 
 
-def _centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts (n,) and centroids (n, 2) of labels ``1..n`` (NaN where absent)."""
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
-    flat = lab.ravel()
-    keep = (flat > 0) & (flat <= n)
-    idx = flat[keep].astype(np.intp)
-    pos = np.flatnonzero(keep)
-    yy, xx = np.divmod(pos, lab.shape[1])
-    count = np.bincount(idx, minlength=n + 1)[1:].astype(np.float64)
-    sy = np.bincount(idx, weights=yy, minlength=n + 1)[1:]
-    sx = np.bincount(idx, weights=xx, minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cen = np.stack([sy / count, sx / count], axis=1)
-    return count, cen
-
-
 def cell_centres(nuclei: np.ndarray, cells: np.ndarray, n: int) -> np.ndarray:
     """Centre of each cell: its nucleus centroid, else its own centroid.
 
@@ -97,8 +81,8 @@ def cell_centres(nuclei: np.ndarray, cells: np.ndarray, n: int) -> np.ndarray:
     n = int(n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    n_count, n_cen = _centroids(nuclei, n)
-    _, c_cen = _centroids(cells, n)
+    n_count, n_cen = centroids(nuclei, n)
+    _, c_cen = centroids(cells, n)
     return np.where((n_count > 0)[:, None], n_cen, c_cen)
 
 
