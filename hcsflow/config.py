@@ -115,15 +115,87 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+_YAML_NULL = ("null", "Null", "NULL", "~")
+
+
+def _schema_types(node: Mapping[str, Any]) -> set[str]:
+    types = node.get("type", ())
+    return {types} if isinstance(types, str) else set(types)
+
+
+def _coerce_scalar(value: str, types: set[str]) -> Any:
+    """``value`` read as a YAML scalar when the schema wants a non-string type it then has."""
+    if "string" in types:
+        # A string is valid here; only a YAML null may stand for the schema's null.
+        return None if "null" in types and value in _YAML_NULL else value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if parsed is None:
+        return None if "null" in types else value
+    if isinstance(parsed, bool):
+        return parsed if "boolean" in types else value
+    if isinstance(parsed, int):
+        return parsed if types & {"integer", "number"} else value
+    if isinstance(parsed, float):
+        return parsed if "number" in types else value
+    return value
+
+
+def coerce_config(config: Any, schema: Mapping[str, Any]) -> Any:
+    """Read string values as the YAML scalars the schema expects; return a copy.
+
+    Snakemake parses ``--config 'shards={wells_per_shard: 8}'`` with YAML's base loader, which
+    keeps every scalar inside a mapping or list as a string. Where the schema wants an
+    integer, number, boolean or null and the string is a YAML scalar of that type, the value
+    is replaced by it (``'8'`` -> 8, ``'false'`` -> False, ``'null'`` -> None); keys whose
+    schema allows strings keep them. Anything else is left for :func:`validate_config` to
+    report with the key's name.
+
+    Parameters
+    ----------
+    config : object
+        The configuration, or a part of it.
+    schema : mapping
+        The JSON schema of ``config`` (``properties``, ``additionalProperties`` and ``items``
+        are followed).
+
+    Returns
+    -------
+    object
+        A coerced copy of ``config``; the argument is not modified.
+    """
+    if isinstance(config, str):
+        return _coerce_scalar(config, _schema_types(schema))
+    if isinstance(config, Mapping):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, value in config.items():
+            sub = properties.get(key, extra if isinstance(extra, Mapping) else None)
+            out[key] = copy.deepcopy(value) if sub is None else coerce_config(value, sub)
+        return out
+    if isinstance(config, list):
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            return [coerce_config(v, items) for v in config]
+    return copy.deepcopy(config)
+
+
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against ``schema`` and return a copy with defaults filled in.
+
+    String values where the schema wants an integer, number, boolean or null are first read
+    as YAML scalars (:func:`coerce_config`), as Snakemake's ``--config`` leaves them inside
+    nested mappings.
 
     Raises
     ------
     ConfigError
         With one line per problem, each naming the key.
     """
-    filled = copy.deepcopy(dict(config))
+    filled = coerce_config(dict(config), schema)
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

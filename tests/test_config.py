@@ -175,3 +175,82 @@ def test_bad_platemap_named(workspace):
         ConfigError, match=f"plate P1: plate map {pm}: well\\(s\\) listed more than once: A01"
     ):
         load_workflow_config(cfg, SCHEMA)
+
+
+def cli_config(*entries: str) -> dict:
+    """``--config`` entries as Snakemake parses them (nested scalars stay strings)."""
+    from snakemake.cli import parse_config
+
+    return parse_config(list(entries))
+
+
+def test_nested_command_line_values_are_read_as_the_schema_types(workspace):
+    cfg, *_ = workspace
+    given = cli_config(
+        "shards={wells_per_shard: 2}",
+        "illumination={darkfield: false, max_fields: 50, max_frequency: 3.5, "
+        "saturation_value: null}",
+        "segmentation={model: null, nuclear_diameter_um: 7, channel_weights: {DNA: 2}}",
+        "discovery={on_missing_channel: drop, plane: ~}",
+    )
+    assert given["shards"]["wells_per_shard"] == "2", "Snakemake leaves nested values as str"
+    cfg.update(given)
+    wf = load_workflow_config(cfg, SCHEMA)
+    c = wf.config
+    assert c["shards"]["wells_per_shard"] == 2 and type(c["shards"]["wells_per_shard"]) is int
+    assert c["illumination"]["darkfield"] is False
+    assert c["illumination"]["max_fields"] == 50
+    assert c["illumination"]["max_frequency"] == 3.5
+    assert c["illumination"]["saturation_value"] is None
+    assert c["segmentation"]["model"] is None
+    assert c["segmentation"]["nuclear_diameter_um"] == 7
+    assert c["segmentation"]["channel_weights"] == {"DNA": 2}
+    assert c["discovery"]["on_missing_channel"] == "drop"
+    assert c["discovery"]["plane"] is None
+    assert wf.shards == {"P1": {"000": ["A01", "B02"], "001": ["C03"]}}
+    assert cfg["shards"]["wells_per_shard"] == "2", "the caller's dict must not be modified"
+
+
+def test_command_line_strings_stay_strings_where_the_schema_wants_strings():
+    schema = load_schema(SCHEMA)
+    given = cli_config("channels=[{name: DNA, id: 01, role: nuclear}, {name: ER, id: true}]")
+    filled = validate_config(given, schema)
+    assert [c["id"] for c in filled["channels"]] == ["01", "true"]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "shards={wells_per_shard: eight}",
+            "config key 'shards.wells_per_shard': expected integer, got str 'eight'",
+        ),
+        (
+            "shards={wells_per_shard: 2.5}",
+            "config key 'shards.wells_per_shard': expected integer, got str '2.5'",
+        ),
+        ("shards={wells_per_shard: 0}", "config key 'shards.wells_per_shard': 0 is less than"),
+        (
+            "illumination={darkfield: maybe}",
+            "config key 'illumination.darkfield': expected boolean, got str 'maybe'",
+        ),
+        (
+            "illumination={darkfield: 1}",
+            "config key 'illumination.darkfield': expected boolean, got str '1'",
+        ),
+        (
+            "illumination={max_frequency: high}",
+            "config key 'illumination.max_frequency': expected number, got str 'high'",
+        ),
+        (
+            "segmentation={channel_weights: {DNA: heavy}}",
+            "config key 'segmentation.channel_weights.DNA': expected number, got str 'heavy'",
+        ),
+    ],
+)
+def test_command_line_values_that_do_not_coerce_name_the_key(workspace, entry, message):
+    cfg, *_ = workspace
+    cfg.update(cli_config(entry))
+    with pytest.raises(ConfigError) as exc:
+        load_workflow_config(cfg, SCHEMA)
+    assert message in str(exc.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,24 @@ def test_config_error_stops_before_any_job(sheet):
     assert "config key 'image_mpp': expected number, got str 'big'" in out
     assert "unknown config key(s) 'colour'" in out
     assert "Job stats" not in out
+
+
+def test_nested_config_on_the_command_line(sheet):
+    """--config 'section={key: value}' gives the schema's types, as a YAML file would."""
+    run = snakemake(
+        "-n",
+        *overrides(sheet),
+        "shards={wells_per_shard: 1}",
+        "illumination={darkfield: false}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", run.stdout + run.stderr, re.M))
+    assert counts["segment"] == "6", "3 wells per plate x 2 plates, 1 well per shard"
+    bad = snakemake("-n", *overrides(sheet), "illumination={darkfield: maybe}")
+    assert bad.returncode != 0
+    assert "config key 'illumination.darkfield': expected boolean, got str 'maybe'" in (
+        bad.stderr + bad.stdout
+    )
 
 
 def test_dag_of_a_large_campaign_builds_fast(tmp_path):
