@@ -36,16 +36,47 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``hcsflow`` command line; returns the process exit code."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="hcsflow", description=__doc__.splitlines()[0])
+DESCRIPTION = """\
+Helper commands of hcsflow (simulate a plate, train and prepare models).
+
+The workflow itself (discovery, illumination, segmentation, measurement, profiles, analysis,
+report) runs with snakemake from the repository folder, not with this command:
+
+  snakemake --profile profiles/local           # a workstation
+  snakemake --profile profiles/slurm           # a SLURM cluster
+  snakemake --profile profiles/local -n        # show what would run
+
+Plates and options are set in config/config.yaml (see README.md)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from hcsflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hcsflow",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hcsflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``hcsflow`` command line; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        parser = _parser()
+        if not argv:
+            parser.print_help()
+            return 0
+        try:
+            parser.parse_args(argv)  # -h, --version or an error
+        except SystemExit as exc:  # argparse exits 0 after help/version, 2 on an error
+            return int(exc.code or 0)
+        return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"hcsflow {name}", description=COMMANDS[name][1])

@@ -1363,6 +1363,56 @@ def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(str(z["meta"])) if "meta" in z.files else {}
 
 
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def summarize(meta: Mapping[str, Any], flatfield: np.ndarray, darkfield: np.ndarray) -> str:
+    """One readable line about an estimate, for a job's log.
+
+    Parameters
+    ----------
+    meta : mapping
+        The record stored with the estimate (:meth:`IlluminationResult.meta` plus ``group``,
+        ``channel`` and, when written for one plate, ``plate``), as :func:`load_meta` returns it.
+    flatfield, darkfield : ndarray of shape (H, W)
+        The estimate.
+
+    Returns
+    -------
+    str
+        For example ``"channel DNA of P1: basic from 180 of 200 fields (left out: 12 blank,
+        8 saturated); flat-field 0.8213 to 1.124; dark-field 95.3 to 110.2 (mean 101.4); fit:
+        baseline_cv 0.12, darkfield_model surface"``.
+    """
+    where = f"channel {meta.get('channel', '?')} of {meta.get('group', '?')}"
+    if meta.get("plate") not in (None, meta.get("group")):
+        where += f" (for plate {meta['plate']})"
+    line = (
+        f"{where}: {meta.get('method', '?')} from {meta.get('n_used', '?')} of "
+        f"{meta.get('n_fields', '?')} fields"
+    )
+    excluded = meta.get("excluded") or {}
+    if excluded:
+        line += " (left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()) + ")"
+    flat = np.asarray(flatfield, dtype=np.float64)
+    dark = np.asarray(darkfield, dtype=np.float64)
+    line += f"; flat-field {_fmt(float(flat.min()))} to {_fmt(float(flat.max()))}"
+    if float(np.ptp(dark)) == 0.0:
+        line += f"; dark-field constant {_fmt(float(dark.flat[0]))}"
+    else:
+        line += (
+            f"; dark-field {_fmt(float(dark.min()))} to {_fmt(float(dark.max()))} "
+            f"(mean {_fmt(float(dark.mean()))})"
+        )
+    fit = meta.get("fit") or {}
+    if fit:
+        line += "; fit: " + ", ".join(f"{k} {_fmt(v)}" for k, v in fit.items())
+    return line
+
+
 def plot(
     path: str | os.PathLike[str],
     flatfield: np.ndarray,

@@ -301,6 +301,27 @@ def test_screening_excludes_blank_saturated_and_blurred(stack_nodark):
     assert il.fit(full, "basic", darkfield=False, screen=False).used.all()
 
 
+def test_summary_line_for_the_log(stack_nodark, stack_dark):
+    stack = stack_nodark[0][:20].copy()
+    blank = np.full((2, *SHAPE), 100, dtype=stack.dtype)
+    res = il.fit(np.concatenate([stack, blank]), "basic", darkfield=False)
+    meta = {**res.meta(), "group": "P1", "channel": "DNA", "plates": ["P1"], "plate": "P1"}
+    meta["config"] = {"method": "basic", "max_fields": 200}
+    line = il.summarize(meta, res.flatfield, res.darkfield)
+    assert line.startswith("channel DNA of P1: basic from 20 of 22 fields (left out: 2 blank)")
+    lo, hi = res.flatfield.min(), res.flatfield.max()
+    assert f"flat-field {lo:.4g} to {hi:.4g}" in line
+    assert "dark-field constant 0" in line
+    assert "\n" not in line and "{" not in line and "max_fields" not in line
+    assert all(f"{k} " in line for k in meta["fit"])
+
+    res = il.fit(stack_dark[0], "basic", darkfield=True)
+    meta = {**res.meta(), "group": "batch B1", "channel": "ER", "plate": "P2"}
+    line = il.summarize(meta, res.flatfield, res.darkfield)
+    assert line.startswith("channel ER of batch B1 (for plate P2): basic from 40 of 40 fields;")
+    assert f"(mean {res.darkfield.astype(np.float64).mean():.4g})" in line
+
+
 def test_too_few_fields_warns_and_falls_back(stack_nodark):
     few = stack_nodark[0][:5]
     with pytest.warns(il.IlluminationWarning, match="only 5 of 5 fields"):

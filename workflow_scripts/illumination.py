@@ -23,7 +23,8 @@ with log_to(sm.log[0]) as log:
         il.save(sm.output.npz, flat, dark, meta)
         with atomic_path(sm.output.png) as tmp:
             shutil.copyfile(sm.input.batch_png, tmp)
-        log.info("copied the estimate of %s to plate %s: %s", meta["group"], p.label, meta)
+        log.info("copied the estimate of %s to plate %s", meta["group"], p.label)
+        log.info("%s", il.summarize(meta, flat, dark))
     else:
         manifest = pd.concat([read_table(path) for path in sm.input.manifests], ignore_index=True)
         screening = il.ScreeningParams(
@@ -65,4 +66,4 @@ with log_to(sm.log[0]) as log:
             f"{p.label} / {channel} ({result.method}, "
             f"{int(result.used.sum())} of {result.n_fields} fields)",
         )
-        log.info("%s", meta)
+        log.info("%s", il.summarize(meta, result.flatfield, result.darkfield))

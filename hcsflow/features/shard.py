@@ -27,6 +27,7 @@ import pandas as pd
 from hcsflow.features.core import MeasureParams, measure, pair_nuclei
 from hcsflow.features.quality import field_quality
 from hcsflow.io import mask_key, read_field
+from hcsflow.logutil import Progress
 
 if TYPE_CHECKING:
     from hcsflow.features.embed import Embedder
@@ -183,6 +184,7 @@ def measure_fields(
     meta_cols = [c for c in manifest.columns if c.startswith("Metadata_")]
     tables: list[pd.DataFrame] = []
     quality: list[dict[str, Any]] = []
+    progress = Progress(log, len(manifest), "measured")
     for f in iter_fields(manifest, names, [masks_path], illumination):
         scale = np.float32(intensity_scale(f.raw.dtype))
         table = measure(f.corrected * scale, f.nuclei, f.cells, names, params)
@@ -196,6 +198,7 @@ def measure_fields(
         rec["Count_CellsWithoutNucleus"] = int(table["Metadata_Cells_NoNucleus"].sum())
         rec.update(field_quality(f.raw, names))
         quality.append(rec)
+        progress.advance()
     if tables:
         cells_df = pd.concat(tables, ignore_index=True)
     else:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from hcsflow.io import read_field
+from hcsflow.logutil import Progress
 from hcsflow.segmentation.segmenter import SegmentationResult, Segmenter, field_flags
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def segment_fields(
     rows = manifest.sort_values(["Metadata_Well", "Metadata_Site"]).to_dict("records")
     masks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     records = []
+    progress = Progress(log, len(rows), "segmented")
     for start in range(0, len(rows), fields_per_batch):
         chunk = rows[start : start + fields_per_batch]
         inputs, flags = [], []
@@ -187,6 +189,7 @@ def segment_fields(
                 res.timings.get("network", 0.0),
                 res.timings.get("postprocess", 0.0),
             )
+            progress.advance()
     qc = pd.DataFrame.from_records(
         records, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", *QC_COLUMNS]
     )
