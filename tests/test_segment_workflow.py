@@ -79,9 +79,13 @@ def test_segment_workflow_writes_masks_qc_and_overlays(workdir):
     assert sorted(p.name for p in (res / "masks" / "S1").glob("*.npz")) == ["000.npz", "001.npz"]
     qc = pd.concat(read_table(p) for p in sorted((res / "segmentation" / "S1").glob("*.parquet")))
     assert list(qc["Metadata_Well"]) == ["A01", "A01", "A02", "A02", "B01", "B01"]
-    assert {"n_nuclei", "n_cells", "nuclei_outside_cells", "cells_without_nucleus", "flags"} <= set(
-        qc.columns
-    )
+    assert {
+        "Count_Nuclei",
+        "Count_Cells",
+        "nuclei_outside_cells",
+        "cells_without_nucleus",
+        "flags",
+    } <= set(qc.columns)
     prov = read_provenance(res / "segmentation" / "S1" / "000.parquet")
     assert prov["step"] == "segment" and prov["config"]["segmentation"]["method"] == "classical"
     # masks match the simulator's truth and the QC counts
@@ -90,7 +94,8 @@ def test_segment_workflow_writes_masks_qc_and_overlays(workdir):
     assert nuclei.shape == (192, 192) and nuclei.dtype == np.uint32
     assert f1_at(nuclei, truth["nuclei"]) >= 0.8
     row = qc[(qc["Metadata_Well"] == "A02") & (qc["Metadata_Site"] == 2)].iloc[0]
-    assert row["n_cells"] == len(np.unique(cells)) - 1
+    assert row["Count_Cells"] == len(np.unique(cells)) - 1
+    assert row["Count_Nuclei"] == len(np.unique(nuclei)) - 1
     png = res / "qc" / "S1_overlays.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert (res / "logs" / "segment" / "S1" / "000.log").exists()

@@ -483,8 +483,10 @@ def test_segment_fields_from_manifest(tmp_path, sim_field):
     seg = Segmenter.load(method="classical")
     masks, qc = segment_fields(pd.DataFrame(rows[::-1]), channels, seg, 0.65)
     assert list(qc["Metadata_Well"]) == ["A01", "B02"]
-    assert qc.loc[1, "flags"] == "blank" and qc.loc[1, "n_cells"] == 0
-    assert qc.loc[0, "n_cells"] == masks[("A01", 1)][1].max() > 0
+    assert qc.loc[1, "flags"] == "blank" and qc.loc[1, "Count_Cells"] == 0
+    assert qc.loc[0, "Count_Cells"] == masks[("A01", 1)][1].max() > 0
+    assert qc.loc[0, "Count_Nuclei"] == masks[("A01", 1)][0].max()
+    assert "n_cells" not in qc.columns and "n_nuclei" not in qc.columns
     assert f1_at(masks[("A01", 1)][1], sim_field.cells) >= 0.8
     with pytest.raises(ValueError, match="nuclear"):
         segment_fields(pd.DataFrame(rows), channels[1:], seg, 0.65)

@@ -37,6 +37,6 @@ with log_to(sm.log[0]) as log:
         sm.wildcards.plate,
         sm.wildcards.shard,
         len(qc),
-        int(qc["n_cells"].sum()),
+        int(qc["Count_Cells"].sum()),
         int((qc["flags"] != "").sum()),
     )

@@ -126,8 +126,10 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def qc_record(self) -> dict[str, Any]:
-        """Flat record for a per-field QC table."""
+        """Flat record for a per-field QC table (counts named as CellProfiler's Image table)."""
         rec: dict[str, Any] = dict(self.stats.as_dict())
+        rec["Count_Nuclei"] = rec.pop("n_nuclei")
+        rec["Count_Cells"] = rec.pop("n_cells")
         rec["flags"] = ";".join(self.flags)
         rec["image_mpp"] = float(self.image_mpp)
         rec["mpp_estimated"] = bool(self.mpp_estimated)

@@ -34,8 +34,8 @@ CYTOPLASM_ROLES = ("cytoplasm", "membrane")
 
 #: Columns of the per-field segmentation QC table, after the Metadata_ keys.
 QC_COLUMNS = (
-    "n_nuclei",
-    "n_cells",
+    "Count_Nuclei",
+    "Count_Cells",
     "nuclei_outside_cells",
     "cells_without_nucleus",
     "small_nuclei",
@@ -184,7 +184,7 @@ def segment_fields(
                 rec["Metadata_Plate"],
                 key[0],
                 key[1],
-                rec["n_cells"],
+                rec["Count_Cells"],
                 rec["flags"],
                 res.timings.get("network", 0.0),
                 res.timings.get("postprocess", 0.0),
