@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 # Demo campaign: four replicate 96-well plates (plate N simulated with seed N).
-DEMO_SITES ?= 2
+DEMO_SITES ?= 1
 DEMO_SIZE ?= 540
 CORES ?= all
 

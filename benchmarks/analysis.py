@@ -60,7 +60,9 @@ LINCS = (
 #: tuned on the truth labels; each is a documented option of the workflow.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
+    "no_sphering": ({"sphering": {"enabled": False}}, {}),
     "sphering": ({"sphering": {"enabled": True}}, {}),
+    "sphering_no_shrinkage": ({"sphering": {"enabled": True, "shrinkage": 0.0}}, {}),
     "correlation": ({}, {"distance": "correlation"}),
     "euclidean": ({}, {"distance": "euclidean"}),
     "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
@@ -301,14 +303,25 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
 def lincs(args, variant: str = "default") -> dict:
     if not LINCS.exists():
         return {}
-    camp_over, ana_over = VARIANTS[variant]
+    camp, ana_over = variant_config(campaign_config(), variant)
+    sph = camp["sphering"]
     prof = P.read_profiles_table(LINCS)
     feats = A.feature_columns(prof)
     prof = prof[[c for c in prof.columns if c.startswith("Metadata_")] + feats]
-    sphering = camp_over.get("sphering", {}).get("enabled", False)
+    sphering = bool(sph["enabled"])
     raw = prof
+
+    def sphere(p: pd.DataFrame) -> pd.DataFrame:
+        return P.sphere(
+            p,
+            control={"Metadata_Role": "negcon"},
+            method=sph["method"],
+            epsilon=sph["epsilon"],
+            shrinkage=sph["shrinkage"],
+        )
+
     if sphering:
-        prof = P.sphere(prof, control={"Metadata_Role": "negcon"})
+        prof = sphere(prof)
     cons = P.consensus(prof)
     res = A.run_analysis(prof, cons, {"null_size": args.null_size, **ana_over})
     # DMSO wells as pseudo-compounds: two of 6 wells each (like a compound's 6 doses); the
@@ -323,7 +336,7 @@ def lincs(args, variant: str = "default") -> dict:
             pseudo.loc[rows, "Metadata_Compound"] = f"NEG-{j + 1}"
             pseudo.loc[rows, "Metadata_Role"] = "trt"
         if sphering:  # fitted on the remaining DMSO wells only
-            pseudo = P.sphere(pseudo, control={"Metadata_Role": "negcon"})
+            pseudo = sphere(pseudo)
         act = A.phenotypic_activity(
             pseudo,
             group_by=["Metadata_Compound"],

@@ -1027,8 +1027,13 @@ def metrics_path(args: argparse.Namespace, screen: str, feature_set: str, varian
         tag += f"_{train_steps(args, 'weakly_supervised')}steps"
     if "self_supervised" in feature_set:
         tag += f"_{train_steps(args, 'self_supervised')}steps"
+    import hashlib
+
+    AB = bench_analysis()
+    camp = json.dumps(AB.variant_config(AB.campaign_config(), variant), sort_keys=True)
+    key = hashlib.sha256(camp.encode()).hexdigest()[:8]
     name = (
-        f"{screen}_p{args.plates}_s{args.sites}_{tag}_{variant}_null{args.null_size}_"
+        f"{screen}_p{args.plates}_s{args.sites}_{tag}_{variant}-{key}_null{args.null_size}_"
         f"rep{args.negcon_repeats}x{args.negcon_pseudo}_{args.fdr}.json"
     )
     return Path(args.workdir) / "metrics" / name
@@ -1176,7 +1181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=["default", "sphering"],
+        default=["default", "no_sphering"],
         help="campaign variants of benchmarks/analysis.py (VARIANTS)",
     )
     p.add_argument(

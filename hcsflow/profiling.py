@@ -985,16 +985,22 @@ def sphere(
     method: str = "ZCA",
     epsilon: float = 1e-6,
     features: Sequence[str] | None = None,
+    shrinkage: float = 0.0,
 ) -> pd.DataFrame:
     """Whiten features with a sphering transform fitted on control rows.
 
     With ``C`` the covariance of the control rows (``method="ZCA"``) or their correlation
     matrix after standardizing with the controls' mean and standard deviation
-    (``"ZCA-cor"``), ``C = V diag(l) V^T``, every row is mapped to
-    ``(x - mean) V diag((l + epsilon) ** -1/2) V^T`` (Kessy et al. 2018). Eigenvalues beyond
-    the rank of the controls (fewer control rows than features) are replaced by the smallest
-    eigenvalue within the rank, so that no direction unseen in the controls is amplified
-    without bound. Features must have no missing values.
+    (``"ZCA-cor"``), shrunk towards a multiple of the identity,
+    ``S = (1 - shrinkage) C + shrinkage (tr(C) / p) I = V diag(l) V^T``, every row is mapped
+    to ``(x - mean) V diag((l + epsilon) ** -1/2) V^T`` (Kessy et al. 2018; shrinkage as
+    Ledoit and Wolf 2004). Without shrinkage, eigenvalues beyond the rank of the controls
+    (fewer control rows than features) are replaced by the smallest eigenvalue within the
+    rank, so that no direction unseen in the controls is amplified without bound. With a few
+    dozen control wells and hundreds of features the small eigenvalues of ``C`` are
+    underestimated, and whitening them amplifies directions in which the controls happen to
+    vary little; shrinkage bounds that amplification at ``1 / shrinkage`` of the mean
+    variance. Features must have no missing values.
 
     Parameters
     ----------
@@ -1005,6 +1011,9 @@ def sphere(
     epsilon : float
         Added to the eigenvalues.
     features : sequence of str, optional
+    shrinkage : float
+        Weight in [0, 1] of the scaled identity in the covariance (0: none; 1: no whitening,
+        only centring and scaling).
 
     Returns
     -------
@@ -1014,6 +1023,8 @@ def sphere(
         raise ValueError(f"sphering method must be 'ZCA' or 'ZCA-cor', got {method!r}")
     if epsilon < 0:
         raise ValueError(f"sphering epsilon must be >= 0, got {epsilon}")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"sphering shrinkage must be in [0, 1], got {shrinkage}")
     feats = _resolve_features(profiles, features, "sphere")
     x = _as_float64(profiles, feats)
     nan_cols = [f for f, bad in zip(feats, np.isnan(x).any(axis=0), strict=True) if bad]
@@ -1035,6 +1046,10 @@ def sphere(
             raise ValueError(f"sphere: features constant among the controls: {zero[:5]}")
     z = (fit - mean) / scale
     cov = z.T @ z / (z.shape[0] - 1)
+    if shrinkage > 0:
+        cov = (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / cov.shape[0]) * np.eye(
+            cov.shape[0]
+        )
     evals, evecs = np.linalg.eigh(cov)
     evals = evals[::-1]
     evecs = evecs[:, ::-1]
@@ -1564,8 +1579,11 @@ def campaign_profiles(
             raise ValueError("campaign: every selected feature has missing values in some well")
     if sph["enabled"]:
         control = None if control_role == "all" else {"Metadata_Role": control_role}
-        out = sphere(out, control=control, method=sph["method"], epsilon=sph["epsilon"])
-        steps.append(f"sphere({sph['method']}, epsilon={sph['epsilon']})")
+        shrink = float(sph.get("shrinkage", 0.0))
+        out = sphere(
+            out, control=control, method=sph["method"], epsilon=sph["epsilon"], shrinkage=shrink
+        )
+        steps.append(f"sphere({sph['method']}, epsilon={sph['epsilon']}, shrinkage={shrink})")
     if har["enabled"]:
         out = harmony(
             out,

@@ -263,6 +263,41 @@ def test_sphere_whitens_negcon():
         P.sphere(df)
 
 
+def test_sphere_shrinkage_bounds_amplification_of_directions_controls_barely_sample():
+    # 55 control wells, 60 features (true covariance: the identity): the control covariance
+    # has rank 54 and its smallest eigenvalues are far below 1; plain ZCA amplifies those
+    # directions (gain ratio ~35 here), shrinkage bounds the ratio of the largest to the
+    # smallest gain
+    rng = np.random.default_rng(3)
+    n_ctrl, p = 55, 60
+    x = rng.normal(size=(n_ctrl, p))
+    mean = x.mean(axis=0)
+    # the transform is affine, y = (x - mean) W: rows mean + e_i give the rows of W
+    probe = np.vstack([x, mean + np.eye(p)])
+    df = pd.DataFrame(probe, columns=[f"Cells_F{i}" for i in range(p)])
+    df.insert(0, "Metadata_Role", np.where(np.arange(len(probe)) < n_ctrl, "negcon", "trt"))
+    ctrl = {"Metadata_Role": "negcon"}
+
+    def gains(shrinkage: float) -> np.ndarray:
+        out = P.sphere(df, control=ctrl, shrinkage=shrinkage)
+        w = out.iloc[n_ctrl:, 1:].to_numpy()
+        return np.linalg.svd(w, compute_uv=False)
+
+    cov = np.cov(x, rowvar=False)
+    lmax, mu = np.linalg.eigvalsh(cov)[-1], np.trace(cov) / p
+    g0 = gains(0.0)
+    assert g0.max() / g0.min() > 20.0
+    for s in (0.1, 0.3, 0.6):
+        g = gains(s)
+        bound = np.sqrt(((1 - s) * lmax + s * mu) / (s * mu))
+        assert g.max() / g.min() == pytest.approx(bound, rel=1e-4)  # epsilon 1e-6 aside
+        assert g.max() / g.min() < g0.max() / g0.min()
+    g1 = gains(1.0)  # shrinkage 1: centring and one common scale, no whitening
+    np.testing.assert_allclose(g1, g1[0], rtol=1e-9)
+    with pytest.raises(ValueError, match="shrinkage"):
+        P.sphere(df, control=ctrl, shrinkage=1.5)
+
+
 def _batched(seed: int = 1):
     rng = np.random.default_rng(seed)
     n_t, p, reps = 6, 30, 10
