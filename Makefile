@@ -6,6 +6,9 @@ DEMO := demo
 # Demo campaign: four replicate 96-well plates (plate N simulated with seed N).
 DEMO_SITES ?= 1
 DEMO_SIZE ?= 540
+# Wells per segmentation / measurement job: two jobs per demo plate (fewer process start-ups
+# on a 2-core machine; the workflow's default for real plates is 24).
+DEMO_WELLS_PER_SHARD ?= 48
 CORES ?= all
 
 .PHONY: demo demo-lincs test venv lint format demo-data clean-demo
@@ -31,7 +34,8 @@ demo-data: $(foreach n,$(DEMO_PLATES),$(DEMO)/DEMO-P$(n)/platemap.csv)
 LINCS := ../shared/data/lincs_profiles/SQ00015054_normalized_feature_select.csv.gz
 
 demo: venv demo-data
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) \
+	  --config 'shards={wells_per_shard: $(DEMO_WELLS_PER_SHARD)}'
 	@echo
 	@echo "Demo finished: four simulated plates, raw images -> report."
 	@echo "  Per-cell tables: $(CURDIR)/results/cells/"

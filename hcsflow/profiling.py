@@ -42,6 +42,12 @@ import pyarrow.parquet as pq
 METADATA_PREFIX = "Metadata_"
 #: Name of the per-well cell-count feature added by :func:`aggregate`.
 COUNT_FEATURE = "Image_Count_Cells"
+#: Metadata of a single field or object (site, object number, per-cell flags such as
+#: ``Metadata_Cells_NoNucleus``): never carried into an aggregated profile, even where it
+#: happens to be constant within every group (one site per well, no flagged cell).
+PER_OBJECT_METADATA = re.compile(
+    r"Metadata_(Site|ObjectNumber|(Cells|Nuclei|Cytoplasm)_.+|Image_.+|Field.*)"
+)
 
 #: Feature-selection operations in their default order (see :func:`feature_select`).
 DEFAULT_OPERATIONS = ("blocklist", "na", "variance", "outlier", "correlation")
@@ -214,8 +220,13 @@ def _group_slices(codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndar
 def _constant_metadata(
     df: pd.DataFrame, codes: np.ndarray, n_groups: int, exclude: Sequence[str]
 ) -> pd.DataFrame:
-    """Metadata columns constant within every group, one row per group (NaN equals NaN)."""
-    cols = [c for c in metadata_columns(df) if c not in exclude]
+    """Metadata columns constant within every group, one row per group (NaN equals NaN).
+
+    Per-field and per-object metadata (:data:`PER_OBJECT_METADATA`) is left out.
+    """
+    cols = [
+        c for c in metadata_columns(df) if c not in exclude and not PER_OBJECT_METADATA.fullmatch(c)
+    ]
     if not cols:
         return pd.DataFrame(index=range(n_groups))
     order = np.argsort(codes, kind="stable")
@@ -326,8 +337,9 @@ def aggregate(
     Returns
     -------
     DataFrame of shape (n_groups, ...)
-        The strata, the metadata columns constant within every group, the count feature and
-        the aggregated features (float64).
+        The strata, the metadata columns constant within every group (except per-field and
+        per-object ones, :data:`PER_OBJECT_METADATA`), the count feature and the aggregated
+        features (float64).
     """
     if method not in ("median", "mean"):
         raise ValueError(f"aggregation method must be 'median' or 'mean', got {method!r}")

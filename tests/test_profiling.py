@@ -82,6 +82,28 @@ def test_aggregate_median_small_case_by_hand():
         P.aggregate(cells.drop(columns="Metadata_Well"))
 
 
+def test_aggregate_keeps_well_metadata_and_drops_per_field_and_per_cell_metadata():
+    # one site per well and no flagged cell: site and flags are constant within each well,
+    # but they describe fields and cells, not wells
+    cells = pd.DataFrame(
+        {
+            "Metadata_Plate": ["p"] * 4,
+            "Metadata_Well": ["A01", "A01", "B02", "B02"],
+            "Metadata_Site": [1, 1, 1, 1],
+            "Metadata_ObjectNumber": [1, 1, 2, 2],
+            "Metadata_Cells_NoNucleus": [False] * 4,
+            "Metadata_Compound": ["DMSO", "DMSO", "X", "X"],
+            "Cells_X": [1.0, 3.0, 5.0, 7.0],
+        }
+    )
+    prof = P.aggregate(cells)
+    assert "Metadata_Compound" in prof.columns
+    for c in ("Metadata_Site", "Metadata_ObjectNumber", "Metadata_Cells_NoNucleus"):
+        assert c not in prof.columns
+    # a per-field column asked for as a stratum stays
+    assert "Metadata_Site" in P.aggregate(cells, strata=["Metadata_Well", "Metadata_Site"])
+
+
 def test_aggregate_files_streams_shards_and_rejects_split_wells(tmp_path):
     cells = _cells()
     a = cells[cells.Metadata_Well.isin(["A01", "A02", "A03"])]
