@@ -2,8 +2,6 @@
 #   snakemake --cores 2 results/models/segmenter.pt
 # Options come from the optional config block segmentation.train (keys: dsb, user, user_mpp,
 # sim_fields, steps, seed, device). The checkpoint is protected: retraining means deleting it.
-import shlex
-
 from hcsflow.segmentation.train import options_from_config
 
 
@@ -22,12 +20,9 @@ rule train_segmenter:
         mem_mb=8000,
         runtime=480,
     params:
-        options=shlex.join(
-            options_from_config(
-                config.get("segmentation", {}).get("train"),
-                config.get("image_mpp", 0.65),
-            )
+        options=options_from_config(
+            config.get("segmentation", {}).get("train"),
+            config.get("image_mpp", 0.65),
         ),
-    shell:
-        "python -m hcsflow.cli train-segmenter --out {output.model} --threads {threads} "
-        "{params.options} > {log} 2>&1"
+    script:
+        "../workflow_scripts/train_segmenter.py"
