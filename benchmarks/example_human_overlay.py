@@ -20,7 +20,7 @@ FIELD = ROOT.parent / "shared" / "data" / "example_human" / "AS_09125_0501160300
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v5.pt"))
+    parser.add_argument("--model", default=str(ROOT / "hcsflow" / "models" / "segmenter_v5.pt"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "example_human_overlay.png"))
     args = parser.parse_args(argv)
 

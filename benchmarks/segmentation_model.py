@@ -14,7 +14,7 @@ TP / (TP + FP + FN)), from :mod:`hcsflow.segmentation.metrics`.
 
 Run from the repository root::
 
-    PYTHONPATH=$PWD python benchmarks/segmentation_model.py --model models/segmenter_v5.pt
+    PYTHONPATH=$PWD python benchmarks/segmentation_model.py --model hcsflow/models/segmenter_v5.pt
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def update_card(path: Path, rows: list, argv: list[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v5.pt"))
+    parser.add_argument("--model", default=str(ROOT / "hcsflow" / "models" / "segmenter_v5.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--sim-fields", type=int, default=8)
     parser.add_argument("--sim-seed", type=int, default=700_000)

@@ -13,7 +13,7 @@ simulated fields with seeds disjoint from the benchmarks' (800000+), nuclei and 
 with AGP as cytoplasm. Prints one Markdown row per setting with mean F1@0.5 and DSB score
 (mean over IoU 0.5:0.95 of TP / (TP + FP + FN)) per data set.
 
-    PYTHONPATH=$PWD python benchmarks/tune_inference.py --model models/segmenter_v5.pt
+    PYTHONPATH=$PWD python benchmarks/tune_inference.py --model hcsflow/models/segmenter_v5.pt
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DSB = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "segmenter_v5.pt"))
+    parser.add_argument("--model", default=str(ROOT / "hcsflow" / "models" / "segmenter_v5.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--dsb-images", type=int, default=60)
     parser.add_argument("--sample-seed", type=int, default=1)

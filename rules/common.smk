@@ -133,7 +133,13 @@ def segmentation_model():
         return seg["model"]
     from hcsflow.segmentation.segmenter import default_model_path
 
-    return str(default_model_path())
+    # relative to the working directory when the package lives below it (a checkout), so that
+    # moving the project folder does not change the jobs' inputs
+    path = default_model_path()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def segmentation_illumination(plate):

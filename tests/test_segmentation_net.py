@@ -18,7 +18,7 @@ from hcsflow.segmentation.model import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "segmenter_v5.pt"
+SHIPPED = ROOT / "hcsflow" / "models" / "segmenter_v5.pt"
 TINY = {"in_channels": 2, "widths": (4, 8, 8), "blocks": (1, 1, 1)}
 
 

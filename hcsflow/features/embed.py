@@ -42,7 +42,7 @@ TorchScript file
     for another TorchScript file ``crop_um`` is given to :meth:`Embedder.load` (default
     62.4 µm) and crops are passed at their image size.
 a name
-    ``models/<name>.pt`` shipped with hcsflow (see :func:`available_models`).
+    ``hcsflow/models/<name>.pt`` shipped with hcsflow (see :func:`available_models`).
 
 Inference runs under ``torch.inference_mode`` with batch normalization folded into the
 convolutions, in batches of ``batch_size`` crops, on ``"cpu"`` or ``"cuda[:N]"``. It is
@@ -102,10 +102,10 @@ TORCHSCRIPT_META = "hcsflow_embedder.json"
 
 
 def models_dir() -> Path:
-    """The ``models/`` folder of the repository that holds the package."""
-    import hcsflow
+    """The folder of the checkpoints shipped with the package (``hcsflow/models``)."""
+    from hcsflow.resources import models_dir as shipped
 
-    return Path(hcsflow.__file__).resolve().parents[1] / "models"
+    return shipped()
 
 
 def available_models() -> list[str]:
@@ -347,7 +347,7 @@ class Embedder:
         ----------
         path_or_name : str or path-like
             ``"imagenet"``; a checkpoint file (hcsflow's format, ``{"state_dict", "config"}``,
-            or TorchScript); or the name of a checkpoint shipped in ``models/``
+            or TorchScript); or the name of a checkpoint shipped in ``hcsflow/models/``
             (:func:`available_models`).
         device : str, optional
             ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"`` (CUDA when present).

@@ -77,10 +77,10 @@ FLAGS = ("blank", "saturated", "no_objects")
 
 
 def default_model_path() -> Path:
-    """Path of the shipped checkpoint, ``models/segmenter_v5.pt`` next to the package."""
-    import hcsflow
+    """Path of the shipped checkpoint, ``hcsflow/models/segmenter_v5.pt`` (package data)."""
+    from hcsflow.resources import models_dir
 
-    return Path(hcsflow.__file__).resolve().parents[1] / "models" / DEFAULT_MODEL
+    return models_dir() / DEFAULT_MODEL
 
 
 def resolve_device(device: str | None) -> str:
@@ -458,7 +458,7 @@ class Segmenter:
         Parameters
         ----------
         path : path-like, optional
-            Checkpoint; default :func:`default_model_path` (``models/segmenter_v5.pt``).
+            Checkpoint; default :func:`default_model_path` (``hcsflow/models/segmenter_v5.pt``).
             Ignored for ``method="classical"``.
         device : str, optional
             ``"cpu"``, ``"cuda"``, or ``None``/``"auto"``: CUDA when present, else CPU.
