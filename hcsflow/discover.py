@@ -4,22 +4,44 @@ The manifest has one row per field (well x site) with CellProfiler LoadData colu
 (``FileName_<channel>``, ``PathName_<channel>``), the field's ``Metadata_*`` keys and the plate
 map's treatment columns. Problems are either errors (default) or, when the configuration says
 ``drop``, fields left out and recorded in a QC table.
+
+Every image file of a field that goes into the manifest is checked from its header (see
+:func:`hcsflow.io.read_image_header`): it must be non-empty, readable and not cut short, and
+have the plate's image shape and its channel's pixel type and bit depth. The plate's shape is
+the one most of its files have, a channel's type the one most of its files have (ties go to
+the first field in well and site order), so one odd file among many is the one named.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from hcsflow.io import BadImageError, ImageHeader, read_image_header
 from hcsflow.layouts import ImageKey, parse_filename, split_well
 from hcsflow.platemap import read_platemap, well_sort_key
 
-QC_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Issue", "Detail"]
+QC_COLUMNS = [
+    "Metadata_Plate",
+    "Metadata_Well",
+    "Metadata_Site",
+    "Issue",
+    "Channel",
+    "File",
+    "Detail",
+]
+
+#: Values of ``on_bad_image`` (configuration key ``discovery.on_bad_image``).
+BAD_IMAGE_CHOICES = ("stop", "drop")
+
+#: Bad files listed in one error message (the rest are counted).
+_MAX_LISTED = 10
 
 
 class DiscoveryError(ValueError):
@@ -109,6 +131,7 @@ def discover_plate(
     batch: str | None = None,
     on_missing_channel: str = "error",
     on_unmapped_well: str = "error",
+    on_bad_image: str = "stop",
     plane: int | None = None,
     timepoint: int | None = None,
 ) -> Discovery:
@@ -130,24 +153,35 @@ def discover_plate(
         Batch of the plate (``Metadata_Batch``).
     on_missing_channel, on_unmapped_well : {"error", "drop"}
         What to do with a field lacking a channel and with a well absent from the plate map.
+    on_bad_image : {"stop", "drop"}
+        What to do with a field one of whose files is empty, unreadable, truncated, or differs
+        from the plate's image shape or its channel's pixel type / bit depth: ``stop`` raises
+        naming every such file (well, site, channel); ``drop`` leaves the field out and records
+        one QC row per bad file (issue ``bad_image``).
     plane, timepoint : int, optional
         Which z-plane / time point to keep when the layout records several.
 
     Returns
     -------
     Discovery
-        ``manifest`` sorted by well and site; ``qc`` with one row per dropped field or unimaged
-        well (columns ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Issue``,
-        ``Detail``).
+        ``manifest`` sorted by well and site; ``qc`` with one row per dropped field (one per
+        bad file for ``bad_image``) or unimaged well (columns :data:`QC_COLUMNS`:
+        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Issue``, ``Channel`` and
+        ``File`` (of a bad image, else null), ``Detail``).
 
     Raises
     ------
     DiscoveryError
         No image matches the layout; a channel matches no file; several files for one image; a
         field without some channel or a well absent from the plate map (when set to
-        ``error``); several z-planes or time points without a choice. The message names the
-        folder, file, well or channel.
+        ``error``); a bad image file (when ``on_bad_image`` is ``stop``); several z-planes or
+        time points without a choice. The message names the folder, file, well or channel.
     """
+    if on_bad_image not in BAD_IMAGE_CHOICES:
+        raise DiscoveryError(
+            f"discovery.on_bad_image must be one of {', '.join(BAD_IMAGE_CHOICES)}, "
+            f"got {on_bad_image!r}"
+        )
     chans = [c if isinstance(c, Channel) else Channel(**c) for c in channels]
     images = Path(images)
     if not images.is_dir():
@@ -197,7 +231,7 @@ def discover_plate(
     qc_rows: list[dict[str, object]] = []
     pm = read_platemap(platemap)
     mapped = set(pm["Metadata_Well"])
-    rows = []
+    candidates: list[tuple[str, int, dict[str, tuple[str, str]]]] = []
     for (well, site), slot in sorted(
         files.items(), key=lambda kv: (well_sort_key(kv[0][0]), kv[0][1])
     ):
@@ -220,6 +254,28 @@ def discover_plate(
                     "discovery.on_unmapped_well: drop"
                 )
             qc_rows.append(_qc(plate, well, site, "unmapped_well", f"absent from {platemap}"))
+            continue
+        candidates.append((well, site, slot))
+
+    bad = _check_images(plate, candidates, [c.name for c in chans])
+    if bad and on_bad_image == "stop":
+        listed = "\n  ".join(str(e) for e in bad[:_MAX_LISTED])
+        more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise DiscoveryError(
+            f"plate {plate}: {len(bad)} bad image file(s) in {images}:\n  {listed}{more}\n"
+            "Replace them, or set discovery.on_bad_image: drop to leave their fields out "
+            f"(recorded in the discovery QC table)"
+        )
+    bad_fields: set[tuple[str | None, int | None]] = set()
+    for err in bad:  # errors of _check_images carry well and site
+        bad_fields.add((err.well, err.site))
+        qc_rows.append(
+            _qc(plate, str(err.well), err.site, "bad_image", err.reason, err.channel, err.path)
+        )
+
+    rows = []
+    for well, site, slot in candidates:
+        if (well, site) in bad_fields:
             continue
         row_letter, column = split_well(well)
         rec: dict[str, object] = {
@@ -251,17 +307,89 @@ def discover_plate(
     manifest["Metadata_Column"] = manifest["Metadata_Column"].astype("int64")
     qc = pd.DataFrame(qc_rows, columns=QC_COLUMNS)
     qc["Metadata_Site"] = qc["Metadata_Site"].astype("Int64")
+    for col in ("Channel", "File"):
+        qc[col] = qc[col].astype("string")
     return Discovery(manifest=manifest, qc=qc, listing_digest=digest, n_files=len(listing))
 
 
-def _qc(plate: str, well: str, site: int | None, issue: str, detail: str) -> dict[str, object]:
+def _qc(
+    plate: str,
+    well: str,
+    site: int | None,
+    issue: str,
+    detail: str,
+    channel: str | None = None,
+    path: str | None = None,
+) -> dict[str, object]:
     return {
         "Metadata_Plate": plate,
         "Metadata_Well": well,
         "Metadata_Site": site,
         "Issue": issue,
+        "Channel": channel,
+        "File": path,
         "Detail": detail,
     }
+
+
+def _check_images(
+    plate: str,
+    fields: Sequence[tuple[str, int, Mapping[str, tuple[str, str]]]],
+    channel_names: Sequence[str],
+) -> list[BadImageError]:
+    """Check the header of every file of ``fields`` against the plate's shape and types.
+
+    Parameters
+    ----------
+    plate : str
+    fields : sequence of (well, site, {channel: (directory, file name)})
+        The fields, in well and site order.
+    channel_names : sequence of str
+        Channel order within a field.
+
+    Returns
+    -------
+    list of BadImageError
+        One per bad file, in field then channel order, each naming the file, well, site and
+        channel. A file is bad when it is empty, its header unreadable or its data cut short,
+        or when its shape differs from the plate's most common shape or its type and bit depth
+        from its channel's most common ones (ties: the first field's).
+    """
+    headers: dict[tuple[str, int, str], tuple[ImageHeader, str]] = {}
+    bad: dict[tuple[str, int, str], BadImageError] = {}
+    shapes: Counter[tuple[int, int]] = Counter()
+    kinds: dict[str, Counter[tuple[str, int]]] = {ch: Counter() for ch in channel_names}
+    for well, site, slot in fields:
+        for ch in channel_names:
+            path = os.path.join(*slot[ch])
+            try:
+                h = read_image_header(path)
+            except BadImageError as exc:
+                bad[(well, site, ch)] = exc.at(plate=plate, well=well, site=site, channel=ch)
+                continue
+            headers[(well, site, ch)] = (h, path)
+            shapes[h.shape] += 1
+            kinds[ch][(h.dtype, h.bits)] += 1
+    # most common value; Counter keeps first-seen order, so a tie goes to the first field
+    shape = max(shapes, key=shapes.__getitem__) if shapes else None
+    kind = {ch: max(c, key=c.__getitem__) for ch, c in kinds.items() if c}
+    for (well, site, ch), (h, path) in headers.items():
+        n_shape, n_kind = shapes[h.shape if shape is None else shape], kinds[ch][kind[ch]]
+        if h.shape != shape:
+            reason = (
+                f"image of shape {h.shape}, but {n_shape} file(s) of plate {plate} have {shape}"
+            )
+        elif (h.dtype, h.bits) != kind[ch]:
+            want = ImageHeader(h.shape, *kind[ch]).kind
+            reason = f"{h.kind} pixels, but {n_kind} file(s) of channel {ch} are {want}"
+        else:
+            continue
+        bad[(well, site, ch)] = BadImageError(
+            path, reason, plate=plate, well=well, site=site, channel=ch
+        )
+    order = {(w, s): i for i, (w, s, _) in enumerate(fields)}
+    rank = {ch: i for i, ch in enumerate(channel_names)}
+    return [bad[k] for k in sorted(bad, key=lambda k: (order[(k[0], k[1])], rank[k[2]]))]
 
 
 def _select_plate(

@@ -61,7 +61,7 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from scipy import fft as sfft
 
-from hcsflow.io import atomic_path
+from hcsflow.io import BadImageError, atomic_path
 
 METHODS = ("basic", "mean_smooth", "none")
 FALLBACKS = ("mean_smooth", "none")
@@ -170,6 +170,10 @@ class IlluminationResult:
         flat-field's contrast, 1: none) and ``contrast_weight`` (the weight of the centred
         fields' contrast) and ``flatfield_uniform`` (True when the fields showed no shading
         beyond their noise and the flat-field is a constant); empty for the other methods.
+    dropped : list of dict
+        Sampled fields left out because their file could not be read or had another shape
+        (:func:`estimate_from_manifest` with ``on_bad_image="drop"``): ``File``,
+        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Channel``, ``Reason``.
     """
 
     flatfield: np.ndarray
@@ -179,19 +183,23 @@ class IlluminationResult:
     used: np.ndarray
     excluded: dict[int, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
     def meta(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (method, counts, reasons of exclusion)."""
+        """A JSON-serialisable summary (method, counts, reasons of exclusion, dropped files)."""
         reasons: dict[str, int] = {}
         for r in self.excluded.values():
             reasons[r] = reasons.get(r, 0) + 1
-        return {
+        out = {
             "method": self.method,
             "n_fields": int(self.n_fields),
             "n_used": int(self.used.sum()),
             "excluded": dict(sorted(reasons.items())),
             "fit": dict(sorted(self.details.items())),
         }
+        if self.dropped:
+            out["dropped"] = list(self.dropped)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1498,6 +1506,7 @@ def estimate_from_manifest(
     max_fields: int = 200,
     seed: int = 0,
     read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+    on_bad_image: str = "stop",
     **kwargs: Any,
 ) -> IlluminationResult:
     """Estimate one channel's flat-field and dark-field from a sample of a manifest's fields.
@@ -1515,9 +1524,25 @@ def estimate_from_manifest(
         Sample size and seed (:func:`sample_fields`).
     read : callable, optional
         Image reader; default :func:`hcsflow.io.read_image`.
+    on_bad_image : {"stop", "drop"}
+        A sampled file that cannot be read (the reader raises ``ValueError``) or whose shape
+        differs from the first sampled field's: ``stop`` raises
+        :class:`~hcsflow.io.BadImageError` naming the file, plate, well, site and channel;
+        ``drop`` leaves the field out of the estimate and records it in the result's
+        ``dropped`` (the sample itself is not redrawn, so it does not depend on which files
+        are bad).
     **kwargs
         Options of :func:`fit`.
+
+    Raises
+    ------
+    BadImageError
+        With ``on_bad_image="stop"``, as above.
     """
+    if on_bad_image not in ("stop", "drop"):
+        raise ValueError(f"discovery.on_bad_image must be 'stop' or 'drop', got {on_bad_image!r}")
+    if read is None:
+        from hcsflow.io import read_image as read
     cols = [f"PathName_{channel}", f"FileName_{channel}"]
     missing = [c for c in cols if c not in manifest]
     if missing:
@@ -1525,8 +1550,45 @@ def estimate_from_manifest(
     if len(manifest) == 0:
         raise ValueError(f"the manifest has no fields to estimate channel {channel!r} from")
     rows = sample_fields(manifest, max_fields, seed)
-    paths = [Path(p) / f for p, f in zip(rows[cols[0]], rows[cols[1]], strict=True)]
-    return estimate_from_files(paths, method, read=read, **kwargs)
+    names: list[str] = []  # filled as fields are read: fit() names field i by names[i]
+    dropped: list[dict[str, Any]] = []
+
+    def fields() -> Iterator[np.ndarray]:
+        shape: tuple[int, ...] | None = None
+        for row in rows.to_dict("records"):
+            path = Path(row[cols[0]]) / row[cols[1]]
+            where = {
+                "plate": str(row["Metadata_Plate"]) if "Metadata_Plate" in row else None,
+                "well": str(row["Metadata_Well"]) if "Metadata_Well" in row else None,
+                "site": int(row["Metadata_Site"]) if "Metadata_Site" in row else None,
+                "channel": channel,
+            }
+            try:
+                try:
+                    img = np.asarray(read(path))
+                except BadImageError as exc:
+                    raise exc.at(**where) from exc
+                except ValueError as exc:
+                    raise BadImageError(path, str(exc), **where) from exc
+                if shape is not None and img.shape != shape:
+                    raise BadImageError(
+                        path,
+                        f"has shape {img.shape}, but the other sampled fields have {shape}",
+                        **where,
+                    )
+            except BadImageError as exc:
+                if on_bad_image == "stop":
+                    raise
+                warnings.warn(f"left out of the estimate: {exc}", IlluminationWarning, stacklevel=2)
+                dropped.append(exc.record())
+                continue
+            shape = img.shape if shape is None else shape
+            names.append(str(BadImageError(path, "field", **where)).removesuffix(": field"))
+            yield img
+
+    result = fit(fields(), method, names=names, **kwargs)
+    result.dropped = dropped
+    return result
 
 
 def write_corrected(

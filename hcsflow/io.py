@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,206 @@ def read_manifest(results: str | os.PathLike[str], plate: str) -> pd.DataFrame:
     return read_table(path)
 
 
+class BadImageError(ValueError):
+    """An image file that cannot be used: unreadable, empty, truncated or of the wrong kind.
+
+    The message names the file and, when known, the plate, well, site and channel of the
+    field it belongs to; the same facts are attributes, so that a caller that drops bad fields
+    (``discovery.on_bad_image: drop``) can record them.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+    reason : str
+        What is wrong with it (without the file name), e.g. ``"empty file (0 bytes)"``.
+    plate, well, site, channel : optional
+        Where the file belongs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        reason: str,
+        *,
+        plate: str | None = None,
+        well: str | None = None,
+        site: int | None = None,
+        channel: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.plate = plate
+        self.well = well
+        self.site = None if site is None else int(site)
+        self.channel = channel
+        super().__init__(self._message())
+
+    def __reduce__(self):  # keep the attributes through pickling (multiprocessing)
+        return (
+            _rebuild_bad_image,
+            (self.path, self.reason, self.plate, self.well, self.site, self.channel),
+        )
+
+    def _message(self) -> str:
+        parts = []
+        if self.plate is not None:
+            parts.append(f"plate {self.plate}")
+        if self.well is not None:
+            parts.append(f"well {self.well}")
+        if self.site is not None:
+            parts.append(f"site {self.site}")
+        if self.channel is not None:
+            parts.append(f"channel {self.channel}")
+        where = " ".join(parts)
+        return f"{where + ': ' if where else ''}image {self.path}: {self.reason}"
+
+    def at(
+        self,
+        *,
+        plate: str | None = None,
+        well: str | None = None,
+        site: int | None = None,
+        channel: str | None = None,
+    ) -> BadImageError:
+        """The same error with the field's location filled in (known values are kept)."""
+        return BadImageError(
+            self.path,
+            self.reason,
+            plate=self.plate if self.plate is not None else plate,
+            well=self.well if self.well is not None else well,
+            site=self.site if self.site is not None else site,
+            channel=self.channel if self.channel is not None else channel,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """``{"File", "Metadata_Plate", "Metadata_Well", "Metadata_Site", "Channel", "Reason"}``."""
+        return {
+            "File": self.path,
+            "Metadata_Plate": self.plate,
+            "Metadata_Well": self.well,
+            "Metadata_Site": self.site,
+            "Channel": self.channel,
+            "Reason": self.reason,
+        }
+
+
+def _rebuild_bad_image(
+    path: str,
+    reason: str,
+    plate: str | None,
+    well: str | None,
+    site: int | None,
+    channel: str | None,
+) -> BadImageError:
+    return BadImageError(path, reason, plate=plate, well=well, site=site, channel=channel)
+
+
+def _field_location(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``plate``, ``well``, ``site`` of a manifest row (those it has)."""
+    out: dict[str, Any] = {}
+    for key, col in (("plate", "Metadata_Plate"), ("well", "Metadata_Well")):
+        if col in row:
+            out[key] = str(row[col])
+    if "Metadata_Site" in row:
+        out["site"] = int(row["Metadata_Site"])
+    return out
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says about its pixels, read without decoding them.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the image as :func:`read_image` returns it.
+    dtype : str
+        NumPy type name of the pixels, e.g. ``"uint16"``.
+    bits : int
+        Bits per sample recorded in the file (12 for 12-bit data in 16-bit words, when the
+        file says so; otherwise the type's size).
+    """
+
+    shape: tuple[int, int]
+    dtype: str
+    bits: int
+
+    @property
+    def kind(self) -> str:
+        """Type and bit depth, e.g. ``"uint16 (16-bit)"``."""
+        return f"{self.dtype} ({self.bits}-bit)"
+
+
+def read_image_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Check one image file cheaply and return its pixels' shape, type and bit depth.
+
+    TIFF files are checked from their header alone (pixels are not decoded): the file must be
+    non-empty, its header readable, the image 2-D (single channel, or RGB with the same value
+    in each sample, as :func:`read_image` accepts) and the image data the header points to must
+    lie inside the file (a file cut short fails here). Other formats are decoded with
+    :func:`read_image`.
+
+    Parameters
+    ----------
+    path : path
+        The image file.
+
+    Returns
+    -------
+    ImageHeader
+
+    Raises
+    ------
+    BadImageError
+        Naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be opened ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        img = read_image(path)
+        bits = img.dtype.itemsize * 8
+        return ImageHeader((int(img.shape[0]), int(img.shape[1])), img.dtype.name, bits)
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(int(n) for n in series.shape)
+            dtype = np.dtype(series.dtype)
+            page = tif.pages.first
+            bits = int(page.bitspersample)
+            end = 0
+            for pg in series.pages:
+                if pg is None:
+                    continue
+                for offset, count in zip(pg.dataoffsets, pg.databytecounts, strict=False):
+                    end = max(end, int(offset) + int(count))
+    except Exception as exc:  # noqa: BLE001 - any failure of the header is a bad file
+        raise BadImageError(path, f"unreadable TIFF header ({exc})") from exc
+    if end > size:
+        raise BadImageError(
+            path, f"truncated: its image data end at byte {end} but the file has {size} bytes"
+        )
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        shape = shape[:2]
+    if len(shape) != 2:
+        raise BadImageError(path, f"holds an image of shape {shape}; expected a 2-D single channel")
+    return ImageHeader((shape[0], shape[1]), dtype.name, bits)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one single-channel 2-D image (TIFF or PNG) as stored, shape ``(H, W)``.
 
-    Raises ``ValueError`` naming the file if it cannot be read or is not 2-D.
+    Raises
+    ------
+    BadImageError
+        (a ``ValueError``) naming the file if it cannot be read or is not 2-D.
     """
     path = Path(path)
     try:
@@ -206,12 +403,12 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
             img = skio.imread(path)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        raise BadImageError(path, f"cannot be read ({exc})") from exc
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[-1] in (3, 4) and np.all(img[..., 0] == img[..., 1]):
         img = img[..., 0]
     if img.ndim != 2:
-        raise ValueError(f"image {path} has shape {img.shape}; expected a 2-D single channel")
+        raise BadImageError(path, f"has shape {img.shape}; expected a 2-D single channel")
     return img
 
 
@@ -223,17 +420,63 @@ def field_paths(row: Mapping[str, Any], channels: list[str]) -> list[Path]:
 def read_field(row: Mapping[str, Any], channels: list[str]) -> np.ndarray:
     """Read the images of one manifest row as a stack of shape ``(C, H, W)``.
 
-    Raises ``ValueError`` naming the file whose shape differs from the first channel's.
+    Raises
+    ------
+    BadImageError
+        A file that cannot be read, is not 2-D or whose shape differs from the first
+        channel's; the message names the file, plate, well, site and channel.
     """
     paths = field_paths(row, channels)
-    imgs = [read_image(p) for p in paths]
-    for p, img in zip(paths[1:], imgs[1:], strict=True):
-        if img.shape != imgs[0].shape:
-            raise ValueError(
-                f"image {p} has shape {img.shape}, but {paths[0]} of the same field has "
-                f"{imgs[0].shape}"
+    where = _field_location(row)
+    imgs = []
+    for ch, p in zip(channels, paths, strict=True):
+        try:
+            img = read_image(p)
+        except BadImageError as exc:
+            raise exc.at(**where, channel=ch) from exc
+        if imgs and img.shape != imgs[0].shape:
+            raise BadImageError(
+                p,
+                f"has shape {img.shape}, but {paths[0]} ({channels[0]}) of the same field has "
+                f"{imgs[0].shape}",
+                **where,
+                channel=ch,
             )
+        imgs.append(img)
     return np.stack(imgs)
+
+
+def check_shape(
+    image: np.ndarray,
+    expected: tuple[int, ...],
+    row: Mapping[str, Any],
+    channel: str,
+    what: str,
+) -> None:
+    """Raise :class:`BadImageError` naming the field's file unless ``image`` is ``expected``.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W)
+        One channel of a field.
+    expected : tuple of int
+        The shape it must have, e.g. the flat-field's ``(H, W)``.
+    row : mapping
+        The field's manifest row (``PathName_<channel>``, ``FileName_<channel>``,
+        ``Metadata_*``).
+    channel : str
+        The channel's name.
+    what : str
+        What sets the expected shape, e.g. ``"the DNA flat-field"``.
+    """
+    if tuple(image.shape[-2:]) != tuple(expected):
+        path = field_paths(row, [channel])[0]
+        raise BadImageError(
+            path,
+            f"has shape {tuple(image.shape[-2:])}, but {what} has {tuple(expected)}",
+            **_field_location(row),
+            channel=channel,
+        )
 
 
 def _json_default(obj: Any) -> Any:

@@ -25,6 +25,7 @@ rule illumination_batch:
     params:
         plates=lambda wc: batch_plates(wc.batch),
         illumination=config["illumination"],
+        on_bad_image=config["discovery"]["on_bad_image"],
         label=lambda wc: f"batch {wc.batch}",
     script:
         "../workflow_scripts/illumination.py"
@@ -49,6 +50,7 @@ rule illumination:
     params:
         plates=lambda wc: [wc.plate],
         illumination=config["illumination"],
+        on_bad_image=config["discovery"]["on_bad_image"],
         label=lambda wc: wc.plate,
     script:
         "../workflow_scripts/illumination.py"

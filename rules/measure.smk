@@ -34,6 +34,7 @@ rule measure:
         image_mpp=config["image_mpp"],
         features=config["features"],
         embedding=config["embedding"],
+        on_bad_image=config["discovery"]["on_bad_image"],
     script:
         "../workflow_scripts/measure.py"
 
@@ -64,6 +65,7 @@ rule embed_sample:
         channels=CHANNEL_NAMES,
         image_mpp=config["image_mpp"],
         embedding=config["embedding"],
+        on_bad_image=config["discovery"]["on_bad_image"],
     script:
         "../workflow_scripts/embed_sample.py"
 

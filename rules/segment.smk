@@ -29,6 +29,7 @@ rule segment:
         channels=CHANNELS,
         image_mpp=config["image_mpp"],
         segmentation=config["segmentation"],
+        on_bad_image=config["discovery"]["on_bad_image"],
     script:
         "../workflow_scripts/segment.py"
 
@@ -57,5 +58,6 @@ rule segmentation_overlays:
         illumination=lambda wc: segmentation_illumination(wc.plate),
         channels=CHANNELS,
         segmentation=config["segmentation"],
+        on_bad_image=config["discovery"]["on_bad_image"],
     script:
         "../workflow_scripts/segment_overlays.py"

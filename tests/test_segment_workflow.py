@@ -178,3 +178,47 @@ def test_batch_illumination_is_estimated_once_per_batch(workdir, tmp_path):
             res / "batches" / "B1" / "DNA.png"
         ).read_bytes()
     assert not np.allclose(batch_flat, 1.0)  # the simulated vignetting was estimated
+
+
+def test_bad_image_stops_discovery_or_is_dropped(workdir):
+    """An 8-bit DNA file among 16-bit ones: stop names it; drop finishes the other fields."""
+    import tifffile
+
+    images = workdir / "S1_bad" / "images"
+    shutil.copytree(workdir / "S1" / "images", images)
+    bad = next(images.glob("*A02_s2_w1*.tif"))
+    tifffile.imwrite(bad, (tifffile.imread(bad) // 256).astype(np.uint8))
+    (workdir / "bad.tsv").write_text(
+        "plate\timages\tlayout\tplatemap\tbatch\n"
+        f"S1\t{images}\timagexpress\t{workdir}/S1/platemap.csv\tB1\n"
+    )
+    over = (
+        "plates: bad.tsv\nresults: results_bad\n"
+        "segmentation: {method: classical, threads: 1, overlay_fields: 6, overlay_crop: 64}\n"
+        "illumination: {method: none}\nshards: {wells_per_shard: 2}\n"
+    )
+    (workdir / "bad.yaml").write_text(over)
+    run = snakemake(workdir, "--configfile", "bad.yaml", "-c1")
+    assert run.returncode != 0
+    log = (workdir / "results_bad" / "logs" / "discover" / "S1.log").read_text()
+    assert f"plate S1 well A02 site 2 channel DNA: image {bad}: uint8 (8-bit) pixels" in log
+    assert not (workdir / "results_bad" / "manifest" / "S1.parquet").exists()
+
+    (workdir / "bad.yaml").write_text(over + "discovery: {on_bad_image: drop}\n")
+    run = snakemake(workdir, "--configfile", "bad.yaml", "-c1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = workdir / "results_bad"
+    qc = read_table(res / "qc" / "S1_discovery.parquet")
+    rec = qc[qc["Issue"] == "bad_image"]
+    assert rec[["Metadata_Well", "Metadata_Site", "Channel", "File"]].values.tolist() == [
+        ["A02", 2, "DNA", str(bad)]
+    ]
+    seg = pd.concat(read_table(p) for p in sorted((res / "segmentation" / "S1").glob("*.parquet")))
+    assert list(zip(seg["Metadata_Well"], seg["Metadata_Site"], strict=True)) == [
+        ("A01", 1),
+        ("A01", 2),
+        ("A02", 1),
+        ("B01", 1),
+        ("B01", 2),
+    ]
+    assert (res / "qc" / "S1_overlays.png").exists()

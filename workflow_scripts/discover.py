@@ -17,6 +17,7 @@ with log_to(sm.log[0]) as log:
         batch=p.batch,
         on_missing_channel=opts["on_missing_channel"],
         on_unmapped_well=opts["on_unmapped_well"],
+        on_bad_image=opts["on_bad_image"],
         plane=opts["plane"],
         timepoint=opts["timepoint"],
     )
@@ -37,3 +38,12 @@ with log_to(sm.log[0]) as log:
         len(result.manifest),
         len(result.qc),
     )
+    for rec in result.qc[result.qc["Issue"] == "bad_image"].itertuples():
+        log.warning(
+            "dropped well %s site %s (discovery.on_bad_image: drop): channel %s, image %s: %s",
+            rec.Metadata_Well,
+            rec.Metadata_Site,
+            rec.Channel,
+            rec.File,
+            rec.Detail,
+        )

@@ -48,7 +48,19 @@ with log_to(sm.log[0]) as log:
             fallback=opts["fallback"],
             screen=opts["screen"],
             screening=screening,
+            on_bad_image=p.on_bad_image,
         )
+        for rec in result.dropped:
+            log.warning(
+                "left out of the estimate (discovery.on_bad_image: drop): plate %s well %s "
+                "site %s channel %s, image %s: %s",
+                rec["Metadata_Plate"],
+                rec["Metadata_Well"],
+                rec["Metadata_Site"],
+                rec["Channel"],
+                rec["File"],
+                rec["Reason"],
+            )
         meta = {
             **result.meta(),
             "group": p.label,

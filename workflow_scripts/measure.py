@@ -33,6 +33,7 @@ with log_to(sm.log[0]) as log:
             channels=list(p.channels),
             threads=sm.threads,
         )
+    dropped = []
     cells, quality = measure_fields(
         rows,
         p.channels,
@@ -42,8 +43,13 @@ with log_to(sm.log[0]) as log:
         embedder=embedder,
         image_mpp=p.image_mpp,
         dtype=p.features["dtype"],
+        on_bad_image=p.on_bad_image,
+        dropped=dropped,
     )
     inputs = {k: file_checksum(v) for k, v in sm.input.items()}
+    extra = {"shard": sm.wildcards.shard, "wells": list(p.wells)}
+    if dropped:  # fields whose files failed to decode (discovery.on_bad_image: drop)
+        extra["dropped"] = [e.record() for e in dropped]
     prov = make_provenance(
         "measure",
         config={
@@ -53,15 +59,16 @@ with log_to(sm.log[0]) as log:
             "image_mpp": p.image_mpp,
         },
         inputs=inputs,
-        extra={"shard": sm.wildcards.shard, "wells": list(p.wells)},
+        extra=extra,
     )
     write_table(quality, sm.output.qc, prov)
     write_table(cells, sm.output.cells, prov)
     log.info(
-        "plate %s shard %s: %d fields, %d cells x %d columns",
+        "plate %s shard %s: %d fields, %d cells x %d columns, %d fields dropped",
         sm.wildcards.plate,
         sm.wildcards.shard,
         len(quality),
         len(cells),
         cells.shape[1],
+        len(dropped),
     )

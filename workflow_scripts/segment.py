@@ -11,6 +11,7 @@ with log_to(sm.log[0]) as log:
     manifest = read_table(sm.input.manifest)
     rows = manifest[manifest["Metadata_Well"].isin(p.wells)]
     segmenter = segmenter_from_config(seg)
+    dropped = []
     masks, qc = segment_fields(
         rows,
         p.channels,
@@ -19,24 +20,30 @@ with log_to(sm.log[0]) as log:
         illumination=load_illumination(p.illumination),
         weights=seg["channel_weights"],
         fields_per_batch=seg["fields_per_batch"],
+        on_bad_image=p.on_bad_image,
+        dropped=dropped,
     )
     inputs = {"manifest": file_checksum(sm.input.manifest)}
     inputs.update({k: file_checksum(v) for k, v in sm.input.items() if k.startswith("illum_")})
     if "model" in sm.input.keys():
         inputs["model"] = file_checksum(sm.input.model)
+    extra = {"shard": sm.wildcards.shard, "wells": list(p.wells)}
+    if dropped:  # fields whose files failed to decode (discovery.on_bad_image: drop)
+        extra["dropped"] = [e.record() for e in dropped]
     prov = make_provenance(
         "segment",
         config={"segmentation": seg, "channels": p.channels, "image_mpp": p.image_mpp},
         inputs=inputs,
-        extra={"shard": sm.wildcards.shard, "wells": list(p.wells)},
+        extra=extra,
     )
     write_masks(sm.output.masks, masks)
     write_table(qc, sm.output.qc, prov)
     log.info(
-        "plate %s shard %s: %d fields, %d cells, %d flagged",
+        "plate %s shard %s: %d fields, %d cells, %d flagged, %d dropped",
         sm.wildcards.plate,
         sm.wildcards.shard,
         len(qc),
         int(qc["Count_Cells"].sum()),
         int((qc["flags"] != "").sum()),
+        len(dropped),
     )

@@ -20,6 +20,7 @@ with log_to(sm.log[0]) as log:
         crop=p.segmentation["overlay_crop"],
         illumination=load_illumination(p.illumination),
         weights=p.segmentation["channel_weights"],
+        on_bad_image=p.on_bad_image,
     )
     log.info(
         "plate %s: overlays of %s",

@@ -8,6 +8,12 @@ range: 65535 for 16-bit files), the field's masks are read from the shard's arch
 :func:`hcsflow.features.measure` (and, when an embedder is given,
 :meth:`hcsflow.features.Embedder.embed`) run on it. Only one field's images are in memory at a
 time, so memory is bounded by the field, whatever the shard or plate size.
+
+A field whose file cannot be read, or whose shape does not match its other channels or the
+flat-field, raises :class:`hcsflow.io.BadImageError` naming the file, plate, well, site and
+channel; with ``on_bad_image="drop"`` it is skipped instead (it has no cells and no quality
+row) and the error appended to ``dropped``. Whether a field is dropped depends on its files
+only, so outputs do not depend on order or timing.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import pandas as pd
 
 from hcsflow.features.core import MeasureParams, measure, pair_nuclei
 from hcsflow.features.quality import field_quality
-from hcsflow.io import mask_key, read_field
+from hcsflow.io import BadImageError, check_shape, mask_key, read_field
 from hcsflow.logutil import Progress
 
 if TYPE_CHECKING:
@@ -77,6 +83,9 @@ def iter_fields(
     channel_names: Sequence[str],
     masks_paths: Sequence[str | Path],
     illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    *,
+    on_bad_image: str = "stop",
+    dropped: list[BadImageError] | None = None,
 ) -> Iterator[Field]:
     """Read the fields of a manifest one at a time, in well and site order, with their masks.
 
@@ -90,11 +99,23 @@ def iter_fields(
         Mask archives (:func:`hcsflow.io.write_masks`) holding the fields' masks.
     illumination : mapping of channel name to (flat, dark), optional
         Profiles of shape (H, W); channels not listed are left uncorrected.
+    on_bad_image : {"stop", "drop"}
+        A field with a file that cannot be read or has the wrong shape: ``stop`` raises;
+        ``drop`` skips it (before its masks are looked up: segmentation skipped it too).
+    dropped : list, optional
+        With ``drop``, the errors of skipped fields are appended here.
 
     Yields
     ------
     Field
+
+    Raises
+    ------
+    BadImageError
+        With ``on_bad_image="stop"``, naming the file, plate, well, site and channel.
     """
+    if on_bad_image not in ("stop", "drop"):
+        raise ValueError(f"discovery.on_bad_image must be 'stop' or 'drop', got {on_bad_image!r}")
     from hcsflow.illumination import correct
 
     names = list(channel_names)
@@ -114,10 +135,23 @@ def iter_fields(
         for i, row in enumerate(rows, start=1):
             well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
             where = f"plate {row['Metadata_Plate']} well {well} site {site}"
+            try:
+                raw = read_field(row, names)
+                for ch in illumination:
+                    flat = illumination[ch][0]
+                    check_shape(
+                        raw[names.index(ch)], np.shape(flat), row, ch, f"the {ch} flat-field"
+                    )
+            except BadImageError as exc:
+                if on_bad_image == "stop":
+                    raise
+                log.warning("skipped (discovery.on_bad_image: drop): %s", exc)
+                if dropped is not None:
+                    dropped.append(exc)
+                continue
             keys = [mask_key(well, site, k) for k in ("nuclei", "cells")]
             if any(k not in members for k in keys):
                 raise ValueError(f"{where}: no masks in {', '.join(map(str, masks_paths))}")
-            raw = read_field(row, names)
             nuclei, cells = (members[k][0][k] for k in keys)
             if nuclei.shape != raw.shape[1:] or cells.shape != raw.shape[1:]:
                 raise ValueError(
@@ -148,6 +182,8 @@ def measure_fields(
     embedder: Embedder | None = None,
     image_mpp: float = 0.65,
     dtype: str = "float32",
+    on_bad_image: str = "stop",
+    dropped: list[BadImageError] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell measurements and per-field image quality of the fields of a manifest.
 
@@ -169,6 +205,8 @@ def measure_fields(
         Micrometres per pixel (the embedder's crop size is physical).
     dtype : {"float32", "float64"}
         Type of the measurement and embedding columns in the output.
+    on_bad_image, dropped
+        As in :func:`iter_fields`: a dropped field has no cells and no quality row.
 
     Returns
     -------
@@ -185,7 +223,10 @@ def measure_fields(
     tables: list[pd.DataFrame] = []
     quality: list[dict[str, Any]] = []
     progress = Progress(log, len(manifest), "measured")
-    for f in iter_fields(manifest, names, [masks_path], illumination):
+    fields = iter_fields(
+        manifest, names, [masks_path], illumination, on_bad_image=on_bad_image, dropped=dropped
+    )
+    for f in fields:
         scale = np.float32(intensity_scale(f.raw.dtype))
         table = measure(f.corrected * scale, f.nuclei, f.cells, names, params)
         if embedder is not None:
@@ -267,6 +308,8 @@ def sample_fields(
     image_mpp: float = 0.65,
     cells_per_field: int = 4,
     seed: int = 0,
+    on_bad_image: str = "stop",
+    dropped: list[BadImageError] | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """A deterministic sample of cell crops of a plate, for training an embedder.
 
@@ -286,6 +329,8 @@ def sample_fields(
         Cells drawn per field (all of them when a field has fewer).
     seed : int
         Seed of the draw; each field's draw depends on the seed, plate, well and site only.
+    on_bad_image, dropped
+        As in :func:`iter_fields`.
 
     Returns
     -------
@@ -301,7 +346,10 @@ def sample_fields(
     size = crop_size_px(crop_um, image_mpp)
     names = list(channel_names)
     crops, rows = [], []
-    for f in iter_fields(manifest, names, masks_paths, illumination):
+    fields = iter_fields(
+        manifest, names, masks_paths, illumination, on_bad_image=on_bad_image, dropped=dropped
+    )
+    for f in fields:
         cells_k, nuclei_k, numbers = pair_nuclei(f.nuclei, f.cells)
         key = f"{seed}:{f.row['Metadata_Plate']}:{f.row['Metadata_Well']}:{f.row['Metadata_Site']}"
         field_seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")

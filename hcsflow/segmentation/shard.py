@@ -12,6 +12,11 @@ is corrected in memory (``(raw - dark) / flat``) before anything else.
 The QC flags ``blank`` and ``saturated`` are decided on the *raw* images of the segmentation
 channels (a corrected image of a blank field is no longer constant, and clipped pixels no longer
 share one value): a blank nuclear channel gives no objects without running the network.
+
+A field whose file cannot be read, or whose shape does not match its other channels or the
+flat-field, raises :class:`hcsflow.io.BadImageError` naming the file, plate, well, site and
+channel; with ``on_bad_image="drop"`` the field is skipped instead (no masks, no QC row) and
+the error appended to ``dropped``. Whether a field is dropped depends on its files only.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.io import read_field
+from hcsflow.io import BadImageError, check_shape, read_field
 from hcsflow.logutil import Progress
 from hcsflow.segmentation.segmenter import SegmentationResult, Segmenter, field_flags
 
@@ -97,6 +102,54 @@ def load_illumination(paths: Mapping[str, str] | None) -> dict[str, tuple[np.nda
     return {ch: illumination.load(p) for ch, p in paths.items()}
 
 
+def _check_on_bad_image(on_bad_image: str) -> None:
+    if on_bad_image not in ("stop", "drop"):
+        raise ValueError(f"discovery.on_bad_image must be 'stop' or 'drop', got {on_bad_image!r}")
+
+
+def read_corrected(
+    row: Mapping[str, Any],
+    names: Sequence[str],
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Read a field's channels and correct those with a profile.
+
+    Parameters
+    ----------
+    row : mapping
+        The field's manifest row.
+    names : sequence of str
+        Channels to read.
+    illumination : mapping of channel name to (flat, dark)
+        Profiles of shape (H, W).
+
+    Returns
+    -------
+    raw : ndarray of shape (C, H, W)
+        The channels as stored.
+    corrected : list of ndarray of shape (H, W)
+        Float32 where a profile was applied, else the raw channel.
+
+    Raises
+    ------
+    BadImageError
+        A file that cannot be read, or whose shape differs from the field's other channels or
+        from its flat-field; naming the file, plate, well, site and channel.
+    """
+    from hcsflow.illumination import correct
+
+    stack = read_field(row, list(names))
+    imgs = []
+    for k, name in enumerate(names):
+        img = stack[k]
+        if name in illumination:
+            flat, dark = illumination[name]
+            check_shape(img, np.shape(flat), row, name, f"the {name} flat-field")
+            img = correct(img, flat, dark)
+        imgs.append(img)
+    return stack, imgs
+
+
 def segment_fields(
     manifest: pd.DataFrame,
     channels: Sequence[Mapping[str, Any]],
@@ -105,6 +158,8 @@ def segment_fields(
     illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     weights: Mapping[str, float] | None = None,
     fields_per_batch: int = 4,
+    on_bad_image: str = "stop",
+    dropped: list[BadImageError] | None = None,
 ) -> tuple[dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
     """Segment every field of a manifest.
 
@@ -124,6 +179,12 @@ def segment_fields(
         Weights of the channels combined within one role.
     fields_per_batch : int
         Fields whose tiles go through the network together.
+    on_bad_image : {"stop", "drop"}
+        A field with a file that cannot be read or has the wrong shape: ``stop`` raises
+        :class:`~hcsflow.io.BadImageError`; ``drop`` skips the field (no masks, no QC row).
+    dropped : list, optional
+        With ``drop``, the errors of skipped fields are appended here (one per field, the
+        first bad file).
 
     Returns
     -------
@@ -132,7 +193,13 @@ def segment_fields(
     qc : DataFrame
         One row per field: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and
         :data:`QC_COLUMNS`, sorted by well and site.
+
+    Raises
+    ------
+    BadImageError
+        With ``on_bad_image="stop"``, naming the file, plate, well, site and channel.
     """
+    _check_on_bad_image(on_bad_image)
     nuc_names, cyto_names = channels_by_role(channels)
     names = nuc_names + cyto_names
     illumination = dict(illumination or {})
@@ -144,10 +211,19 @@ def segment_fields(
     records = []
     progress = Progress(log, len(rows), "segmented")
     for start in range(0, len(rows), fields_per_batch):
-        chunk = rows[start : start + fields_per_batch]
-        inputs, flags = [], []
-        for row in chunk:
-            stack = read_field(row, names)
+        inputs, flags, chunk = [], [], []
+        for row in rows[start : start + fields_per_batch]:
+            try:
+                stack, imgs = read_corrected(row, names, illumination)
+            except BadImageError as exc:
+                if on_bad_image == "stop":
+                    raise
+                log.warning("skipped (discovery.on_bad_image: drop): %s", exc)
+                if dropped is not None:
+                    dropped.append(exc)
+                progress.advance()
+                continue
+            chunk.append(row)
             raw_flags = set()
             for k, name in enumerate(names):
                 f = field_flags(stack[k], segmenter.saturation_fraction)
@@ -155,19 +231,12 @@ def segment_fields(
                     raw_flags.add("saturated")
                 if "blank" in f and name in nuc_names:
                     raw_flags.add("blank")
-            imgs = []
-            for k, name in enumerate(names):
-                img = stack[k]
-                if name in illumination:
-                    from hcsflow.illumination import correct
-
-                    flat, dark = illumination[name]
-                    img = correct(img, flat, dark)
-                imgs.append(img)
             nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
             cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
             inputs.append((nuc, cyto))
             flags.append(sorted(raw_flags))
+        if not chunk:
+            continue
         results: list[SegmentationResult] = segmenter.predict_batch(inputs, image_mpp, flags)
         for row, res in zip(chunk, results, strict=True):
             key = (str(row["Metadata_Well"]), int(row["Metadata_Site"]))
@@ -214,6 +283,7 @@ def render_plate_overlays(
     crop: int = 512,
     illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     weights: Mapping[str, float] | None = None,
+    on_bad_image: str = "stop",
 ) -> pd.DataFrame:
     """Write a PNG of outlines on ``n_fields`` fields of a plate (central crops).
 
@@ -232,14 +302,16 @@ def render_plate_overlays(
         Fields shown, chosen by :func:`~hcsflow.segmentation.overlay.choose_fields`.
     crop : int
         Edge of the central crop shown per field, in pixels.
-    illumination, weights
-        As in :func:`segment_fields`.
+    illumination, weights, on_bad_image
+        As in :func:`segment_fields`; with ``drop``, a chosen field whose files cannot be read
+        is left out of the figure.
 
     Returns
     -------
     DataFrame
         The manifest rows shown.
     """
+    _check_on_bad_image(on_bad_image)
     from hcsflow.io import read_masks
     from hcsflow.segmentation.overlay import (
         centre_crop,
@@ -254,16 +326,17 @@ def render_plate_overlays(
     weights = dict(weights or {})
     chosen = choose_fields(manifest, n_fields)
     panels = []
-    for row in chosen.to_dict("records"):
-        stack = read_field(row, names).astype(np.float32)
-        imgs = []
-        for k, name in enumerate(names):
-            img = stack[k]
-            if name in illumination:
-                from hcsflow.illumination import correct
-
-                img = correct(img, *illumination[name])
-            imgs.append(img)
+    shown = []
+    for i, row in enumerate(chosen.to_dict("records")):
+        try:
+            _, imgs = read_corrected(row, names, illumination)
+        except BadImageError as exc:
+            if on_bad_image == "stop":
+                raise
+            log.warning("overlay skipped (discovery.on_bad_image: drop): %s", exc)
+            continue
+        shown.append(i)
+        imgs = [np.asarray(img, dtype=np.float32) for img in imgs]
         nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
         cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
         well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
@@ -278,4 +351,4 @@ def render_plate_overlays(
         role = f" ({row['Metadata_Role']})" if "Metadata_Role" in row else ""
         panels.append((f"{well} s{site}{role}: {n_cells} cells", rgb))
     save_overlay_figure(panels, out_png, title=f"{plate}: cells (yellow), nuclei (magenta)")
-    return chosen
+    return chosen.iloc[shown].reset_index(drop=True)
