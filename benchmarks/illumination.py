@@ -32,6 +32,8 @@ Usage::
     python benchmarks/illumination.py --camera-px 1080      # whole fields binned to 256 x 256
     python benchmarks/illumination.py --smoothing           # fixed against adaptive smoothing
     python benchmarks/illumination.py --centred             # the centred fields' contrast on/off
+    nice -n 10 python benchmarks/illumination.py --range    # optics over wide ranges + real data
+    nice -n 10 python benchmarks/illumination.py --range --sealed   # + the sealed seeds (once)
 
 Simulated stacks and BaSiCPy's results are cached in ``benchmarks/_work/illumination``
 (git-ignored); delete that folder to start afresh.
@@ -411,6 +413,192 @@ def centred_table(cases, n_seeds: int, size: int, mpp: float, big: bool) -> None
         )
 
 
+#: Seeds of the optics-range cases (:func:`hcsflow.simulate.random_optics`). The tuning seeds
+#: were looked at while the dark-level test was written; the sealed ones were scored once, at
+#: the end, and must not be used to choose anything.
+RANGE_TUNING_SEEDS = tuple(range(1600, 1612))
+RANGE_SEALED_SEEDS = tuple(range(1700, 1712))
+#: The issue's independently written case, one stack per offset (seeds 1650-1652): camera
+#: offset 90-150 with a 12-count top-to-bottom gradient, background 20-40 counts above it
+#: (mean 30, CV 0.2), vignetting down to 0.45 at the corners, Poisson noise (gain 2) plus
+#: Gaussian read noise SD 6.
+ISSUE_CASES = tuple(
+    (
+        1650 + i,
+        {
+            "vignetting": "radial",
+            "corner": 0.45,
+            "offset": off,
+            "dark_gradient": 12.0,
+            "background": 30.0,
+            "background_cv": 0.2,
+            "gain": 2.0,
+            "read_noise": 6.0,
+            "density": 1.0,
+        },
+    )
+    for i, off in enumerate((90.0, 120.0, 150.0))
+)
+RANGE_FIELDS = 64
+RANGE_SIZE = 256
+RANGE_MPP = 1.0
+
+
+def range_stack(seed: int, optics: dict):
+    """A cached stack of the optics-range table: ``(stack, flat, dark, npy path)``."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"range_s{seed}_n{RANGE_FIELDS}_{RANGE_SIZE}.npz"
+    npy = path.with_suffix(".npy")
+    if path.exists() and npy.exists():
+        z = np.load(path)
+        return np.load(npy), z["flat"], z["dark"], npy
+    stack, flat, dark = simulate_illumination_stack(
+        RANGE_FIELDS, (RANGE_SIZE, RANGE_SIZE), seed=seed, image_mpp=RANGE_MPP, **optics
+    )
+    np.savez(path, flat=flat, dark=dark)
+    np.save(npy, stack)
+    return stack, flat, dark, npy
+
+
+def range_table(py, threads: int, sealed: bool) -> None:
+    """Flat-field error over optics and cameras drawn from wide ranges (and the issue's case).
+
+    Each case is one plate's channel: :func:`hcsflow.simulate.random_optics` with the case's
+    seed, 64 fields of 256 x 256 at 1 µm/px. Columns: ``basic`` at default settings
+    (``dark="auto"``; ``kept`` when the dark level was judged determined and subtracted),
+    ``darkfield=False``, ``mean_smooth``, BaSiCPy with and without dark-field; ``goal``: the
+    default is no worse (within 0.05 points) than the better of BaSiCPy (dark-field) and
+    ``darkfield=False``, and at most 2 % where the background is at least 20 counts above
+    the offset.
+    """
+    from hcsflow.simulate import random_optics
+
+    sets = [("issue", s, o) for s, o in ISSUE_CASES]
+    sets += [
+        ("tuning", s, random_optics(np.random.default_rng([s, 0x16]))) for s in RANGE_TUNING_SEEDS
+    ]
+    if sealed:
+        sets += [
+            ("sealed", s, random_optics(np.random.default_rng([s, 0x16])))
+            for s in RANGE_SEALED_SEEDS
+        ]
+    data, jobs = [], []
+    for group, seed, optics in sets:
+        stack, flat, dark, npy = range_stack(seed, optics)
+        data.append((group, seed, optics, stack, flat, dark))
+        for d in (True, False):
+            jobs.append(
+                {"stack": str(npy), "darkfield": d, "out": str(WORK / f"bp_{npy.stem}_d{int(d)}")}
+            )
+    bp = run_basicpy(py, jobs, threads)
+    print()
+    print(
+        f"## Optics and camera over wide ranges ({RANGE_FIELDS} fields of {RANGE_SIZE} x "
+        f"{RANGE_SIZE} at {RANGE_MPP} µm/px; flat %)"
+    )
+    print()
+    print(
+        "| set | seed | vignetting | corner | offset | gradient | background | gain | read noise "
+        "| bg CV | basic (default) | dark level | darkfield=False | mean_smooth | BaSiCPy dark "
+        "| BaSiCPy no dark | goal |"
+    )
+    print("|---" * 17 + "|")
+    summary: dict[str, list[bool]] = {}
+    for group, seed, o, stack, flat, dark in data:
+        res = il.fit(stack, "basic")
+        e_auto = errors(res.flatfield, res.darkfield, flat, dark, 1.0)[0]
+        r0 = il.fit(stack, "basic", darkfield=False)
+        e_none = errors(r0.flatfield, r0.darkfield, flat, dark, 1.0)[0]
+        rm = il.fit(stack, "mean_smooth")
+        e_ms = errors(rm.flatfield, rm.darkfield, flat, dark, 1.0)[0]
+        e_bp = []
+        for d in (True, False):
+            key = str(WORK / f"bp_range_s{seed}_n{RANGE_FIELDS}_{RANGE_SIZE}_d{int(d)}")
+            e_bp.append(errors(bp[key][0], bp[key][1], flat, dark, 1.0)[0] if key in bp else None)
+        best = min(e for e in (e_bp[0], e_none) if e is not None)
+        ok = e_auto <= best + 0.05 and (o["background"] < 20 or e_auto <= 2.0)
+        summary.setdefault(group, []).append(ok)
+        level = (
+            f"{res.details['dark_level']:.1f} kept"
+            if res.details.get("dark_determined")
+            else f"0 ({res.details.get('dark_level_rejected', 0):.1f} rejected)"
+        )
+        print(
+            f"| {group} | {seed} | {o['vignetting']} | {o['corner']:.2f} | {o['offset']:.0f} "
+            f"| {o['dark_gradient']:.1f} | {o['background']:.0f} | {o['gain']:.2f} "
+            f"| {o['read_noise']:.1f} | {o['background_cv']:.2f} | {e_auto:.2f} | {level} "
+            f"| {e_none:.2f} | {e_ms:.2f} | {fmt(e_bp[0])} | {fmt(e_bp[1])} "
+            f"| {'met' if ok else 'NOT met'} |",
+            flush=True,
+        )
+    print()
+    for group, oks in summary.items():
+        print(f"{group}: goal met in {sum(oks)} of {len(oks)} cases")
+
+
+def real_table(py, threads: int) -> None:
+    """Residual non-uniformity on a real stack: DSB 2018's 72 fields of 520 x 696 (U2OS, Hoechst).
+
+    Fit on the odd fields, correct the even ones; the figure is the coefficient of variation
+    of the 8 x 8 tile means of the corrected mean image (lower is flatter).
+    """
+    from PIL import Image
+
+    folder = HERE.parent.parent / "shared" / "data" / "dsb2018_nuclei" / "images"
+    if not folder.is_dir():
+        print(f"# {folder} not found: no real-data table")
+        return
+    fields = [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+    stack = np.stack([f for f in fields if f.shape == (520, 696)])
+    fit_on, ev = stack[1::2], stack[0::2]
+    WORK.mkdir(parents=True, exist_ok=True)
+    npy = WORK / "real_dsb_u2os_odd.npy"
+    np.save(npy, fit_on)
+    bp = run_basicpy(
+        py,
+        [
+            {"stack": str(npy), "darkfield": d, "out": str(WORK / f"bp_real_d{int(d)}")}
+            for d in (True, False)
+        ],
+        threads,
+    )
+
+    def nonuni(flat, dark):
+        c = np.stack([il.correct(e, flat, dark) for e in ev]).mean(0)
+        h, w = c.shape
+        t = c[: h // 8 * 8, : w // 8 * 8].reshape(8, h // 8, 8, w // 8).mean((1, 3))
+        return float(t.std() / t.mean())
+
+    print()
+    print(
+        f"## Real fields: DSB 2018, {len(stack)} fields of 520 x 696 (U2OS, Hoechst, 8-bit); fit "
+        "on the odd, corrected even fields' residual non-uniformity (CV of 8 x 8 tile means)"
+    )
+    print()
+    print("| method | non-uniformity | dark level | note |")
+    print("|---|---|---|---|")
+    print(f"| none | {nonuni(np.ones(stack.shape[1:], np.float32), None):.4f} | — | |")
+    for label, method, kw in (
+        ("basic (default)", "basic", {}),
+        ("basic, darkfield=False", "basic", {"darkfield": False}),
+        ("mean_smooth", "mean_smooth", {}),
+    ):
+        r = il.fit(fit_on, method, **kw)
+        note = ""
+        if "dark_determined" in r.details:
+            note = "dark level kept" if r.details["dark_determined"] else r.details["dark_reason"]
+        print(
+            f"| {label} | {nonuni(r.flatfield, r.darkfield):.4f} "
+            f"| {float(r.darkfield.mean()):.2f} | {note} |",
+            flush=True,
+        )
+    for d in (True, False):
+        key = str(WORK / f"bp_real_d{int(d)}")
+        if key in bp:
+            f, k, _ = bp[key]
+            print(f"| BaSiCPy, darkfield={d} | {nonuni(f, k):.4f} | {float(k.mean()):.2f} | |")
+
+
 def fmt(x, spec=".2f"):
     return "—" if x is None else format(x, spec)
 
@@ -456,6 +644,17 @@ def main(argv=None) -> int:
         help="only the table of basic without and with the centred fields' contrast (quality "
         "stacks, independent stacks and, unless --no-big, the 1080 x 1080 stack)",
     )
+    ap.add_argument(
+        "--range",
+        action="store_true",
+        help="only the optics-range table (the issue's case and the tuning seeds) and the "
+        "real-data table",
+    )
+    ap.add_argument(
+        "--sealed",
+        action="store_true",
+        help="with --range: also the sealed seeds (score them once, choose nothing with them)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.camera_px is None:
@@ -463,6 +662,11 @@ def main(argv=None) -> int:
     mpp = field_mpp(args.size, args.camera_px)
     if args.demo_plate:
         demo_plate(args.threads)
+        return 0
+    if args.range:
+        py = None if args.no_basicpy else ensure_basicpy()
+        range_table(py, args.threads, args.sealed)
+        real_table(py, args.threads)
         return 0
     py = None if args.no_basicpy or args.smoothing or args.centred else ensure_basicpy()
 

@@ -270,6 +270,46 @@ def read_plate_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
     return sheet.set_index("plate", drop=False)
 
 
+def _check_dark(illumination: dict[str, Any]) -> list[str]:
+    """Check ``illumination.dark`` (and its agreement with ``darkfield``); normalise it in place.
+
+    A number given as a string (``--config``) becomes a float; a path must name a readable
+    2-D dark frame.
+
+    Returns
+    -------
+    list of str
+        One line per problem, naming the key.
+    """
+    dark = illumination.get("dark", "auto")
+    key = "- config key 'illumination.dark'"
+    if isinstance(dark, str) and dark not in ("auto", "none"):
+        try:
+            dark = float(dark)
+        except ValueError:
+            pass
+    if isinstance(dark, bool):
+        return [f"{key}: expected auto, none, a number or a dark frame path, got {dark!r}"]
+    if isinstance(dark, (int, float)):
+        if not (dark >= 0 and dark != float("inf")):
+            return [f"{key}: the camera offset must be a finite number >= 0, got {dark}"]
+        dark = float(dark)
+    elif dark not in ("auto", "none"):
+        from hcsflow.illumination import read_dark_frame
+
+        try:
+            read_dark_frame(dark)
+        except ValueError as exc:
+            return [f"{key}: {exc} (expected auto, none, a number or a dark frame file)"]
+    illumination["dark"] = dark
+    if not illumination.get("darkfield", True) and dark not in ("auto", "none"):
+        return [
+            f"{key} gives a dark-field ({dark}) but 'illumination.darkfield' is false; "
+            "use dark: none, or darkfield: true"
+        ]
+    return []
+
+
 def load_workflow_config(
     config: Mapping[str, Any], schema: str | os.PathLike[str]
 ) -> WorkflowConfig:
@@ -306,6 +346,7 @@ def load_workflow_config(
             channels=[dict(c) for c in filled["channels"]],
             shards={},
         )
+    problems += _check_dark(filled["illumination"])
     sheet = read_plate_sheet(filled["plates"])
     if filled["illumination"]["group_by"] == "batch":
         unbatched = sheet.loc[sheet["batch"] == "", "plate"].tolist()

@@ -80,6 +80,9 @@ SMOOTHINGS = ("adaptive", "fixed")
 #: Groups of fields (field ``n`` in group ``n % GROUPS``) of the reliability and jackknife
 #: estimates of the ``basic`` fit.
 GROUPS = 10
+#: ``dark="auto"``: the fitted dark level is kept when the SD of the flat-field contrast it
+#: implies is at most this fraction of the contrast that leaving the dark-field out loses.
+DARK_TOLERANCE = 1.0
 
 
 class IlluminationWarning(UserWarning):
@@ -549,6 +552,11 @@ def _jackknife_variance(estimates: np.ndarray) -> float:
 
 
 def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
+    """Constant dark level from the fields' own variation; :func:`_dark_level_fit`'s level."""
+    return _dark_level_fit(Y, M)[0]
+
+
+def _dark_level_fit(Y: np.ndarray, M: np.ndarray) -> tuple[float, str]:
     """Constant dark level from the fields' own variation (BaSiC's contrast regression).
 
     The contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with
@@ -564,6 +572,15 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
         The downsampled stack, one flattened field per row.
     M : ndarray of shape (P,)
         Smoothed per-pixel median across fields.
+
+    Returns
+    -------
+    level : float
+        The dark level, raw units.
+    how : str
+        ``"regression"`` (the intercept of the regression), ``"bound"`` (the intercept lay
+        above the darkest value, which was used) or ``"no_slope"`` (the contrast did not grow
+        significantly with brightness: the level is not determined, the bound was used).
     """
     p = Y.shape[1]
     upper = float(Y.min())
@@ -575,6 +592,7 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     Y = np.minimum(Y, med + 2.0 * mad)
     m_n = Y.mean(axis=1)
     d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
+    how = "no_slope"
     for _ in range(10):
         u = M - d0
         if not u.mean() > 0:
@@ -590,14 +608,15 @@ def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
         sxx = float(np.sum((m_n - m_n.mean()) ** 2))
         se = np.sqrt(float(resid @ resid) / dof / sxx) if sxx > 0 else np.inf
         if not slope > 3.0 * se:
-            d0 = upper
+            d0, how = upper, "no_slope"
             break
         new = float(np.clip(-icpt / slope, 0.0, upper))
+        how = "bound" if -icpt / slope >= upper else "regression"
         if abs(new - d0) < 1e-3 * max(1.0, abs(d0)):
             d0 = new
             break
         d0 = new
-    return max(d0, 0.0)
+    return max(d0, 0.0), how
 
 
 def _rank1_sparse(
@@ -915,6 +934,9 @@ def _fit_basic(
     min_baseline_cv: float = 0.02,
     adaptive: bool = True,
     centred: bool = True,
+    dark_given: np.ndarray | None = None,
+    dark_test: bool = True,
+    dark_tolerance: float = DARK_TOLERANCE,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
 
@@ -942,6 +964,18 @@ def _fit_basic(
        ``(k - 1) / h`` for the combined factor ``k`` and (4) is repeated. Baselines that do
        not vary give the centred contrast no weight (today's estimate is kept).
 
+    6. with a dark-field and ``dark_test``: is the dark level determined? An error ``delta``
+       in the level scales the flat-field's contrast by ``1 / (1 - delta h)``, while leaving
+       the dark-field out scales it by ``1 / (1 + d h)`` (``d`` the level): the level is kept
+       when the uncertainty of the contrast it implies, ``sigma`` (the jackknife SD of the
+       combined contrast factor of step 5, plus the disagreement of its two estimates beyond
+       their variances), is at most ``dark_tolerance`` times the part of the contrast that
+       leaving it out would lose, ``d h / (1 + d h)``. Otherwise the fit falls back to a flat-field without dark-field (``D = 0``),
+       and the record says why (``dark_determined``, ``dark_reason``).
+
+    A ``dark_given`` (the camera offset or a dark frame on the working grid) is used as
+    ``D``: no level, pattern, centring or test.
+
     With ``adaptive``, the flat-field and the noise-law pattern are smoothed by
     :func:`_shrunk_mean` (each cosine coefficient kept in proportion to its reliability)
     instead of keeping every coefficient up to ``max_frequency``.
@@ -957,14 +991,24 @@ def _fit_basic(
     median = torch.from_numpy(Y).median(dim=0).values.numpy()
     M = _smooth(median, mask, shape)
     info: dict[str, Any] = {}
-    if not darkfield:
-        if not M.mean() > 0:
+
+    def flat_only(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = M - D
+        if not start.mean() > 0:
             raise ValueError("the fields have no positive signal: cannot estimate a flat-field")
-        S, b, _ = _rank1_sparse(Y, np.zeros(h * w), M / M.mean(), mask, shape, adaptive=adaptive)
+        S, b, _ = _rank1_sparse(Y, D, start / start.mean(), mask, shape, adaptive=adaptive)
+        return S, b
+
+    if dark_given is not None:
+        D = np.asarray(dark_given, dtype=np.float64).reshape(h * w)
+        S, b = flat_only(D)
+        info.update(darkfield_model="given", dark_level=round(float(D.mean()), 4))
+    elif not darkfield:
         D = np.zeros(h * w)
+        S, b = flat_only(D)
         info["darkfield_model"] = "none"
     else:
-        d0 = _dark_level(Y, M)
+        d0, how = _dark_level_fit(Y, M)
         start = M - d0
         if not start.mean() > 0:
             raise ValueError("the fields have no signal above the dark level")
@@ -1003,7 +1047,7 @@ def _fit_basic(
                 if shrink <= 0:
                     break
                 P = shrink * P
-                d0 = _dark_level(Y - P, _smooth(M - P, mask, shape))
+                d0, how = _dark_level_fit(Y - P, _smooth(M - P, mask, shape))
                 D = np.maximum(d0 + P, 0.0)
                 S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive)
                 if source == "noise":
@@ -1013,26 +1057,34 @@ def _fit_basic(
         # the dark-field: the two estimates of the contrast are combined by their variances
         # (delete-a-group jackknife of each), the dark level moved to match and (4) repeated
         contrast, weight = 1.0, 0.0
-        if centred and n >= 8:
-            est_c = _centred_contrast(Y, S, b, W)
+        sigma: float | None = None  # SD of the contrast factor the dark level implies
+        h_mean = 0.0
+        if n >= 8:
             ok = b > 0
             Wk = W * ok[:, None]
             inv_b = np.where(ok, 1.0 / np.where(ok, b, 1.0), 0.0)
             h_mean = float(
                 ((Wk * inv_b[:, None]).sum(axis=0) / np.maximum(Wk.sum(axis=0), 1e-12)).mean()
             )
-            if est_c is not None and h_mean > 0:
+        if h_mean > 0:
+            pattern = D - float(D.mean())
+            m_pattern = _smooth(M - pattern, mask, shape)
+            kg = min(GROUPS, n)
+            groups = np.arange(n) % kg
+            y_flat = Y - pattern
+            levels = np.array([_dark_level(y_flat[groups != g], m_pattern) for g in range(kg)])
+            # a level error delta scales the contrast by 1 + delta * h_mean
+            var0 = _jackknife_variance(levels) * h_mean**2
+            sigma = math.sqrt(var0)
+            est_c = _centred_contrast(Y, S, b, W) if centred else None
+            if est_c is not None:
                 k_hat, k_var = est_c
-                pattern = D - float(D.mean())
-                m_pattern = _smooth(M - pattern, mask, shape)
-                kg = min(GROUPS, n)
-                groups = np.arange(n) % kg
-                y_flat = Y - pattern
-                levels = np.array([_dark_level(y_flat[groups != g], m_pattern) for g in range(kg)])
-                # a level error delta scales the contrast by 1 + delta * h_mean
-                var0 = _jackknife_variance(levels) * h_mean**2
                 weight = var0 / (var0 + k_var) if var0 + k_var > 0 else 0.0
                 contrast = 1.0 + weight * (k_hat - 1.0)
+                # the combined factor's variance, plus the two estimates' disagreement beyond
+                # their variances (a bias of one of them)
+                excess = max(0.0, (k_hat - 1.0) ** 2 - var0 - k_var)
+                sigma = math.sqrt(weight * k_var + excess)
                 level = float(D.mean())
                 delta = (contrast - 1.0) / h_mean
                 delta = float(np.clip(delta, -level, float(Y.min()) - level))
@@ -1049,12 +1101,46 @@ def _fit_basic(
             dark_pattern_shrinkage=round(shrink, 4),
             baseline_cv=round(cv, 4),
         )
+        if dark_test:
+            # is the level determined? leaving the dark-field out loses the part
+            # d h / (1 + d h) of the flat-field's contrast; keep the level when the contrast
+            # it implies is known to within dark_tolerance of that
+            dh = float(D.mean()) * h_mean
+            lost = dh / (1.0 + dh) if dh > 0 else 0.0
+            reason = ""
+            if sigma is None:
+                reason = "too few fields to measure the level's uncertainty"
+            elif not lost > 0:
+                reason = "the fitted dark level is 0"
+            elif sigma > dark_tolerance * lost:
+                reason = (
+                    f"the level leaves the flat-field's contrast uncertain by {sigma:.3g} "
+                    f"(factor SD), more than {dark_tolerance:g} x the {lost:.3g} that leaving "
+                    "it out loses"
+                )
+            info.update(
+                dark_level_from=how,
+                dark_determined=not reason,
+                dark_contrast_sd=None if sigma is None else round(sigma, 4),
+                dark_contrast_lost=round(lost, 4),
+            )
+            if reason:
+                info.update(
+                    dark_reason=reason,
+                    dark_level_rejected=info["dark_level"],
+                    darkfield_model="none",
+                    dark_level=0.0,
+                    dark_pattern_source="none",
+                    dark_pattern_shrinkage=0.0,
+                )
+                D = np.zeros(h * w)
+                S, b = flat_only(D)
     info["baseline_median"] = round(float(np.median(b)), 4)
     info["smoothing"] = "adaptive" if adaptive else "fixed"
     sqrt_p = np.sqrt(h * w)
     s_coef = _coeffs(S.reshape(shape), mask)
     s_coef = s_coef / (s_coef[0, 0] / sqrt_p)
-    d_coef = _coeffs(D.reshape(shape), mask) if darkfield else np.zeros_like(s_coef)
+    d_coef = _coeffs(D.reshape(shape), mask) if D.any() else np.zeros_like(s_coef)
     return s_coef, d_coef, info
 
 
@@ -1096,6 +1182,7 @@ def fit(
     dark_pattern: bool = True,
     smoothing: str = "adaptive",
     centred: bool = True,
+    dark: str | float | np.ndarray | os.PathLike[str] = "auto",
 ) -> IlluminationResult:
     """Estimate flat-field and dark-field from many fields, with screening and fallback.
 
@@ -1108,6 +1195,7 @@ def fit(
         Estimator (see the module documentation).
     darkfield : bool
         Estimate a dark-field (``basic`` only); otherwise the dark-field is zero.
+        ``darkfield=False`` is ``dark="none"``.
     working_size : int
         Longest side of the grid the fields are downsampled to before fitting.
     max_frequency : float
@@ -1137,6 +1225,13 @@ def fit(
         centred on their mean (free of the dark-field) with the one implied by the dark level,
         by their variances, and move the dark level to match; ``False`` keeps the dark level of
         the contrast regression alone.
+    dark : "auto", "none", float, ndarray of shape (H, W) or path
+        The dark-field. ``"auto"`` (``basic``): estimated, and subtracted only when the fields
+        determine its level (see :func:`_fit_basic`, step 6; otherwise the flat-field is fitted
+        without dark-field and ``details`` says why); ``"none"``: zero; a number (the camera
+        offset, raw units), an array or the path of a file (a dark frame of the fields' shape,
+        :func:`read_dark_frame`): used as given, by ``basic`` and ``mean_smooth`` alike, and
+        returned as the dark-field.
 
     Returns
     -------
@@ -1147,7 +1242,9 @@ def fit(
     ------
     ValueError
         Unknown method or fallback, an empty stack, a field that is not 2-D, whose shape
-        differs from the others (naming the file when ``names`` is given) or that holds NaN.
+        differs from the others (naming the file when ``names`` is given) or that holds NaN;
+        a ``dark`` that is not ``"auto"``, ``"none"``, a finite number >= 0 or an array of
+        the fields' shape, or a given ``dark`` with ``darkfield=False``.
     """
     if method not in METHODS:
         raise ValueError(f"illumination method {method!r} is not one of {METHODS}")
@@ -1157,6 +1254,10 @@ def fit(
         raise ValueError(f"illumination smoothing {smoothing!r} is not one of {SMOOTHINGS}")
     if isinstance(stack, np.ndarray) and stack.ndim != 3:
         raise ValueError(f"stack has shape {stack.shape}; expected (N, H, W)")
+    given = _check_dark(dark)
+    if given is not None and not darkfield:
+        raise ValueError("a given dark-field (dark=number or frame) contradicts darkfield=False")
+    auto = darkfield and not (isinstance(dark, str) and dark == "none")
     small, stats, shape = downsample(
         stack,
         working_size=working_size,
@@ -1177,6 +1278,17 @@ def fit(
             IlluminationWarning,
             stacklevel=2,
         )
+    dark_full: np.ndarray | None = None
+    d_small: np.ndarray | None = None
+    if given is not None:
+        if given.ndim == 2 and given.shape != tuple(shape):
+            what = (
+                f"dark frame {dark}" if isinstance(dark, (str, os.PathLike)) else "the dark frame"
+            )
+            raise ValueError(f"{what} has shape {given.shape}, but the fields have {tuple(shape)}")
+        dark_full = np.broadcast_to(given, shape).astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(dark_full))[None, None]
+        d_small = F.adaptive_avg_pool2d(t, small.shape[1:])[0, 0].double().numpy()
     if chosen == "none":
         return IlluminationResult(
             np.ones(shape, np.float32), np.zeros(shape, np.float32), "none", n, used, excluded
@@ -1186,7 +1298,8 @@ def fit(
     if chosen == "basic":
         s_coef, d_coef, details = _fit_basic(
             sub,
-            darkfield=darkfield,
+            darkfield=auto,
+            dark_given=d_small,
             max_frequency=max_frequency,
             noise=None if stats.noise is None else stats.noise[used],
             dark_pattern=dark_pattern,
@@ -1197,13 +1310,83 @@ def fit(
         ac = np.abs(s_coef.ravel()[1:])
         details["flatfield_uniform"] = bool(ac.max(initial=0.0) <= 1e-9 * abs(s_coef[0, 0]))
     else:
-        s_coef, d_coef = _fit_mean_smooth(sub, max_frequency=max_frequency)
+        s_coef, d_coef = _fit_mean_smooth(
+            sub if d_small is None else sub - d_small.astype(np.float32),
+            max_frequency=max_frequency,
+        )
+    if given is not None:
+        details["dark"] = "frame" if given.ndim == 2 else "number"
+    elif chosen == "basic":
+        details["dark"] = "auto" if auto else "none"
     flat = _evaluate(s_coef, small.shape[1:], shape)
     flat = flat / flat.mean()
     # a flat-field must stay positive; clip pathological fits far below the mean
     flat = np.maximum(flat, 0.05).astype(np.float32)
-    dark = _evaluate(d_coef, small.shape[1:], shape).astype(np.float32)
-    return IlluminationResult(flat, dark, chosen, n, used, excluded, details)
+    if dark_full is not None:
+        dark_out = np.array(dark_full, dtype=np.float32)
+    else:
+        dark_out = _evaluate(d_coef, small.shape[1:], shape).astype(np.float32)
+    return IlluminationResult(flat, dark_out, chosen, n, used, excluded, details)
+
+
+def read_dark_frame(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a dark frame (camera offset image): a TIFF or PNG image, or a ``.npy`` array.
+
+    Parameters
+    ----------
+    path : path
+        The file.
+
+    Returns
+    -------
+    ndarray of shape (H, W), float64
+        Raw units.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: missing, unreadable, not 2-D, not finite or negative.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"dark frame {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read dark frame {path}: {exc}") from exc
+    else:
+        from hcsflow.io import read_image
+
+        arr = read_image(path)
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"dark frame {path} has shape {arr.shape}; expected a 2-D image (H, W)")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"dark frame {path} holds negative, NaN or infinite values")
+    return arr
+
+
+def _check_dark(dark: str | float | np.ndarray | os.PathLike[str]) -> np.ndarray | None:
+    """Validate :func:`fit`'s ``dark``: ``None`` for ``"auto"``/``"none"``, else the array.
+
+    A string other than ``"auto"``/``"none"`` (or a path) names a dark frame file.
+    """
+    if isinstance(dark, str) and dark in ("auto", "none"):
+        return None
+    if isinstance(dark, (str, os.PathLike)):
+        return read_dark_frame(dark)
+    if isinstance(dark, bool):
+        raise ValueError(f"dark {dark!r} is not 'auto', 'none', a number or a dark frame")
+    arr = np.asarray(dark, dtype=np.float64)
+    if arr.ndim not in (0, 2):
+        raise ValueError(f"the dark frame has shape {arr.shape}; expected a number or (H, W)")
+    if not np.isfinite(arr).all():
+        raise ValueError("the dark frame holds NaN or infinite values")
+    if (arr < 0).any():
+        raise ValueError(f"the dark level must be >= 0, got minimum {float(arr.min())}")
+    return arr
 
 
 def estimate(
@@ -1421,11 +1604,41 @@ def summarize(meta: Mapping[str, Any], flatfield: np.ndarray, darkfield: np.ndar
     return line
 
 
+def dark_note(details: Mapping[str, Any]) -> str:
+    """One line on where the dark-field came from, for the plot (``""`` when nothing to say).
+
+    Parameters
+    ----------
+    details : mapping
+        :attr:`IlluminationResult.details` (or the ``fit`` record of :func:`load_meta`).
+
+    Returns
+    -------
+    str
+        E.g. ``"dark-field: given (number)"``, ``"dark-field: fitted, level 101.3"`` or
+        ``"dark-field left out: <reason> (fitted level 114.5)"``.
+    """
+    dark = details.get("dark")
+    if dark in ("number", "frame"):
+        return f"dark-field: given ({dark})"
+    if dark == "none":
+        return "dark-field: none (configured)"
+    if "dark_determined" not in details:
+        return ""
+    if details["dark_determined"]:
+        return f"dark-field: fitted, level {_fmt(details.get('dark_level'))}"
+    return (
+        f"dark-field left out: {details.get('dark_reason', 'not determined')} "
+        f"(fitted level {_fmt(details.get('dark_level_rejected'))})"
+    )
+
+
 def plot(
     path: str | os.PathLike[str],
     flatfield: np.ndarray,
     darkfield: np.ndarray,
     title: str = "",
+    note: str = "",
 ) -> None:
     """Write a PNG with the flat-field and dark-field side by side, atomically.
 
@@ -1436,6 +1649,9 @@ def plot(
     flatfield, darkfield : ndarray of shape (H, W)
     title : str
         Figure title (e.g. plate and channel).
+    note : str
+        A line printed under the panels (e.g. :func:`dark_note`: why the dark-field was left
+        out).
     """
     import matplotlib
 
@@ -1456,6 +1672,11 @@ def plot(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if note:
+        import textwrap
+
+        fig.subplots_adjust(bottom=0.2)
+        fig.text(0.5, 0.02, textwrap.fill(note, 110), ha="center", va="bottom", fontsize=7)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
 

@@ -62,6 +62,7 @@ __all__ = [
     "default_platemap",
     "make_illumination",
     "random_appearance",
+    "random_optics",
     "simulate_field",
     "simulate_illumination_stack",
     "simulate_plate",
@@ -331,6 +332,9 @@ def make_illumination(
     dark_offset: bool = True,
     seed: int = 0,
     n_channels: int = 5,
+    corner: float | None = None,
+    offset: float | None = None,
+    dark_gradient: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth per-channel flat-field and dark-field of a widefield microscope.
 
@@ -347,6 +351,20 @@ def make_illumination(
         Seed of the per-channel strengths, centres and tilts.
     n_channels : int
         Number of channels.
+    corner : float, optional
+        Depth of the vignetting: the radial fall-off at the field point farthest from the
+        optical axis, relative to the axis (in (0, 1]; 0.45 is a deep vignetting). Default:
+        drawn per channel (about 0.6-0.8 at the corners of a square field).
+    offset : float, optional
+        Mean camera offset in raw units (with ``dark_offset``); default drawn per channel in
+        90-130.
+    dark_gradient : float, optional
+        With ``dark_offset``: the dark-field is ``offset`` plus a linear gradient rising by
+        this many raw units from the top row to the bottom row (mean 0), instead of the
+        default weak tilted-plane-plus-blob pattern.
+
+    The optional arguments replace values after they are drawn, so every other draw (and the
+    default fields, with all three left at ``None``) stays the same.
 
     Returns
     -------
@@ -361,6 +379,10 @@ def make_illumination(
     h, w = (int(s) for s in shape)
     if h < 2 or w < 2:
         raise ValueError(f"illumination shape must be at least 2 x 2, got {shape}")
+    if corner is not None and not 0.0 < corner <= 1.0:
+        raise ValueError(f"corner must be in (0, 1], got {corner}")
+    if offset is not None and not offset >= 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1110]))
     half = max(h, w) / 2.0
     y = ((np.arange(h) - (h - 1) / 2.0) / half)[:, None]
@@ -382,6 +404,9 @@ def make_illumination(
             r2 = (u / np.sqrt(ratio)) ** 2 + (v * np.sqrt(ratio)) ** 2
         else:
             r2 = (x - cx) ** 2 + (y - cy) ** 2
+        if corner is not None:
+            # (1 + s r2max)^-2 = corner at the point farthest from the axis
+            strength = (corner**-0.5 - 1.0) / float(np.max(r2))
         if vignetting == "none":
             f = np.ones((h, w))
         else:
@@ -396,7 +421,13 @@ def make_illumination(
             pattern = rng.uniform(2, 6) * (np.cos(ang) * x + np.sin(ang) * y) + rng.uniform(
                 1, 4
             ) * np.exp(-((x - 0.3) ** 2 + (y + 0.2) ** 2) / 0.5)
-            darks[c] = rng.uniform(90, 130) + np.broadcast_to(pattern, (h, w))
+            level = rng.uniform(90, 130)
+            if offset is not None:
+                level = float(offset)
+            if dark_gradient is not None:
+                rows = np.arange(h, dtype=np.float64)[:, None] / max(h - 1, 1) - 0.5
+                pattern = float(dark_gradient) * rows
+            darks[c] = level + np.broadcast_to(pattern, (h, w))
     return flats, darks
 
 
@@ -1084,6 +1115,12 @@ def simulate_illumination_stack(
     background_jitter: float = 0.05,
     sites: int = 4,
     image_mpp: float = 0.65,
+    corner: float | None = None,
+    offset: float | None = None,
+    dark_gradient: float | None = None,
+    background: float | None = None,
+    gain: float | None = None,
+    read_noise: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Many raw fields of one channel under one known flat-field and dark-field.
 
@@ -1118,6 +1155,19 @@ def simulate_illumination_stack(
         Micrometres per pixel. A larger value simulates a field of the same pixel count
         covering more specimen, as a large camera field binned down does (2.6 with 256 x 256
         pixels covers the area of a 1024 x 1024 field at 0.65).
+    corner, offset, dark_gradient : float, optional
+        Vignetting depth, camera offset and top-to-bottom dark gradient (raw units), passed to
+        :func:`make_illumination`; default drawn there.
+    background : float, optional
+        Mean specimen background above the camera offset, in raw units at the flat-field's
+        mean (before the well and field variation); default about 45 (DNA channel).
+    gain, read_noise : float, optional
+        Camera gain (raw units per photo-electron) and Gaussian read noise (raw units);
+        default those of :data:`DEFAULT_APPEARANCE`.
+
+    With every optional camera and optics argument left at ``None`` the stack is the one
+    simulated before they existed, byte for byte; :func:`random_optics` draws them from wide
+    ranges.
 
     Returns
     -------
@@ -1137,8 +1187,23 @@ def simulate_illumination_stack(
             f"background_cv and background_jitter must be >= 0, got {background_cv}, "
             f"{background_jitter}"
         )
+    for name, value in (("background", background), ("gain", gain)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if read_noise is not None and not read_noise >= 0:
+        raise ValueError(f"read_noise must be >= 0, got {read_noise}")
     c = CHANNELS.index(channel)
-    flat, dark = make_illumination(shape, vignetting=vignetting, dark_offset=dark_offset, seed=seed)
+    flat, dark = make_illumination(
+        shape,
+        vignetting=vignetting,
+        dark_offset=dark_offset,
+        seed=seed,
+        corner=corner,
+        offset=offset,
+        dark_gradient=dark_gradient,
+    )
+    # the background level of the default appearance, in raw units (45 x background factor)
+    bg_unit = 1.0 if background is None else float(background) / 45.0
     stack = np.empty((n_fields, *shape), np.uint16)
     for i in range(n_fields):
         ss = np.random.SeedSequence([int(seed), 0x57AC, i])
@@ -1149,6 +1214,12 @@ def simulate_illumination_stack(
         app["background"] = background_level(
             [int(seed), 0xB6, i // sites], background_cv
         ) * background_level(ss, background_jitter, stream=41)
+        if background is not None:
+            app["background"] *= bg_unit
+        if gain is not None:
+            app["gain"] = float(gain)
+        if read_noise is not None:
+            app["read_noise"] = float(read_noise)
         f = _simulate(
             ss,
             shape,
@@ -1163,6 +1234,42 @@ def simulate_illumination_stack(
         )
         stack[i] = f.image[0]
     return stack, flat[c].copy(), dark[c].copy()
+
+
+def random_optics(rng: np.random.Generator) -> dict[str, Any]:
+    """Draw a plate's optics and camera from wide ranges, for :func:`simulate_illumination_stack`.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :func:`simulate_illumination_stack`: ``vignetting`` (any kind of
+        :data:`VIGNETTING`), ``corner`` (vignetting depth, uniform 0.45-0.95), ``offset``
+        (camera offset, uniform 0-500 raw units), ``dark_gradient`` (top-to-bottom, uniform
+        0-20 raw units, either sign), ``background`` (specimen background above the offset,
+        log-uniform 5-2,000 raw units), ``gain`` (log-uniform 0.5-10 raw units per
+        photo-electron), ``read_noise`` (log-uniform 1-12 raw units), ``background_cv``
+        (well-to-well, uniform 0.05-0.4) and ``density`` (cells, log-uniform 0.2-1.5).
+    """
+
+    def logu(lo: float, hi: float) -> float:
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    return {
+        "vignetting": str(VIGNETTING[int(rng.integers(len(VIGNETTING)))]),
+        "corner": float(rng.uniform(0.45, 0.95)),
+        "offset": float(rng.uniform(0.0, 500.0)),
+        "dark_gradient": float(rng.uniform(-20.0, 20.0)),
+        "background": logu(5.0, 2000.0),
+        "gain": logu(0.5, 10.0),
+        "read_noise": logu(1.0, 12.0),
+        "background_cv": float(rng.uniform(0.05, 0.4)),
+        "density": logu(0.2, 1.5),
+    }
 
 
 # --------------------------------------------------------------------------------------------

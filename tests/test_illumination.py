@@ -456,3 +456,129 @@ def test_noise_statistic_is_the_pixel_noise_variance():
     # fields no larger than twice the working grid carry no noise statistic
     _, small_stats, _ = il.downsample([f[:40, :40] for f in fields], working_size=32)
     assert np.isnan(small_stats.noise).all()
+
+
+# --------------------------------------------------------------------------------------------
+# the dark level: fitted only when the fields determine it; given offsets and frames as given
+
+
+def _dark_case(low: float, high: float, seed: int):
+    """40 fields ``120 + b_n S(x) + noise``: camera offset 120, baselines ``b_n`` in [low, high].
+
+    ``S`` is a radial vignetting (0.55 at the corners); a few bright blobs per field stand for
+    cells; the noise is Gaussian, SD 3.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1 : 1 : SHAPE[0] * 1j, -1 : 1 : SHAPE[1] * 1j]
+    flat = (1.0 + 0.2 * (x**2 + y**2)) ** -2.0
+    flat /= flat.mean()
+    dark = np.full(SHAPE, 120.0)
+    fields = []
+    for _ in range(40):
+        b = rng.uniform(low, high)
+        cells = np.zeros(SHAPE)
+        cells[tuple(rng.integers(0, SHAPE[0], (2, 15)))] = 1.0
+        cells = ndi.gaussian_filter(cells, 3.0) * 2000.0
+        fields.append(dark + flat * (b + cells) + rng.normal(0, 3.0, SHAPE))
+    return np.stack(fields).astype(np.float32), flat, dark
+
+
+@pytest.fixture(scope="module")
+def stack_at_offset():
+    # the specimen background sits 1-3 counts above the camera offset: level not determined
+    return _dark_case(1.0, 3.0, 31)
+
+
+@pytest.fixture(scope="module")
+def stack_above_offset():
+    # background 100-300 counts above the offset: determined
+    return _dark_case(100.0, 300.0, 32)
+
+
+def test_dark_level_left_out_when_not_determined(stack_at_offset):
+    stack, flat, dark = stack_at_offset
+    res = il.fit(stack, "basic")
+    d = res.details
+    assert d["dark"] == "auto"
+    assert d["dark_determined"] is False
+    assert d["darkfield_model"] == "none" and d["dark_level"] == 0.0
+    assert isinstance(d["dark_reason"], str) and d["dark_reason"]
+    assert "dark_level_rejected" in d
+    assert np.all(res.darkfield == 0)
+    # the fallback is the fit without dark-field
+    plain = il.fit(stack, "basic", darkfield=False)
+    np.testing.assert_array_equal(res.flatfield, plain.flatfield)
+    assert "dark-field left out" in il.dark_note(d)
+    assert "dark_reason" in res.meta()["fit"]
+
+
+def test_dark_level_fitted_when_determined(stack_above_offset):
+    stack, flat, dark = stack_above_offset
+    res = il.fit(stack, "basic")
+    d = res.details
+    assert d["dark_determined"] is True and "dark_reason" not in d
+    assert abs(float(res.darkfield.mean()) - float(dark.mean())) < 10
+    assert d["dark_contrast_sd"] <= il.DARK_TOLERANCE * d["dark_contrast_lost"]
+    plain = il.fit(stack, "basic", darkfield=False)
+    assert rmse(res.flatfield, flat) < 0.5 * rmse(plain.flatfield, flat)
+    assert il.dark_note(d).startswith("dark-field: fitted")
+
+
+@pytest.mark.parametrize("method", ["basic", "mean_smooth"])
+def test_given_offset_and_dark_frame_are_used_as_given(stack_above_offset, tmp_path, method):
+    stack, flat, dark = stack_above_offset
+    res = il.fit(stack, method, dark=120.0)
+    assert res.details["dark"] == "number"
+    np.testing.assert_array_equal(res.darkfield, np.full(SHAPE, 120.0, np.float32))
+    frame = il.fit(stack, method, dark=dark)
+    assert frame.details["dark"] == "frame"
+    np.testing.assert_array_equal(frame.darkfield, dark.astype(np.float32))
+    # the flat-field is the fit of the fields minus the given frame
+    assert rmse(frame.flatfield, flat) < 0.5 * rmse(np.ones(SHAPE), flat)
+    for path in (tmp_path / "dark.npy", tmp_path / "dark.tif"):
+        if path.suffix == ".npy":
+            np.save(path, dark)
+        else:
+            tifffile.imwrite(path, dark)
+        from_file = il.fit(stack, method, dark=str(path))
+        np.testing.assert_array_equal(from_file.darkfield, frame.darkfield)
+        np.testing.assert_array_equal(from_file.flatfield, frame.flatfield)
+
+
+def test_given_dark_errors_name_the_problem(stack_above_offset, tmp_path):
+    stack = stack_above_offset[0][:12]
+    with pytest.raises(ValueError, match="dark frame .*missing.tif does not exist"):
+        il.fit(stack, "basic", dark=str(tmp_path / "missing.tif"))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((8, 8)))
+    with pytest.raises(ValueError, match=r"dark frame .*wrong.npy has shape \(8, 8\)"):
+        il.fit(stack, "basic", dark=str(wrong))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        il.fit(stack, "basic", dark=-5.0)
+    with pytest.raises(ValueError, match="contradicts darkfield=False"):
+        il.fit(stack, "basic", dark=100.0, darkfield=False)
+
+
+def test_config_dark_errors_name_the_key(tmp_path):
+    from hcsflow.config import _check_dark
+
+    def check(dark, darkfield=True):
+        section = {"dark": dark, "darkfield": darkfield}
+        return section, _check_dark(section)
+
+    section, problems = check("100")
+    assert problems == [] and section["dark"] == 100.0
+    assert check("auto")[1] == [] and check("none")[1] == []
+    (line,) = check(-1)[1]
+    assert line.startswith("- config key 'illumination.dark'") and ">= 0" in line
+    (line,) = check(str(tmp_path / "nope.tif"))[1]
+    assert "'illumination.dark'" in line and "nope.tif does not exist" in line
+    bad = tmp_path / "stack.npy"
+    np.save(bad, np.zeros((2, 4, 4)))
+    (line,) = check(str(bad))[1]
+    assert "'illumination.dark'" in line and "stack.npy has shape (2, 4, 4)" in line
+    (line,) = check(100.0, darkfield=False)[1]
+    assert "'illumination.dark'" in line and "'illumination.darkfield' is false" in line
+    good = tmp_path / "dark.npy"
+    np.save(good, np.full((4, 4), 100.0))
+    assert check(str(good))[1] == []

@@ -363,3 +363,41 @@ def test_plate_background_variation_is_deterministic(tmp_path):
     ).read_bytes()
     params = json.loads((tmp_path / "a" / "truth" / "simulation.json").read_text())
     assert params["background_cv"] == 0.3
+
+
+def test_optics_options_set_offset_gradient_vignetting_and_background():
+    kw = dict(vignetting="radial", corner=0.45, offset=300.0, dark_gradient=12.0, seed=3)
+    flat, dark = make_illumination((64, 64), **kw)
+    assert np.allclose(dark.mean(axis=(1, 2)), 300.0, atol=1e-3)
+    assert np.allclose(dark[:, -1, :] - dark[:, 0, :], 12.0, atol=1e-3)
+    ratio = flat[:, 0, 0] / flat.max(axis=(1, 2))  # corner / centre of the radial fall-off
+    assert np.all(ratio < 0.47) and np.all(ratio > 0.43)
+    stack, f, d = simulate_illumination_stack(
+        6,
+        (48, 48),
+        background=1000.0,
+        gain=1.0,
+        read_noise=2.0,
+        density=0.0,
+        background_cv=0.0,
+        background_jitter=0.0,
+        **kw,
+    )
+    above = float(np.median(stack)) - float(d.mean())
+    assert 800 < above < 1200
+    with pytest.raises(ValueError, match="corner"):
+        make_illumination((8, 8), corner=0.0)
+    with pytest.raises(ValueError, match="background"):
+        simulate_illumination_stack(2, (32, 32), background=-1.0)
+
+
+def test_random_optics_draws_wide_ranges():
+    from hcsflow.simulate import random_optics
+
+    draws = [random_optics(np.random.default_rng(s)) for s in range(200)]
+    offsets = [d["offset"] for d in draws]
+    backgrounds = [d["background"] for d in draws]
+    assert 0 <= min(offsets) < 50 and 450 < max(offsets) <= 500
+    assert 5 <= min(backgrounds) < 10 and 1000 < max(backgrounds) <= 2000
+    assert {d["vignetting"] for d in draws} == set(VIGNETTING)
+    assert random_optics(np.random.default_rng(7)) == random_optics(np.random.default_rng(7))

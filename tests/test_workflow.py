@@ -114,6 +114,11 @@ def test_nested_config_on_the_command_line(sheet):
     assert "config key 'illumination.darkfield': expected boolean, got str 'maybe'" in (
         bad.stderr + bad.stdout
     )
+    assert snakemake("-n", *overrides(sheet), "illumination={dark: 100}").returncode == 0
+    bad = snakemake("-n", *overrides(sheet), "illumination={dark: no_such_dark.tif}")
+    assert bad.returncode != 0
+    assert "config key 'illumination.dark'" in bad.stderr + bad.stdout
+    assert "no_such_dark.tif does not exist" in bad.stderr + bad.stdout
 
 
 def test_dag_of_a_large_campaign_builds_fast(tmp_path):

@@ -40,6 +40,7 @@ with log_to(sm.log[0]) as log:
             max_fields=opts["max_fields"],
             seed=opts["seed"],
             darkfield=opts["darkfield"],
+            dark=opts["dark"],
             dark_pattern=opts["dark_pattern"],
             working_size=opts["working_size"],
             max_frequency=opts["max_frequency"],
@@ -77,5 +78,6 @@ with log_to(sm.log[0]) as log:
             result.darkfield,
             f"{p.label} / {channel} ({result.method}, "
             f"{int(result.used.sum())} of {result.n_fields} fields)",
+            note=il.dark_note(result.details),
         )
         log.info("%s", il.summarize(meta, result.flatfield, result.darkfield))
