@@ -168,7 +168,7 @@ def iter_fields(
                         raise ValueError(f"{where} channel {ch}: {exc}") from exc
                 else:
                     corrected[k] = raw[k]
-            log.info("%s (%d of %d fields)", where, i, len(rows))
+            log.debug("%s (%d of %d fields)", where, i, len(rows))
             yield Field(row, raw, corrected, nuclei, cells, where)
 
 

@@ -248,7 +248,7 @@ def segment_fields(
             }
             rec.update(res.qc_record())
             records.append(rec)
-            log.info(
+            log.debug(
                 "%s %s s%d: %d cells, flags [%s], network %.2f s, post-processing %.2f s",
                 rec["Metadata_Plate"],
                 key[0],
