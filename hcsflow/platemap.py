@@ -63,7 +63,8 @@ def read_platemap(path: str | os.PathLike[str]) -> pd.DataFrame:
     df = validate_platemap(raw, f"plate map {path}")
     renamed = {c: STANDARD_COLUMNS.get(c, f"Metadata_{c}") for c in df.columns}
     df = df.rename(columns=renamed)
-    order = sorted(range(len(df)), key=lambda i: well_sort_key(df["Metadata_Well"].iloc[i]))
+    keys = [well_sort_key(w) for w in df["Metadata_Well"].tolist()]
+    order = sorted(range(len(df)), key=keys.__getitem__)
     return df.iloc[order].reset_index(drop=True)
 
 
@@ -102,14 +103,17 @@ def validate_platemap(table: pd.DataFrame, source: str = "plate map") -> pd.Data
             f"{', '.join(df.columns) or 'no columns'} (required: {', '.join(REQUIRED_COLUMNS)})"
         )
     df = df.rename(columns={lower[k]: k for k in STANDARD_COLUMNS if k in lower})
-    for col in STANDARD_COLUMNS:
-        if col in df:
-            df[col] = df[col].map(_as_text)
-    df = df.map(lambda v: v.strip() if isinstance(v, str) else v)
+    # element by element on Python lists: Series.map and DataFrame.map cost far more per
+    # cell, which hundreds of 384-well plate maps read at start-up add up
+    for col in df.columns:
+        values = df[col].tolist()
+        if col in STANDARD_COLUMNS:
+            values = [_as_text(v) for v in values]
+        df[col] = [v.strip() if isinstance(v, str) else v for v in values]
 
     bad_wells = []
     wells = []
-    for w in df["well"]:
+    for w in df["well"].tolist():
         try:
             wells.append(normalize_well(w))
         except ValueError:

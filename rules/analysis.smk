@@ -20,6 +20,7 @@ rule analysis:
     threads: 1
     resources:
         mem_mb=8000,
+        disk_mb=DISK_MB,
         runtime=120,
     params:
         analysis=config["analysis"],
@@ -45,6 +46,7 @@ rule report:
     threads: 1
     resources:
         mem_mb=4000,
+        disk_mb=DISK_MB,
         runtime=30,
     params:
         report=config["report"],

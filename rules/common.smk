@@ -33,6 +33,22 @@ wildcard_constraints:
     ),
 
 
+# Scratch disk of every job (MB): jobs write into the results folder, not to local scratch.
+# Declared so that Snakemake does not evaluate its default (twice the inputs' size, which stats
+# every input file) for each of a campaign's thousands of jobs.
+DISK_MB = 1000
+
+
+def shard_runtime(section):
+    """Minutes requested by a plate x shard job of ``section``: 10 + runtime_per_well x shard.
+
+    A constant for the configured shard size (a plate's last shard may have fewer wells), so
+    that the thousands of shard jobs of a campaign need no per-job function call.
+    """
+    per_well = config[section]["runtime_per_well"]
+    return int(10 + per_well * config["shards"]["wells_per_shard"])
+
+
 # Final outputs of the analysis stage and the report.
 ANALYSIS_TARGETS = [
     f"{RESULTS}/analysis/activity.parquet",
@@ -142,6 +158,10 @@ def segmentation_model():
         return str(path)
 
 
+# resolved once: segment_inputs() runs for every plate x shard job
+SEGMENTATION_MODEL = segmentation_model()
+
+
 def segmentation_illumination(plate):
     """Illumination profiles {channel: npz} of a plate, {} when correction is off."""
     return dict(illumination_inputs(plate))
@@ -149,7 +169,7 @@ def segmentation_illumination(plate):
 
 def segment_inputs(wildcards):
     inputs = {"manifest": f"{RESULTS}/manifest/{wildcards.plate}.parquet"}
-    model = segmentation_model()
+    model = SEGMENTATION_MODEL
     if model is not None:
         inputs["model"] = model
     for channel, path in segmentation_illumination(wildcards.plate).items():

@@ -16,6 +16,7 @@ rule discover:
     threads: 1
     resources:
         mem_mb=2000,
+        disk_mb=DISK_MB,
         runtime=15,
     params:
         images=lambda wc: plate_row(wc.plate)["images"],

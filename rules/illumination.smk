@@ -21,6 +21,7 @@ rule illumination_batch:
     threads: 2
     resources:
         mem_mb=4000,
+        disk_mb=DISK_MB,
         runtime=30,
     params:
         plates=lambda wc: batch_plates(wc.batch),
@@ -46,6 +47,7 @@ rule illumination:
     threads: 2
     resources:
         mem_mb=4000,
+        disk_mb=DISK_MB,
         runtime=30,
     params:
         plates=lambda wc: [wc.plate],
@@ -71,6 +73,7 @@ rule illumination_corrected:
     threads: 1
     resources:
         mem_mb=2000,
+        disk_mb=DISK_MB,
         runtime=120,
     params:
         channels=lambda wc: list(illumination_inputs(wc.plate)),

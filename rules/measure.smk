@@ -21,11 +21,8 @@ rule measure:
     threads: config["features"]["threads"]
     resources:
         mem_mb=config["features"]["mem_mb"],
-        runtime=lambda wc: int(
-            10
-            + config["features"]["runtime_per_well"]
-            * len(shard_wells(wc.plate, wc.shard))
-        ),
+        disk_mb=DISK_MB,
+        runtime=shard_runtime("features"),
         gpu=embedding_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
@@ -59,6 +56,7 @@ rule embed_sample:
     threads: 1
     resources:
         mem_mb=2000,
+        disk_mb=DISK_MB,
         runtime=30,
     params:
         illumination=lambda wc: illumination_inputs(wc.plate),
@@ -85,6 +83,7 @@ rule train_embedder:
     threads: config["embedding"]["train"]["threads"]
     resources:
         mem_mb=8000,
+        disk_mb=DISK_MB,
         runtime=240,
         gpu=embedding_gpu(),
     params:

@@ -19,6 +19,7 @@ rule profiles:
     threads: 2
     resources:
         mem_mb=4000,
+        disk_mb=DISK_MB,
         runtime=30,
     params:
         profiles=config["profiles"],
@@ -46,6 +47,7 @@ rule campaign:
     threads: 1
     resources:
         mem_mb=8000,
+        disk_mb=DISK_MB,
         runtime=60,
     params:
         profiles=config["profiles"],

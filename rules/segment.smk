@@ -17,11 +17,8 @@ rule segment:
     threads: config["segmentation"]["threads"]
     resources:
         mem_mb=config["segmentation"]["mem_mb"],
-        runtime=lambda wc: int(
-            10
-            + config["segmentation"]["runtime_per_well"]
-            * len(shard_wells(wc.plate, wc.shard))
-        ),
+        disk_mb=DISK_MB,
+        runtime=shard_runtime("segmentation"),
         gpu=segmentation_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
@@ -53,6 +50,7 @@ rule segmentation_overlays:
     threads: 1
     resources:
         mem_mb=2000,
+        disk_mb=DISK_MB,
         runtime=10,
     params:
         illumination=lambda wc: segmentation_illumination(wc.plate),

@@ -18,6 +18,7 @@ rule train_segmenter:
     threads: 2
     resources:
         mem_mb=8000,
+        disk_mb=DISK_MB,
         runtime=480,
     params:
         options=options_from_config(

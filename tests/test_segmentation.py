@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from hcsflow.io import read_masks, write_masks
+from hcsflow.io import MaskWriter, read_masks, write_masks
 from hcsflow.segmentation import Segmenter
 from hcsflow.segmentation.classical import segment_classical
 from hcsflow.segmentation.metrics import (
@@ -457,6 +457,34 @@ def test_read_masks_round_trip(tmp_path):
     assert (tmp_path / "masks" / "P1" / "001.npz").read_bytes() == first
 
 
+def test_mask_writer_streams_the_same_archive(tmp_path):
+    """Field by field gives write_masks' bytes; wrong order or a failure leaves no file."""
+    rng = np.random.default_rng(2)
+    fields = {
+        (w, s): (
+            rng.integers(0, 50, (20, 24)).astype(np.uint32),
+            rng.integers(0, 50, (20, 24)).astype(np.uint32),
+        )
+        for w in ("A01", "A02", "B01")
+        for s in (1, 2, 10)
+    }
+    write_masks(tmp_path / "all.npz", fields)
+    with MaskWriter(tmp_path / "stream.npz") as out:
+        assert not (tmp_path / "stream.npz").exists()  # only the temporary file so far
+        for (well, site), (n, c) in sorted(fields.items()):
+            out.add(well, site, n, c)
+    assert out.n_fields == 9
+    assert (tmp_path / "stream.npz").read_bytes() == (tmp_path / "all.npz").read_bytes()
+    with pytest.raises(ValueError, match="well A01 site 2 added after well A01 site 10"):
+        with MaskWriter(tmp_path / "bad.npz") as out:
+            out.add("A01", 10, *fields[("A01", 10)])
+            out.add("A01", 2, *fields[("A01", 2)])
+    with pytest.raises(ValueError, match=r"shape \(3, 20, 24\)"):
+        with MaskWriter(tmp_path / "bad.npz") as out:
+            out.add("A01", 1, np.zeros((3, 20, 24)), np.zeros((20, 24)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npz", "stream.npz"]
+
+
 def test_segment_fields_from_manifest(tmp_path, sim_field):
     import tifffile
 
@@ -482,6 +510,12 @@ def test_segment_fields_from_manifest(tmp_path, sim_field):
     ]
     seg = Segmenter.load(method="classical")
     masks, qc = segment_fields(pd.DataFrame(rows[::-1]), channels, seg, 0.65)
+    with MaskWriter(tmp_path / "streamed.npz") as out:
+        kept, qc2 = segment_fields(pd.DataFrame(rows), channels, seg, 0.65, masks_out=out)
+    assert kept == {} and out.n_fields == 2
+    pd.testing.assert_frame_equal(qc, qc2)
+    write_masks(tmp_path / "kept.npz", masks)
+    assert (tmp_path / "streamed.npz").read_bytes() == (tmp_path / "kept.npz").read_bytes()
     assert list(qc["Metadata_Well"]) == ["A01", "B02"]
     assert qc.loc[1, "flags"] == "blank" and qc.loc[1, "Count_Cells"] == 0
     assert qc.loc[0, "Count_Cells"] == masks[("A01", 1)][1].max() > 0

@@ -1,6 +1,6 @@
 """Snakemake script: segment the fields of one plate x shard; write masks and the QC table."""
 
-from hcsflow.io import file_checksum, make_provenance, read_table, write_masks, write_table
+from hcsflow.io import MaskWriter, file_checksum, make_provenance, read_table, write_table
 from hcsflow.logutil import log_to
 from hcsflow.segmentation.shard import load_illumination, segment_fields, segmenter_from_config
 
@@ -12,17 +12,20 @@ with log_to(sm.log[0]) as log:
     rows = manifest[manifest["Metadata_Well"].isin(p.wells)]
     segmenter = segmenter_from_config(seg)
     dropped = []
-    masks, qc = segment_fields(
-        rows,
-        p.channels,
-        segmenter,
-        None if seg["estimate_mpp"] else p.image_mpp,
-        illumination=load_illumination(p.illumination),
-        weights=seg["channel_weights"],
-        fields_per_batch=seg["fields_per_batch"],
-        on_bad_image=p.on_bad_image,
-        dropped=dropped,
-    )
+    # masks go to the archive field by field (moved into place only if every field succeeds)
+    with MaskWriter(sm.output.masks) as masks:
+        _, qc = segment_fields(
+            rows,
+            p.channels,
+            segmenter,
+            None if seg["estimate_mpp"] else p.image_mpp,
+            illumination=load_illumination(p.illumination),
+            weights=seg["channel_weights"],
+            fields_per_batch=seg["fields_per_batch"],
+            on_bad_image=p.on_bad_image,
+            dropped=dropped,
+            masks_out=masks,
+        )
     inputs = {"manifest": file_checksum(sm.input.manifest)}
     inputs.update({k: file_checksum(v) for k, v in sm.input.items() if k.startswith("illum_")})
     if "model" in sm.input.keys():
@@ -36,7 +39,6 @@ with log_to(sm.log[0]) as log:
         inputs=inputs,
         extra=extra,
     )
-    write_masks(sm.output.masks, masks)
     write_table(qc, sm.output.qc, prov)
     log.info(
         "plate %s shard %s: %d fields, %d cells, %d flagged, %d dropped",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.io import BadImageError, check_shape, read_field
+from hcsflow.io import BadImageError, MaskWriter, check_shape, read_field
 from hcsflow.logutil import Progress
 from hcsflow.segmentation.segmenter import SegmentationResult, Segmenter, field_flags
 
@@ -160,6 +160,7 @@ def segment_fields(
     fields_per_batch: int = 4,
     on_bad_image: str = "stop",
     dropped: list[BadImageError] | None = None,
+    masks_out: MaskWriter | None = None,
 ) -> tuple[dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
     """Segment every field of a manifest.
 
@@ -185,11 +186,15 @@ def segment_fields(
     dropped : list, optional
         With ``drop``, the errors of skipped fields are appended here (one per field, the
         first bad file).
+    masks_out : MaskWriter, optional
+        Each field's masks are added to this open archive as soon as they are made and not
+        kept, so that memory does not grow with the number of fields (the returned ``masks``
+        is then empty).
 
     Returns
     -------
     masks : dict of (well, site) to (nuclei, cells)
-        uint32 label images of shape (H, W).
+        uint32 label images of shape (H, W); empty when ``masks_out`` is given.
     qc : DataFrame
         One row per field: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and
         :data:`QC_COLUMNS`, sorted by well and site.
@@ -240,7 +245,10 @@ def segment_fields(
         results: list[SegmentationResult] = segmenter.predict_batch(inputs, image_mpp, flags)
         for row, res in zip(chunk, results, strict=True):
             key = (str(row["Metadata_Well"]), int(row["Metadata_Site"]))
-            masks[key] = (res.nuclei, res.cells)
+            if masks_out is not None:
+                masks_out.add(key[0], key[1], res.nuclei, res.cells)
+            else:
+                masks[key] = (res.nuclei, res.cells)
             rec = {
                 "Metadata_Plate": str(row["Metadata_Plate"]),
                 "Metadata_Well": key[0],
