@@ -16,7 +16,7 @@ import sys
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("hcsflow.simulate", "simulate a Cell Painting plate with ground truth"),
+    "simulate": ("hcsflow.simulate.commands", "simulate a Cell Painting plate with ground truth"),
     "train-segmenter": (
         "hcsflow.segmentation.train",
         "train the nuclear + whole-cell segmentation network",
