@@ -18,7 +18,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("hcsflow.simulate.commands", "simulate a Cell Painting plate with ground truth"),
     "train-segmenter": (
-        "hcsflow.segmentation.train",
+        "hcsflow.segmentation.commands",
         "train the nuclear + whole-cell segmentation network",
     ),
     "average-segmenters": (
