@@ -49,6 +49,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from hcsflow import __version__
+from hcsflow import wells as _wells
 from hcsflow.io import atomic_path
 
 __all__ = [
@@ -1279,13 +1280,9 @@ def random_optics(rng: np.random.Generator) -> dict[str, Any]:
 
 def well_names(n_wells: int) -> list[str]:
     """Well names of a 96- or 384-well plate in row-major order (``A01``, ``A02``, ...)."""
-    if n_wells == 96:
-        rows, cols = 8, 12
-    elif n_wells == 384:
-        rows, cols = 16, 24
-    else:
+    if n_wells not in (96, 384):
         raise ValueError(f"n_wells must be 96 or 384, got {n_wells}")
-    return [f"{chr(65 + r)}{c + 1:02d}" for r in range(rows) for c in range(cols)]
+    return _wells.well_names(n_wells)
 
 
 def default_platemap(n_wells: int = 96, seed: int = 0) -> pd.DataFrame:
@@ -1420,7 +1417,7 @@ def _validate_platemap(pm: pd.DataFrame, n_wells: int) -> pd.DataFrame:
 
 
 def _well_rc(well: str) -> tuple[int, int]:
-    return ord(well[0]) - 65, int(well[1:]) - 1
+    return _wells.well_index(well)
 
 
 @functools.lru_cache(maxsize=2)
