@@ -62,6 +62,8 @@ class _Columns:
         self.names = list(names)
 
 
+# One pass over row chunks accumulates every sum the correlations need; it stays one
+# function (over 80 lines) so that the sums and their masks are not passed between parts.
 def _corr_matrix(x: np.ndarray | _Columns, chunk: int = 1 << 14) -> np.ndarray:
     """Pearson correlation between the columns of ``x``, pairwise-complete where NaN occur.
 

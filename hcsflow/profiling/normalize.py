@@ -99,37 +99,9 @@ def normalize(
         fit[j] = col[fit_rows]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        if method == "mad_robustize":
-            center = _group_reduce(fit.T, fit_codes, n_groups, "median")[0]  # (G, p)
-            np.subtract(fit, center[fit_codes].T, out=fit)
-            np.abs(fit, out=fit)
-            mad = _group_reduce(fit.T, fit_codes, n_groups, "median")[0] / (1 / 1.4826)
-            scale = mad + epsilon
-        else:
-            ok = ~np.isnan(fit)
-            n_ok = np.stack([np.bincount(fit_codes, w, minlength=n_groups) for w in ok], axis=1)
-            vals = np.where(ok, fit, 0.0)
-            total = np.stack([np.bincount(fit_codes, w, minlength=n_groups) for w in vals], axis=1)
-            center = total / n_ok
-            dev = np.where(ok, fit - center[fit_codes].T, 0.0)
-            var = (
-                np.stack([np.bincount(fit_codes, w * w, minlength=n_groups) for w in dev], axis=1)
-                / n_ok
-            )
-            scale = np.where(_constant_feature(var, center, n_ok), 1.0, np.sqrt(var))
+        center, scale = _fit(fit, fit_codes, n_groups, method, epsilon)
         del fit
-        # all rows: (n_features, n_rows), so that the frame below takes it without a copy
-        result = np.empty((len(feats), len(profiles)), dtype=np.float64)
-        contiguous = bool(np.all(codes[1:] >= codes[:-1]))  # rows already grouped in order
-        bounds = np.searchsorted(codes, np.arange(n_groups + 1)) if contiguous else None
-        for j, col in enumerate(iter_columns(profiles, feats)):
-            if contiguous:
-                for g in range(n_groups):
-                    a, b = bounds[g], bounds[g + 1]
-                    np.subtract(col[a:b], center[g, j], out=result[j, a:b])
-                    result[j, a:b] /= scale[g, j]
-            else:
-                result[j] = (col - center[codes, j]) / scale[codes, j]
+        result = _apply(profiles, feats, codes, center, scale)
     others = [c for c in profiles.columns if c not in set(feats)]
     out = pd.concat(
         [
@@ -142,3 +114,51 @@ def normalize(
     if list(out.columns) != list(profiles.columns):
         out = out[list(profiles.columns)]
     return out
+
+
+def _fit(
+    fit: np.ndarray, codes: np.ndarray, n_groups: int, method: str, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale of each group x feature, shape (n_groups, n_features) each.
+
+    ``fit`` holds the control rows one feature per row, shape (n_features, n_fit); it is
+    overwritten (``mad_robustize``).
+    """
+    if method == "mad_robustize":
+        center = _group_reduce(fit.T, codes, n_groups, "median")[0]  # (G, p)
+        np.subtract(fit, center[codes].T, out=fit)
+        np.abs(fit, out=fit)
+        mad = _group_reduce(fit.T, codes, n_groups, "median")[0] / (1 / 1.4826)
+        return center, mad + epsilon
+    ok = ~np.isnan(fit)
+    n_ok = np.stack([np.bincount(codes, w, minlength=n_groups) for w in ok], axis=1)
+    vals = np.where(ok, fit, 0.0)
+    total = np.stack([np.bincount(codes, w, minlength=n_groups) for w in vals], axis=1)
+    center = total / n_ok
+    dev = np.where(ok, fit - center[codes].T, 0.0)
+    var = np.stack([np.bincount(codes, w * w, minlength=n_groups) for w in dev], axis=1) / n_ok
+    return center, np.where(_constant_feature(var, center, n_ok), 1.0, np.sqrt(var))
+
+
+def _apply(
+    profiles: pd.DataFrame,
+    feats: Sequence[str],
+    codes: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+) -> np.ndarray:
+    """``(x - center) / scale`` of every row's group, shape (n_features, n_rows)."""
+    # (n_features, n_rows), so that a frame of its transpose takes it without a copy
+    result = np.empty((len(feats), len(profiles)), dtype=np.float64)
+    contiguous = bool(np.all(codes[1:] >= codes[:-1]))  # rows already grouped in order
+    n_groups = center.shape[0]
+    bounds = np.searchsorted(codes, np.arange(n_groups + 1)) if contiguous else None
+    for j, col in enumerate(iter_columns(profiles, feats)):
+        if contiguous:
+            for g in range(n_groups):
+                a, b = bounds[g], bounds[g + 1]
+                np.subtract(col[a:b], center[g, j], out=result[j, a:b])
+                result[j, a:b] /= scale[g, j]
+        else:
+            result[j] = (col - center[codes, j]) / scale[codes, j]
+    return result
