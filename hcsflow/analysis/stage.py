@@ -156,7 +156,8 @@ def run_analysis(
     by = _activity_keys(profiles, params)
     compound = by[0]
     dose = DOSE if DOSE in consensus.columns and DOSE in profiles.columns else None
-    feats = [c for c in feature_columns(consensus) if c in set(feature_columns(profiles))]
+    in_profiles = set(feature_columns(profiles))
+    feats = [c for c in feature_columns(consensus) if c in in_profiles]
     activity = phenotypic_activity(
         profiles,
         group_by=by,
