@@ -55,11 +55,12 @@ def test_bad_wells_raise(bad):
 def test_modules_share_the_parser():
     from hcsflow import layouts, platemap, report, simulate
     from hcsflow.analysis import adjacent_wells
+    from hcsflow.simulate.plate import _well_rc
 
     assert layouts.normalize_well("D3") == "D03"
     assert platemap.well_sort_key("D3") == platemap.well_sort_key("D03")
     assert report.parse_well("D3") == report.parse_well("D03") == (3, 2)
-    assert simulate._well_rc("D3") == simulate._well_rc("D03") == (3, 2)
+    assert _well_rc("D3") == _well_rc("D03") == (3, 2)
     assert simulate.well_names(96) == W.well_names(96)
     assert adjacent_wells(["D3", "D04", "D5"]) and adjacent_wells(["D03", "D04", "D05"])
 
