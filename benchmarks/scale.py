@@ -59,8 +59,8 @@ sys.path.insert(0, str(REPO))
 
 from hcsflow.discover import QC_COLUMNS  # noqa: E402
 from hcsflow.io import make_provenance, write_table  # noqa: E402
-from hcsflow.layouts import split_well  # noqa: E402
 from hcsflow.platemap import read_platemap  # noqa: E402
+from hcsflow.wells import split_well  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 #: the workflow's files copied into a benchmark folder (as the workflow tests do)

@@ -15,7 +15,7 @@ rule discover:
         "../envs/hcsflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,  # peak 0.15 GB (docs/performance.md)
         disk_mb=DISK_MB,
         runtime=15,
     params:

@@ -20,7 +20,7 @@ rule illumination_batch:
         "../envs/hcsflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,  # peak 0.94 GB from 200 sampled 1080² fields (docs/performance.md)
         disk_mb=DISK_MB,
         runtime=30,
     params:
@@ -46,7 +46,7 @@ rule illumination:
         "../envs/hcsflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,  # peak 0.94 GB from 200 sampled 1080² fields (docs/performance.md)
         disk_mb=DISK_MB,
         runtime=30,
     params:

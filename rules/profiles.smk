@@ -18,7 +18,7 @@ rule profiles:
         "../envs/hcsflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,  # peak 0.97 GB: one shard's cells at a time (docs/performance.md)
         disk_mb=DISK_MB,
         runtime=30,
     params:

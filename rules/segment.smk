@@ -49,7 +49,7 @@ rule segmentation_overlays:
         "../envs/hcsflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,  # peak 0.52 GB (docs/performance.md)
         disk_mb=DISK_MB,
         runtime=10,
     params:
