@@ -29,6 +29,7 @@ rule measure:
         gpu=embedding_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
+        images=plate_images,
         illumination=lambda wc: illumination_inputs(wc.plate),
         channels=CHANNEL_NAMES,
         image_mpp=config["image_mpp"],
@@ -61,6 +62,7 @@ rule embed_sample:
         mem_mb=2000,
         runtime=30,
     params:
+        images=plate_images,
         illumination=lambda wc: illumination_inputs(wc.plate),
         channels=CHANNEL_NAMES,
         image_mpp=config["image_mpp"],

@@ -25,6 +25,7 @@ rule segment:
         gpu=segmentation_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
+        images=plate_images,
         illumination=lambda wc: segmentation_illumination(wc.plate),
         channels=CHANNELS,
         image_mpp=config["image_mpp"],
@@ -55,6 +56,7 @@ rule segmentation_overlays:
         mem_mb=2000,
         runtime=10,
     params:
+        images=plate_images,
         illumination=lambda wc: segmentation_illumination(wc.plate),
         channels=CHANNELS,
         segmentation=config["segmentation"],

@@ -22,6 +22,7 @@ with log_to(sm.log[0]) as log:
         fields_per_batch=seg["fields_per_batch"],
         on_bad_image=p.on_bad_image,
         dropped=dropped,
+        root=p.images,
     )
     inputs = {"manifest": file_checksum(sm.input.manifest)}
     inputs.update({k: file_checksum(v) for k, v in sm.input.items() if k.startswith("illum_")})
