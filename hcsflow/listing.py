@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hcsflow.discover import iter_image_entries
 from hcsflow.io import atomic_path
-from hcsflow.layouts import parse_filename
+from hcsflow.layouts import LayoutError, compile_layout, matches_layout
 
 #: First line of every listing.
 HEADER = "path\tsize\tmtime_ns"
@@ -40,8 +40,7 @@ class ListingError(ValueError):
     """An image folder that cannot be listed; the message names the plate and the folder."""
 
 
-@dataclass(frozen=True)
-class ListingEntry:
+class ListingEntry(NamedTuple):
     """One image file of a plate folder.
 
     Attributes
@@ -82,15 +81,19 @@ def list_images(folder: str | os.PathLike[str], layout: str | None = None) -> li
     ------
     OSError
         The folder (or a sub-folder) cannot be read.
+    LayoutError
+        An unknown layout or an unusable pattern.
     """
+    if layout is not None:
+        compile_layout(layout)  # an unusable layout fails here, not at the first file
     entries = []
     for rel, entry in iter_image_entries(folder):
-        if layout is not None and parse_filename(entry.name, layout) is None:
+        name = entry.name
+        if layout is not None and not matches_layout(name, layout):
             continue
         st = entry.stat()
-        path = f"{rel}/{entry.name}" if rel else entry.name
-        entries.append(ListingEntry(path, st.st_size, st.st_mtime_ns))
-    entries.sort(key=lambda e: e.path)
+        entries.append(ListingEntry(f"{rel}/{name}" if rel else name, st.st_size, st.st_mtime_ns))
+    entries.sort()
     return entries
 
 
@@ -150,8 +153,9 @@ def update_listings(
     Raises
     ------
     ListingError
-        An image folder that does not exist or cannot be read; one line per such plate,
-        naming the plate and the folder. No listing is written when any folder fails.
+        An image folder that does not exist or cannot be read, or an unusable layout; one
+        line per such plate, naming the plate and the folder. No listing is written when any
+        plate fails.
     """
     texts: dict[str, str] = {}
     problems = []
@@ -167,6 +171,8 @@ def update_listings(
                 f"- {where}: image folder {images} cannot be listed "
                 f"({exc.strerror or exc}: {exc.filename})"
             )
+        except LayoutError as exc:
+            problems.append(f"- {where}: {exc}")
     if problems:
         raise ListingError("\n".join(problems))
     return [p for p, text in texts.items() if write_if_changed(Path(folder) / f"{p}.tsv", text)]

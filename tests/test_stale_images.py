@@ -116,6 +116,8 @@ def test_missing_folder_names_the_plate_and_writes_nothing(folder, tmp_path):
         f"- plate sheet plates.tsv, plate GONE: image folder {tmp_path / 'nowhere'} does not exist"
     )
     assert not out.exists()
+    with pytest.raises(ListingError, match="plate P: unknown layout 'nikon'"):
+        update_listings([("P", folder, "nikon")], out)
 
 
 def test_write_if_changed(tmp_path):
