@@ -54,8 +54,8 @@ def feature_columns(df: pd.DataFrame) -> list[str]:
     """Return the numeric columns of ``df`` that do not start with ``Metadata_``."""
     return [
         c
-        for c in df.columns
-        if not str(c).startswith("Metadata_") and pd.api.types.is_numeric_dtype(df[c])
+        for c, dtype in df.dtypes.items()
+        if not str(c).startswith("Metadata_") and pd.api.types.is_numeric_dtype(dtype)
     ]
 
 
@@ -1214,7 +1214,8 @@ def run_analysis(
         by = by[:-1]
     compound = by[0]
     dose = DOSE if DOSE in consensus.columns and DOSE in profiles.columns else None
-    feats = [c for c in feature_columns(consensus) if c in set(feature_columns(profiles))]
+    in_profiles = set(feature_columns(profiles))
+    feats = [c for c in feature_columns(consensus) if c in in_profiles]
     activity = phenotypic_activity(
         profiles,
         group_by=by,

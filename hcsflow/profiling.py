@@ -1534,17 +1534,18 @@ def normalize_plates(
 def campaign_profiles(
     profiles: pd.DataFrame, campaign: Mapping[str, Any], control_role: str = "negcon"
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Feature selection, optional sphering and Harmony, and consensus over a campaign.
+    """Optional plate-position correction, feature selection, optional sphering and Harmony,
+    and consensus over a campaign.
 
     Parameters
     ----------
     profiles : DataFrame of shape (n_wells, n_columns)
         Normalized well profiles of all plates.
     campaign : mapping
-        The validated config section ``campaign`` (``feature_select``, ``sphering``,
-        ``harmony``, ``consensus``).
+        The validated config section ``campaign`` (``position``, ``feature_select``,
+        ``sphering``, ``harmony``, ``consensus``).
     control_role : str
-        Role of the wells the sphering is fitted on.
+        Role of the wells the sphering (and a ``negcon`` position fit) is fitted on.
 
     Returns
     -------
@@ -1558,6 +1559,19 @@ def campaign_profiles(
     fs = campaign["feature_select"]
     steps: list[str] = []
     n_in = len(feature_columns(profiles))
+    pos = campaign.get("position", {"enabled": False})
+    position_info = None
+    if pos["enabled"]:
+        from hcsflow.position import correct_position
+
+        profiles, position_info = correct_position(
+            profiles,
+            feature_columns(profiles),
+            fit_on=pos["fit_on"],
+            control=None if control_role == "all" else {"Metadata_Role": control_role},
+            shrinkage=pos["shrinkage"],
+        )
+        steps.append(f"position(fit_on={pos['fit_on']})")
     excluded = feature_select_excluded(
         profiles,
         operations=fs["operations"],
@@ -1618,4 +1632,6 @@ def campaign_profiles(
         "n_features_out": len(feature_columns(out)),
         "excluded_features": excluded,
     }
+    if position_info is not None:
+        info["position"] = position_info
     return out, cons, info
