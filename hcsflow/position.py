@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.layouts import split_well
+from hcsflow.wells import well_index
 
 #: Fits accepted by :func:`correct_position` (configuration key ``campaign.position.fit_on``).
 FIT_ON = ("all", "negcon")
@@ -62,13 +62,13 @@ def position_grid(wells: Sequence[str]) -> PositionGrid:
     letters, numbers = [], []
     for well in wells:
         try:
-            r, c = split_well(str(well).strip())
+            r, c = well_index(well)
         except ValueError:
             raise ValueError(
                 f"plate-position correction: well {well!r} is not a row letter and column "
                 "number (e.g. B07)"
             ) from None
-        letters.append((len(r), r))
+        letters.append(r)
         numbers.append(c)
     row_names = sorted(set(letters))
     col_names = sorted(set(numbers))

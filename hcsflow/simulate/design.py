@@ -9,18 +9,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hcsflow import wells as _wells
 from hcsflow.simulate.params import INACTIVE_MOA, MOA_PROFILES
 
 
 def well_names(n_wells: int) -> list[str]:
     """Well names of a 96- or 384-well plate in row-major order (``A01``, ``A02``, ...)."""
-    if n_wells == 96:
-        rows, cols = 8, 12
-    elif n_wells == 384:
-        rows, cols = 16, 24
-    else:
+    if n_wells not in (96, 384):
         raise ValueError(f"n_wells must be 96 or 384, got {n_wells}")
-    return [f"{chr(65 + r)}{c + 1:02d}" for r in range(rows) for c in range(cols)]
+    return _wells.well_names(n_wells)
 
 
 def default_platemap(n_wells: int = 96, seed: int = 0) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hcsflow import __version__
+from hcsflow import wells as _wells
 from hcsflow.io import atomic_path
 from hcsflow.simulate.design import (
     _validate_platemap,
@@ -41,7 +42,7 @@ from hcsflow.simulate.textures import _child
 
 
 def _well_rc(well: str) -> tuple[int, int]:
-    return ord(well[0]) - 65, int(well[1:]) - 1
+    return _wells.well_index(well)
 
 
 @functools.lru_cache(maxsize=2)
