@@ -22,7 +22,7 @@ unset SLURM_CONF SLURM_CLUSTERS
 
 CONF=/etc/slurm/slurm.conf
 MARK="# Written by hcsflow tests/slurm_cluster.sh"
-PARTITION=${HCSFLOW_SLURM_PARTITION:-hcsflow}
+PARTITION=hcsflow # tests/test_slurm_cluster.py submits to it
 MIN_MEM_MB=16000 # the rules ask for up to 8000 MB; memory is not enforced here
 MIN_CPUS=2       # several rules declare two threads
 
