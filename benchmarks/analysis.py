@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from hcsflow import analysis as A  # noqa: E402
 from hcsflow import profiling as P  # noqa: E402
+from hcsflow.position import correct_position  # noqa: E402
 
 LINCS = (
     REPO.parent
@@ -63,6 +64,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no_sphering": ({"sphering": {"enabled": False}}, {}),
     "sphering": ({"sphering": {"enabled": True}}, {}),
     "sphering_no_shrinkage": ({"sphering": {"enabled": True, "shrinkage": 0.0}}, {}),
+    "position": ({"position": {"enabled": True, "fit_on": "all"}}, {}),
+    "position_negcon": ({"position": {"enabled": True, "fit_on": "negcon"}}, {}),
     "correlation": ({}, {"distance": "correlation"}),
     "euclidean": ({}, {"distance": "euclidean"}),
     "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
@@ -309,7 +312,19 @@ def lincs(args, variant: str = "default") -> dict:
     feats = A.feature_columns(prof)
     prof = prof[[c for c in prof.columns if c.startswith("Metadata_")] + feats]
     sphering = bool(sph["enabled"])
+    pos = camp["position"]
     raw = prof
+
+    def position(p: pd.DataFrame) -> pd.DataFrame:
+        if not pos["enabled"]:
+            return p
+        return correct_position(
+            p,
+            feats,
+            fit_on=pos["fit_on"],
+            control={"Metadata_Role": "negcon"},
+            shrinkage=pos["shrinkage"],
+        )[0]
 
     def sphere(p: pd.DataFrame) -> pd.DataFrame:
         return P.sphere(
@@ -320,6 +335,7 @@ def lincs(args, variant: str = "default") -> dict:
             shrinkage=sph["shrinkage"],
         )
 
+    prof = position(prof)
     if sphering:
         prof = sphere(prof)
     cons = P.consensus(prof)
@@ -335,6 +351,7 @@ def lincs(args, variant: str = "default") -> dict:
             rows = pseudo.index[idx[6 * j : 6 * j + 6]]
             pseudo.loc[rows, "Metadata_Compound"] = f"NEG-{j + 1}"
             pseudo.loc[rows, "Metadata_Role"] = "trt"
+        pseudo = position(pseudo)  # a negcon fit sees the remaining DMSO wells only
         if sphering:  # fitted on the remaining DMSO wells only
             pseudo = sphere(pseudo)
         act = A.phenotypic_activity(

@@ -208,10 +208,9 @@ def dark_floor(stack, flat, dark):
     t = torch.from_numpy(np.asarray(dark, np.float32))[None, None]
     d_small = torch.nn.functional.adaptive_avg_pool2d(t, (h, w))[0, 0].double().numpy()
     med = np.median(small.astype(np.float64), axis=0)
-    mask = il._lowpass_mask((h, w), 4.0)
     out = []
     for d in (d_small, float(d_small.mean())):
-        f = il._evaluate(il._coeffs(med - d, mask), (h, w), shape)
+        f = il.smooth_surface(med - d, shape, 4.0)
         out.append(float(np.sqrt(np.mean((f / f.mean() - flat) ** 2)) * 100))
     return out
 

@@ -228,7 +228,7 @@ def worker(tool: str, op: str, work: Path, order: str, threads: int = 1) -> None
 
         # compile (or load from numba's cache) the median kernel before timing, for writable
         # arrays and for read-only ones (Arrow buffers), each a signature of its own
-        from hcsflow._groupstats import group_median_columns
+        from hcsflow.profiling._groupstats import group_median_columns
 
         P.aggregate(
             pd.DataFrame(

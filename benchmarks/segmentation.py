@@ -63,13 +63,10 @@ def _subset_rows(pred, true, subset) -> list[tuple[int, int, int]]:
 
 
 def simulated_fields(n: int, size: int, mpp: float):
-    from hcsflow.simulate import random_appearance, simulate_field
+    from hcsflow.segmentation.evaluation import simulated_split
 
-    for k in range(n):
-        rng = np.random.default_rng((2026, k))
-        appearance = random_appearance(rng) if k % 4 else None  # every 4th: default look
-        density = float(rng.uniform(0.6, 1.6))
-        yield simulate_field((2026, k), (size, size), mpp, appearance=appearance, density=density)
+    # every 4th field has the default look; densities 0.6-1.6
+    yield from simulated_split("test", n, (size, size), mpp)
 
 
 def cytoplasm_of(image: np.ndarray) -> np.ndarray:
@@ -188,15 +185,14 @@ def _val_ids(meta: dict) -> list[str]:
             if "val_ids" in node and isinstance(node["val_ids"], list):
                 return [str(i) for i in node["val_ids"]]
             stack.extend(node.values())
-    from hcsflow.segmentation.train import is_dsb_validation
+    from hcsflow.segmentation.evaluation import dsb_split
 
-    ids = sorted(p.stem for p in (DSB / "images").glob("*.png"))
-    return [i for i in ids if is_dsb_validation(i)]
+    return dsb_split(DSB, "validation")
 
 
 def bench_dsb(segs: dict, meta: dict) -> None:
+    from hcsflow.segmentation.evaluation import median_diameter, read_dsb
     from hcsflow.segmentation.metrics import dsb_score, f1_at, touching_labels
-    from hcsflow.segmentation.train import median_diameter, read_dsb
 
     if not DSB.is_dir():
         print(f"\n(DSB2018 data not found at {DSB}: real-nuclei table skipped)")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hcsflow.segmentation.evaluation import SIM_SPLITS
+
 ROOT = Path(__file__).resolve().parents[1]
 DSB = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 
@@ -38,11 +40,11 @@ def _scores(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
 
 def evaluate_dsb(seg, root: Path, estimate: bool, limit: int | None = None) -> dict[str, float]:
     """Mean F1@0.5 and DSB score over the DSB2018 validation split."""
-    from hcsflow.segmentation.train import is_dsb_validation, list_dsb, median_diameter, read_dsb
+    from hcsflow.segmentation.evaluation import dsb_split, median_diameter, read_dsb
 
     ref = float(seg.meta["nuclear_diameter_px"])
     f1s, dsbs = [], []
-    for i in [i for i in list_dsb(root) if is_dsb_validation(i)][:limit]:
+    for i in dsb_split(root, "validation")[:limit]:
         img, lab = read_dsb(root, i)
         mpp = None if estimate else seg.model_mpp * ref / median_diameter(lab)
         nuclei, _ = seg.predict(img, None, image_mpp=mpp)
@@ -54,16 +56,14 @@ def evaluate_dsb(seg, root: Path, estimate: bool, limit: int | None = None) -> d
 
 def evaluate_sim(seg, n: int, seed: int, shape: tuple[int, int], mpp: float) -> dict[str, dict]:
     """Nuclei and cells on simulated fields, with AGP as cytoplasm and without cytoplasm."""
-    from hcsflow.simulate import random_appearance, simulate_field
+    from hcsflow.segmentation.evaluation import simulated_split
 
     acc: dict[str, list[tuple[float, float]]] = {
         "nuclei": [],
         "cells": [],
         "nuclei (no cytoplasm)": [],
     }
-    for k in range(n):
-        rng = np.random.default_rng(seed + k)
-        f = simulate_field(seed + k, shape, mpp, appearance=random_appearance(rng))
+    for f in simulated_split("model_test", n, shape, mpp, first=seed):
         nuc, cel = f.image[0], f.image[3]
         pn, pc = seg.predict(nuc, cel, image_mpp=mpp)
         acc["nuclei"].append(_scores(pn, f.nuclei))
@@ -85,8 +85,8 @@ def update_card(path: Path, rows: list, argv: list[str] | None) -> None:
     import shlex
     import sys
 
+    from hcsflow.segmentation.commands import write_card
     from hcsflow.segmentation.model import load_checkpoint, save_checkpoint
-    from hcsflow.segmentation.train import write_card
 
     model, meta = load_checkpoint(path)
     argv = sys.argv[1:] if argv is None else argv
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(ROOT / "hcsflow" / "models" / "segmenter_v5.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--sim-fields", type=int, default=8)
-    parser.add_argument("--sim-seed", type=int, default=700_000)
+    parser.add_argument(
+        "--sim-seed", type=int, default=SIM_SPLITS["model_test"], help="first test seed"
+    )
     parser.add_argument("--sim-shape", type=int, nargs=2, default=(512, 512))
     parser.add_argument("--sim-mpp", type=float, default=0.65)
     parser.add_argument("--threads", type=int, default=1)

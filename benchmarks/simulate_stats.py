@@ -7,11 +7,20 @@ moves the features it is meant to move (well medians, z-scores against DMSO well
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/simulate_stats.py --size 540 --sites 4 --workers 2
     PYTHONPATH=. python benchmarks/simulate_stats.py --plate-dir /tmp/simplate   # reuse a plate
+
+With ``--speed`` it prints instead the time per simulated field (one process) by field size,
+split into simulation and TIFF writing:
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/simulate_stats.py --speed [--reps 3]
+
+CPU time (``time.process_time``) is reported next to wall time because the figures are taken on
+a shared 2-core machine, where wall time depends on the other jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import tempfile
 import time
@@ -22,7 +31,14 @@ import pandas as pd
 import tifffile
 from scipy import ndimage as ndi
 
-from hcsflow.simulate import CHANNELS, MOA_PROFILES, simulate_plate, truth_cell_table
+from hcsflow.simulate import (
+    CHANNELS,
+    MOA_PROFILES,
+    make_illumination,
+    simulate_field,
+    simulate_plate,
+    truth_cell_table,
+)
 
 #: compartment whose stain defines each channel's signal
 SIGNAL_MASK = {"DNA": "nuclei", "ER": "cyto", "RNA": "cells", "AGP": "cells", "Mito": "cyto"}
@@ -98,6 +114,40 @@ def moa_table(cells: pd.DataFrame, plate_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def speed_table(sizes: list[int], reps: int) -> None:
+    """Print the time per simulated field by size: simulation and TIFF writing (CPU, wall)."""
+    print(
+        f"{'size':>6} {'cells':>6} {'sim CPU s':>10} {'sim wall s':>11} {'write CPU s':>12} {'MB/field':>9}"
+    )
+    for size in sizes:
+        flat, dark = make_illumination((size, size))
+        cpu, wall, wcpu, nbytes, cells = [], [], [], [], []
+        for rep in range(reps):
+            t0, w0 = time.process_time(), time.perf_counter()
+            f = simulate_field(rep, (size, size), flatfield=flat, darkfield=dark)
+            cpu.append(time.process_time() - t0)
+            wall.append(time.perf_counter() - w0)
+            cells.append(f.info["n_cells"])
+            t0 = time.process_time()
+            total = 0
+            for c in range(f.image.shape[0]):
+                buf = io.BytesIO()
+                tifffile.imwrite(
+                    buf,
+                    f.image[c],
+                    compression="zlib",
+                    predictor=True,
+                    compressionargs={"level": 1},
+                )
+                total += len(buf.getvalue())
+            wcpu.append(time.process_time() - t0)
+            nbytes.append(total)
+        print(
+            f"{size:>6} {np.mean(cells):>6.0f} {np.median(cpu):>10.2f} {np.median(wall):>11.2f} "
+            f"{np.median(wcpu):>12.2f} {np.mean(nbytes) / 1e6:>9.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plate-dir", type=Path, default=None, help="existing simulated plate")
@@ -106,7 +156,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=540)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--speed", action="store_true", help="time single fields by size instead of a plate"
+    )
+    ap.add_argument("--reps", type=int, default=3, help="--speed: fields per size")
+    ap.add_argument(
+        "--speed-sizes", type=int, nargs="+", default=[256, 540, 1080], help="--speed: sizes"
+    )
     args = ap.parse_args()
+    if args.speed:
+        speed_table(args.speed_sizes, args.reps)
+        return
 
     tmp = None
     if args.plate_dir is None:

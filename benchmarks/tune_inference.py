@@ -14,12 +14,25 @@ with AGP as cytoplasm. Prints one Markdown row per setting with mean F1@0.5 and 
 (mean over IoU 0.5:0.95 of TP / (TP + FP + FN)) per data set.
 
     PYTHONPATH=$PWD python benchmarks/tune_inference.py --model hcsflow/models/segmenter_v5.pt
+
+``watershed`` chooses the deep-watershed parameters of the maps at the working resolution
+instead: the network's maps are computed once per image, and the post-processing is run for
+every combination of ``fg_threshold``, ``seed_threshold``, ``min_distance`` and
+``seed_smoothing``, on the simulated split ``tune_postprocess`` (seed sequences ``(2027, k)``)
+and DSB2018 *training* images. Prints one row per combination, sorted by the mean of nuclear
+F1, cell F1 and the mean APs.
+
+    PYTHONPATH=$PWD python benchmarks/tune_inference.py watershed --fields 4 --dsb-images 40
+
+The data splits and the seeds reserved for test data are those of
+:mod:`hcsflow.segmentation.evaluation`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from pathlib import Path
 
@@ -29,14 +42,103 @@ ROOT = Path(__file__).resolve().parents[1]
 DSB = ROOT.parent / "shared" / "data" / "dsb2018_nuclei"
 
 
+def watershed(argv: list[str]) -> int:
+    """``watershed``: deep-watershed parameters on maps at the working resolution."""
+    parser = argparse.ArgumentParser(
+        prog="tune_inference.py watershed", description=watershed.__doc__
+    )
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--fields", type=int, default=4)
+    parser.add_argument("--size", type=int, default=540)
+    parser.add_argument("--dsb-images", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fg", type=float, nargs="+", default=[0.3, 0.4, 0.5])
+    parser.add_argument("--seed-threshold", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--min-distance", type=int, nargs="+", default=[5, 7, 9, 11])
+    parser.add_argument("--smoothing", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from hcsflow.segmentation import Segmenter
+    from hcsflow.segmentation.evaluation import (
+        dsb_split,
+        median_diameter,
+        read_dsb,
+        simulated_split,
+    )
+    from hcsflow.segmentation.metrics import DEFAULT_THRESHOLDS, match_many
+    from hcsflow.segmentation.postprocess import PostprocessParams, deep_watershed, nuclei_only
+    from hcsflow.segmentation.preprocess import combine_channels, resize_labels
+
+    seg = Segmenter.load(args.model, device="cpu")
+    sim = []
+    for f in simulated_split("tune_postprocess", args.fields, (args.size, args.size), 0.65):
+        cyto = combine_channels([f.image[1], f.image[3]])
+        sim.append((seg.maps(f.image[0], cyto, 0.65).maps, f.nuclei, f.cells))
+    dsb = []
+    ids = dsb_split(DSB, "train")[:: max(1, 365 // args.dsb_images)]
+    train_px = float(seg.meta.get("nuclear_diameter_px", 18.0))
+    for i in ids[: args.dsb_images]:
+        img, lab = read_dsb(DSB, i)
+        d = median_diameter(lab)
+        maps = seg.maps(img, None, seg.model_mpp * train_px / d).maps
+        dsb.append((maps, resize_labels(lab, maps.shape[-2:])))
+
+    def score(pred, true):
+        ms = match_many(pred, true, DEFAULT_THRESHOLDS)
+        return np.array([[m.tp, m.fp, m.fn] for m in ms], float)
+
+    def summary(counts):
+        tp, fp, fn = np.sum(counts, axis=0).T
+        return 2 * tp[0] / (2 * tp[0] + fp[0] + fn[0]), float(np.mean(tp / (tp + fp + fn)))
+
+    rows = []
+    grid = itertools.product(args.fg, args.seed_threshold, args.min_distance, args.smoothing)
+    for fg, st, md, sm in grid:
+        p = PostprocessParams(
+            fg_threshold=fg, seed_threshold=st, min_distance=md, seed_smoothing=sm
+        )
+        sn, sc, dn = [], [], []
+        for maps, nuc, cells in sim:
+            n, c, _ = deep_watershed(maps, p)
+            sn.append(score(n, nuc))
+            sc.append(score(c, cells))
+        for maps, lab in dsb:
+            n, _, _ = nuclei_only(maps[0], maps[2], p, grow=0)
+            dn.append(score(n, lab))
+        vals = [*summary(sn), *summary(sc), *summary(dn)]
+        rows.append((float(np.mean(vals)), fg, st, md, sm, *vals))
+    rows.sort(reverse=True)
+    print(
+        f"validation: {len(sim)} simulated fields of {args.size} px, {len(dsb)} DSB2018 "
+        "training images\n"
+    )
+    print(
+        "| mean | fg_threshold | seed_threshold | min_distance | seed_smoothing | sim nuclei F1 "
+        "| sim nuclei AP | sim cells F1 | sim cells AP | DSB nuclei F1 | DSB nuclei AP |"
+    )
+    print("|" + "---|" * 11)
+    for r in rows[:15]:
+        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["watershed"]:
+        return watershed(argv[1:])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="'tune_inference.py watershed --help': the deep-watershed parameter search",
+    )
     parser.add_argument("--model", default=str(ROOT / "hcsflow" / "models" / "segmenter_v5.pt"))
     parser.add_argument("--dsb", default=str(DSB))
     parser.add_argument("--dsb-images", type=int, default=60)
     parser.add_argument("--sample-seed", type=int, default=1)
     parser.add_argument("--sim-fields", type=int, default=3)
-    parser.add_argument("--sim-seed", type=int, default=800_000)
+    parser.add_argument("--sim-seed", type=int, default=None, help="default: split 'tune'")
     parser.add_argument("--zooms", type=float, nargs="+", default=[1.0, 22 / 18, 26 / 18])
     parser.add_argument("--fg-thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     parser.add_argument("--seed-thresholds", type=float, nargs="+", default=[0.3, 0.5])
@@ -54,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hcsflow.segmentation import Segmenter
+    from hcsflow.segmentation.evaluation import (
+        check_training_seeds,
+        dsb_split,
+        median_diameter,
+        read_dsb,
+        simulated_split,
+    )
     from hcsflow.segmentation.metrics import dsb_score, f1_at
     from hcsflow.segmentation.model import load_checkpoint
     from hcsflow.segmentation.setpost import parse_settings
-    from hcsflow.segmentation.train import is_dsb_validation, list_dsb, median_diameter, read_dsb
-    from hcsflow.simulate import random_appearance, simulate_field
 
     grid_keys, grid_values = [], []
     for item in args.grid:
@@ -74,17 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_checkpoint(args.model)
     base = Segmenter.load(args.model, device="cpu", threads=args.threads)
     ref = float(meta["nuclear_diameter_px"])
-    ids = [i for i in list_dsb(args.dsb) if not is_dsb_validation(i)]
+    ids = dsb_split(args.dsb, "train")
     rng = np.random.default_rng(args.sample_seed)
     # (name, nuclear, cytoplasm, image_mpp, truth nuclei, truth cells or None)
     cases = []
     for i in sorted(rng.choice(ids, size=min(args.dsb_images, len(ids)), replace=False)):
         img, lab = read_dsb(args.dsb, i)
         cases.append(("dsb", img, None, base.model_mpp * ref / median_diameter(lab), lab, None))
-    for k in range(args.sim_fields):
-        s = args.sim_seed + k
-        look = random_appearance(np.random.default_rng(s))
-        f = simulate_field(s, (512, 512), 0.65, appearance=look)
+    if args.sim_seed is not None:
+        check_training_seeds(args.sim_seed, args.sim_fields)
+    fields = simulated_split("tune", args.sim_fields, (512, 512), 0.65, first=args.sim_seed)
+    for f in fields:
         cases.append(("sim", f.image[0], f.image[3], 0.65, f.nuclei, f.cells))
 
     header = "| zoom | tta | native | fg_threshold | seed_threshold "
@@ -96,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for zoom, tta in itertools.product(args.zooms, args.tta):
         seg = Segmenter(model, meta, device="cpu", zoom=zoom, tta=bool(tta))
-        cached = []
-        for _, nuc, cyto, mpp, _, _ in cases:
-            x, xn = seg._model_input(nuc, cyto, mpp, keep_native=True)
-            cached.append((x, xn, seg.predict_maps([x])[0]))
+        cached = [seg.maps(nuc, cyto, mpp) for _, nuc, cyto, mpp, _, _ in cases]
         for native, ft, st, *extra in itertools.product(
             args.native, args.fg_thresholds, args.seed_thresholds, *grid_values
         ):
@@ -114,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 postprocess=post,
             )
             scores: dict[str, list[tuple[float, float]]] = {"dsb": [], "simn": [], "simc": []}
-            for (name, nuc, cyto, mpp, tn, tc), (x, xn, maps) in zip(cases, cached, strict=True):
-                pn, pc, _ = variant._postprocess(maps, x[0], xn, cyto is None, nuc.shape, mpp)
+            for (name, *_, tn, tc), maps in zip(cases, cached, strict=True):
+                pn, pc, _ = variant.instances(maps)
                 if name == "dsb":
                     scores["dsb"].append((f1_at(pn, tn), dsb_score(pn, tn)))
                 else:

@@ -16,9 +16,9 @@ import sys
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("hcsflow.simulate", "simulate a Cell Painting plate with ground truth"),
+    "simulate": ("hcsflow.simulate.commands", "simulate a Cell Painting plate with ground truth"),
     "train-segmenter": (
-        "hcsflow.segmentation.train",
+        "hcsflow.segmentation.commands",
         "train the nuclear + whole-cell segmentation network",
     ),
     "average-segmenters": (

@@ -83,6 +83,53 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
+#: The configuration schema of this checkout: the one source of every key's default.
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "config.schema.yaml"
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` with tuples as lists and mappings as dicts (what a schema validates)."""
+    if isinstance(value, Mapping):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
+
+
+def config_section(
+    name: str,
+    values: Mapping[str, Any] | None = None,
+    schema: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One section of the configuration, validated, with the schema's defaults filled in.
+
+    Parameters
+    ----------
+    name : str
+        A top-level key of the configuration (e.g. ``"analysis"``).
+    values : mapping, optional
+        The keys given for the section (any subset; none gives every default).
+    schema : path, optional
+        The configuration schema; by default :data:`SCHEMA_PATH`.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or a value the schema does not allow (one line per problem).
+    FileNotFoundError
+        When no schema is given and this installation has none beside the package.
+    """
+    path = Path(schema) if schema is not None else SCHEMA_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"configuration schema {path} not found: pass schema= or a complete '{name}' section"
+        )
+    sub = load_schema(path)["properties"][name]
+    wrapper = {"type": "object", "properties": {name: sub}}
+    filled = validate_config({name: _as_json(values or {})}, wrapper)
+    return filled[name]
+
+
 def _key(path: Any) -> str:
     out = ""
     for part in path:

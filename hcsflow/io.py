@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hcsflow import __version__
+from hcsflow.wells import normalize_well
 
 PROVENANCE_KEY = b"hcsflow"
 
@@ -500,10 +501,13 @@ def _json_default(obj: Any) -> Any:
 
 
 def mask_key(well: str, site: int, kind: str) -> str:
-    """Name of one field's label image in a mask archive (``kind``: nuclei or cells)."""
+    """Name of one field's label image in a mask archive (``kind``: nuclei or cells).
+
+    The well may be given as ``D3`` or ``D03``; the name holds the ``D03`` form.
+    """
     if kind not in ("nuclei", "cells"):
         raise ValueError(f"mask kind must be 'nuclei' or 'cells', got {kind!r}")
-    return f"{well}_s{int(site)}_{kind}"
+    return f"{normalize_well(well)}_s{int(site)}_{kind}"
 
 
 def write_masks(
@@ -555,7 +559,7 @@ def read_masks(
     results : path
         The workflow's results folder.
     plate, well : str
-        Plate name and well (``A01`` style).
+        Plate name and well (``A01`` or ``A1``).
     site : int
         Site (field) number as in the manifest.
 

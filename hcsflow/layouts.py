@@ -30,6 +30,12 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from hcsflow.wells import normalize_well, row_letters
+
+# well names live in hcsflow.wells; these names stay importable from here
+from hcsflow.wells import row_number as row_number
+from hcsflow.wells import split_well as split_well
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LAYOUTS = ("imagexpress", "broad", "phenix", "cv7000")
 
@@ -67,47 +73,6 @@ class ImageKey:
     plate: str | None = None
     z: int | None = None
     t: int | None = None
-
-
-def row_letters(row: int) -> str:
-    """Plate row number (1-based) to letters: 1 -> ``A``, 26 -> ``Z``, 27 -> ``AA``."""
-    if row < 1:
-        raise ValueError(f"row number must be >= 1, got {row}")
-    letters = ""
-    while row:
-        row, rem = divmod(row - 1, 26)
-        letters = chr(ord("A") + rem) + letters
-    return letters
-
-
-def row_number(letters: str) -> int:
-    """Plate row letters to number: ``A`` -> 1, ``P`` -> 16, ``AF`` -> 32."""
-    n = 0
-    for ch in letters.upper():
-        n = n * 26 + (ord(ch) - ord("A") + 1)
-    return n
-
-
-_WELL_RE = re.compile(r"^([A-Za-z]{1,2})0*(\d{1,3})$")
-
-
-def normalize_well(well: str) -> str:
-    """Return a well name in ``A01`` form (``a1``, ``A1``, ``A001`` -> ``A01``).
-
-    Raises ``ValueError`` if ``well`` is not a row letter followed by a column number.
-    """
-    m = _WELL_RE.match(str(well).strip())
-    if not m or int(m.group(2)) < 1:
-        raise ValueError(f"not a well name: {well!r} (expected a row letter and column, e.g. A01)")
-    return f"{m.group(1).upper()}{int(m.group(2)):02d}"
-
-
-def split_well(well: str) -> tuple[str, int]:
-    """``A01`` -> (``A``, 1)."""
-    m = _WELL_RE.match(well)
-    if not m:
-        raise ValueError(f"not a well name: {well!r}")
-    return m.group(1).upper(), int(m.group(2))
 
 
 @lru_cache(maxsize=64)

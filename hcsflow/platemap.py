@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hcsflow.layouts import normalize_well, split_well
+from hcsflow.wells import normalize_well, well_sort_key
 
 REQUIRED_COLUMNS = ("well", "compound", "dose_um", "role")
 ROLES = ("negcon", "poscon", "trt", "empty")
@@ -154,12 +154,6 @@ def _as_text(value: object) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
         return ""
     return str(value)
-
-
-def well_sort_key(well: str) -> tuple[int, str, int]:
-    """Sort key giving plate order (A01, A02, ..., B01, ...; AA after Z)."""
-    row, col = split_well(well)
-    return (len(row), row, col)
 
 
 def make_shards(wells: list[str], wells_per_shard: int) -> dict[str, list[str]]:

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.analysis import feature_columns
+from hcsflow.profiling.columns import feature_columns
+from hcsflow.wells import plate_shape, row_letters
+from hcsflow.wells import well_index as parse_well
 
 #: Columns tried, in order, for the number of cells per well.
 CELL_COUNT_COLUMNS = (
@@ -46,18 +48,6 @@ CELL_COUNT_COLUMNS = (
     "Count_Cells",
     "Image_Count_Cells",
 )
-
-_WELL = re.compile(r"^([A-Za-z]{1,2})(\d{1,3})$")
-
-REPORT_DEFAULTS: dict[str, Any] = {
-    "title": "hcsflow screen report",
-    "cell_count_column": None,
-    "heatmap_max_features": 100,
-    "heatmap_max_profiles": 400,
-    "dose_response_max_compounds": 24,
-    "table_rows": 50,
-    "dpi": 90,
-}
 
 
 @dataclass
@@ -164,29 +154,6 @@ def _img(fig_id: str, png: bytes, alt: str) -> str:
     )
 
 
-def parse_well(well: str) -> tuple[int, int]:
-    """Zero-based (row, column) of a well name like ``A01`` or ``AF48``."""
-    m = _WELL.match(str(well))
-    if not m:
-        raise ValueError(f"well {well!r} is not a well name like A01")
-    letters, num = m.group(1).upper(), int(m.group(2))
-    row = 0
-    for ch in letters:
-        row = row * 26 + (ord(ch) - 64)
-    return row - 1, num - 1
-
-
-def plate_shape(wells: Sequence[str]) -> tuple[int, int]:
-    """Smallest standard plate format (96, 384, 1536 wells) that holds ``wells``."""
-    rc = np.array([parse_well(w) for w in wells]) if len(wells) else np.zeros((0, 2), int)
-    need_r = int(rc[:, 0].max()) + 1 if len(rc) else 1
-    need_c = int(rc[:, 1].max()) + 1 if len(rc) else 1
-    for r, c in ((8, 12), (16, 24), (32, 48)):
-        if need_r <= r and need_c <= c:
-            return r, c
-    return need_r, need_c
-
-
 def plate_heatmap(
     wells: Sequence[str],
     values: Sequence[float],
@@ -210,14 +177,10 @@ def plate_heatmap(
     cm = colormaps[cmap].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cm, vmin=vmin, vmax=vmax, aspect="equal")
     ax.set_xticks(range(nc), [str(i + 1) for i in range(nc)], fontsize=6)
-    ax.set_yticks(range(nr), [_row_name(i) for i in range(nr)], fontsize=6)
+    ax.set_yticks(range(nr), [row_letters(i + 1) for i in range(nr)], fontsize=6)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _png(fig, dpi)
-
-
-def _row_name(i: int) -> str:
-    return chr(65 + i) if i < 26 else chr(64 + i // 26) + chr(65 + i % 26)
 
 
 def _categorical_colors(labels: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
@@ -610,18 +573,17 @@ def render_report(inputs: ReportInputs, config: Mapping[str, Any] | None = None)
     ----------
     inputs : ReportInputs
     config : mapping, optional
-        The ``report`` configuration section (keys of :data:`REPORT_DEFAULTS`).
+        The ``report`` configuration section; keys not given take the defaults of the
+        configuration schema.
 
     Returns
     -------
     str
         HTML with every figure embedded; no external references.
     """
-    cfg = dict(REPORT_DEFAULTS)
-    for k, v in (config or {}).items():
-        if k not in cfg:
-            raise ValueError(f"report: unknown config key {k!r}")
-        cfg[k] = v
+    from hcsflow.config import config_section
+
+    cfg = config_section("report", config)
     title = html.escape(str(cfg["title"]))
     summary = "".join(
         f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_fmt(v))}</dd>"

@@ -2,7 +2,7 @@
 #   snakemake --cores 2 results/models/segmenter.pt
 # Options come from the optional config block segmentation.train (keys: dsb, user, user_mpp,
 # sim_fields, steps, seed, device). The checkpoint is protected: retraining means deleting it.
-from hcsflow.segmentation.train import options_from_config
+from hcsflow.segmentation.commands import options_from_config
 
 
 rule train_segmenter:
@@ -23,6 +23,7 @@ rule train_segmenter:
         options=options_from_config(
             config.get("segmentation", {}).get("train"),
             config.get("image_mpp", 0.65),
+            Path(workflow.basedir) / "config" / "config.schema.yaml",
         ),
     script:
         "../workflow_scripts/train_segmenter.py"

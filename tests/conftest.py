@@ -61,11 +61,26 @@ CHANNELS3 = [
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def run_snakemake(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run snakemake in a workflow folder with its ``over.yaml`` config and this checkout."""
+def run_snakemake(
+    root: Path, *args: str, configfile: str | None = "over.yaml", timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """Run this environment's snakemake in ``root`` with this checkout on the Python path.
+
+    Parameters
+    ----------
+    root : Path
+        Working directory: a test's workflow folder, or the repository itself.
+    *args : str
+        Command-line arguments after the config file.
+    configfile : str or None
+        Config file (relative to ``root``) given first with ``--configfile``; None gives none.
+    timeout : int
+        Seconds before the run is killed.
+    """
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    config = ["--configfile", configfile] if configfile is not None else []
     return subprocess.run(
-        [SNAKEMAKE, "--configfile", "over.yaml", *args],
+        [SNAKEMAKE, *config, *args],
         cwd=root,
         capture_output=True,
         text=True,

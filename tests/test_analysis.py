@@ -305,7 +305,7 @@ def test_run_analysis(screen):
     assert res.summary["n_active_compounds"] == int(dr["compound_active"].sum())
     assert dr.loc["C00", "dose_distance_spearman"] > 0.9
     assert set(res.consistency.Metadata_MoA) == {"moa0", "moa1", "moa2"}
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) 'nul_size' under 'analysis'"):
         A.run_analysis(screen, cons, {"nul_size": 3})
 
 
@@ -500,3 +500,22 @@ def test_lincs_dose_series_are_flagged_adjacent(caplog):
     six = act["n_replicates"] == 6
     assert six.sum() >= 40 and act.loc[six, "adjacent_wells"].all()
     assert "side by side" in caplog.text
+
+
+def test_analysis_params_take_their_defaults_from_the_schema():
+    from hcsflow.config import SCHEMA_PATH, load_schema
+
+    props = load_schema(SCHEMA_PATH)["properties"]["analysis"]["properties"]
+    cfg = A.AnalysisParams.from_config().to_config()
+    assert set(cfg) == set(props)
+    for key, spec in props.items():
+        if "properties" in spec:
+            assert cfg[key] == {k: v["default"] for k, v in spec["properties"].items()}, key
+        else:
+            assert cfg[key] == spec["default"], key
+    p = A.AnalysisParams.from_config({"null_size": 500, "cluster": {"method": "hierarchical"}})
+    assert p.null_size == 500 and p.cluster.method == "hierarchical"
+    assert p.cluster.linkage == props["cluster"]["properties"]["linkage"]["default"]
+    assert A.AnalysisParams.from_config(p.to_config()) == p
+    with pytest.raises(ValueError, match="null_size"):
+        A.AnalysisParams.from_config({"null_size": 5})

@@ -11,6 +11,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from hcsflow import illumination as il
+from hcsflow.illumination.darkfield import _centred_contrast
 from hcsflow.simulate import simulate_illumination_stack
 
 SHAPE = (128, 128)
@@ -157,13 +158,13 @@ def test_centred_contrast_does_not_depend_on_the_dark_field():
     Yb, _, _ = _centred_inputs(0.3, dark_b)
     s_fit = 1 + (flat - 1) / 1.25  # contrast 1.25 times too low
     W = np.ones_like(Ya)
-    ka, va = il._centred_contrast(Ya, s_fit, b + 7.0, W)  # baselines up to a shift
-    kb, vb = il._centred_contrast(Yb, s_fit, b + 7.0, W)
+    ka, va = _centred_contrast(Ya, s_fit, b + 7.0, W)  # baselines up to a shift
+    kb, vb = _centred_contrast(Yb, s_fit, b + 7.0, W)
     assert ka == pytest.approx(kb, rel=1e-9) and va == pytest.approx(vb, rel=1e-6)
     assert abs(ka - 1.25) < 0.05 and abs(ka - 1.25) < 4 * np.sqrt(va)
     # baselines that do not vary carry no contrast
     Yc, _, bc = _centred_inputs(0.0, dark_b)
-    assert il._centred_contrast(Yc, s_fit, bc, W) is None
+    assert _centred_contrast(Yc, s_fit, bc, W) is None
 
 
 def test_centred_contrast_corrects_the_dark_level():

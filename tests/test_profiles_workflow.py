@@ -3,10 +3,8 @@ tables, the campaign tables with provenance, and the campaign from a user's prof
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SHARED_DATA, write_platemap, write_tif
+from conftest import REPO, SHARED_DATA, run_snakemake, write_platemap, write_tif
 from hcsflow.io import read_provenance, read_table
 
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 LINCS = SHARED_DATA / "lincs_profiles" / "SQ00015054_normalized_feature_select.csv.gz"
 WELLS = ["A01", "A02", "A03", "B01", "B02", "B03"]
 
@@ -73,14 +70,9 @@ def _configfile(tmp_path: Path, **keys) -> list[str]:
 
 
 def _run(wf: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [SNAKEMAKE, "-c1", "-s", str(wf / "Snakefile"), *args],
-        cwd=wf,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+    """Snakemake on the workflow copy ``wf`` with one core."""
+    return run_snakemake(
+        wf, "-c1", "-s", str(wf / "Snakefile"), *args, configfile=None, timeout=600
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from hcsflow import profiling as P
 from hcsflow.io import write_table
+from hcsflow.profiling.feature_select import _corr_matrix
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LINCS = DATA / "lincs_profiles" / "SQ00015054_normalized_feature_select.csv.gz"
@@ -237,6 +238,25 @@ def test_feature_select_small_case_by_hand():
     assert kept["na"] == []
     with pytest.raises(ValueError, match="unknown feature-selection operation"):
         P.feature_select(df, operations=["pca"])
+    # one params object, or its fields as keywords (overriding the object's)
+    params = P.FeatureSelectParams(operations=ops, na_cutoff=0.06)
+    assert P.feature_select_excluded(df, params) == P.feature_select_excluded(
+        df, operations=ops, na_cutoff=0.06
+    )
+    assert P.feature_select_excluded(df, params, na_cutoff=0.05) == ex
+    assert params.operations == tuple(ops)  # hashable, frozen
+    with pytest.raises(ValueError, match="corr_threshold"):
+        P.FeatureSelectParams(corr_threshold=1.5)
+
+
+def test_feature_select_params_from_the_config_schema():
+    from hcsflow.config import config_section
+
+    fs = config_section("campaign")["feature_select"]
+    params = P.FeatureSelectParams.from_config(fs)
+    assert list(params.operations) == fs["operations"]
+    assert list(params.blocklist) == fs["blocklist"]
+    assert params.corr_threshold == fs["corr_threshold"]
 
 
 def test_feature_select_order_semantics():
@@ -464,7 +484,7 @@ def test_chain_is_deterministic_bytes(tmp_path):
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "sorted", "nan", "float32"])
 def test_group_median_kernel_is_exact(kind):
-    from hcsflow._groupstats import group_median
+    from hcsflow.profiling._groupstats import group_median
 
     rng = np.random.default_rng(11)
     n, p, groups = 3000, 5, 7
@@ -500,10 +520,10 @@ def test_group_median_kernel_is_exact(kind):
 def test_corr_matrix_matches_numpy_and_pandas():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12)) + 50.0
-    np.testing.assert_allclose(P._corr_matrix(x), np.corrcoef(x.T), atol=1e-12)
+    np.testing.assert_allclose(_corr_matrix(x), np.corrcoef(x.T), atol=1e-12)
     x[rng.random(x.shape) < 0.1] = np.nan
     x[:, 5] = np.where(np.isnan(x[:, 5]), np.nan, 2.0)  # constant where present
-    got = P._corr_matrix(x, chunk=33)
+    got = _corr_matrix(x, chunk=33)
     want = pd.DataFrame(x).corr().to_numpy()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, atol=1e-12)
@@ -513,7 +533,7 @@ def test_corr_matrix_matches_numpy_and_pandas():
 def test_group_median_columns_contiguous_runs(dtype):
     # groups as contiguous runs of rows (the one-pass path), sizes around the sample bracket's
     # threshold, a few NaN in some columns (fallback path), strided and read-only columns
-    from hcsflow._groupstats import group_median_columns
+    from hcsflow.profiling._groupstats import group_median_columns
 
     rng = np.random.default_rng(5)
     sizes = np.array([1, 2, 255, 256, 257, 258, 700, 1501, 0, 3])

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 from test_analysis import consensus_of, make_screen
 
-from conftest import REPO
+from conftest import REPO, run_snakemake
 from hcsflow import analysis as A
 from hcsflow import report as R
 from hcsflow.io import read_provenance, read_table, write_table
@@ -125,7 +124,7 @@ def test_report_degrades_without_inputs(tmp_path):
     inp = R.ReportInputs(profiles=df, consensus=consensus_of(df))
     ids = set(figure_ids(R.render_report(inp)))
     assert ids == {"heatmap-consensus"}  # no counts/QC columns, no analysis yet
-    with pytest.raises(ValueError, match="report: unknown config key"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) 'titel' under 'report'"):
         R.render_report(inp, {"titel": "x"})
 
 
@@ -230,21 +229,11 @@ def test_rules_run(results, tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(conf))
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(SNAKEFILE % (REPO / "rules" / "analysis.smk"))
-    exe = str(Path(sys.executable).with_name("snakemake"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    base = [
-        exe,
-        "-s",
-        str(snakefile),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-        "-d",
-        str(tmp_path),
-    ]
-    lint = subprocess.run([*base, "--lint"], capture_output=True, text=True, env=env, timeout=300)
+    base = ["-s", str(snakefile), "-d", str(tmp_path)]
+    lint = run_snakemake(tmp_path, *base, "--lint", configfile="config.yaml", timeout=300)
     lints = lint.stdout + lint.stderr
     assert "analysis.smk:" not in lints and "Lints for rule" not in lints, lints
-    run = subprocess.run([*base, "-c1"], capture_output=True, text=True, env=env, timeout=600)
+    run = run_snakemake(tmp_path, *base, "-c1", configfile="config.yaml", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     for k in OUTPUTS:
         a = read_table(res / "analysis" / f"{k}.parquet")

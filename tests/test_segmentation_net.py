@@ -354,7 +354,7 @@ def test_train_cli_on_user_folder(tmp_path, capsys):
 
 
 def test_options_from_config():
-    from hcsflow.segmentation.train import add_arguments, options_from_config
+    from hcsflow.segmentation.commands import add_arguments, options_from_config
 
     opts = options_from_config({"dsb": "d", "steps": 7, "user": ["a", "b"]}, 0.5)
     import argparse

@@ -5,22 +5,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_platemap, write_tif
+from conftest import REPO, run_snakemake, write_platemap, write_tif
 from hcsflow.io import read_manifest, read_provenance
 
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
-
-def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    """Snakemake in the repository, with the configuration given by ``args``."""
+    return run_snakemake(REPO, *args, configfile=None, timeout=600)
 
 
 @pytest.fixture

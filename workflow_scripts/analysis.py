@@ -1,6 +1,6 @@
 """Snakemake script: activity, consistency, UMAP and clusters of the campaign's profiles."""
 
-from hcsflow.analysis import analyze_files
+from hcsflow.analysis import AnalysisParams, analyze_files
 from hcsflow.logutil import log_to
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
@@ -15,6 +15,6 @@ with log_to(sm.log[0]) as log:
             "clusters": out.clusters,
             "dose_response": out.dose_response,
         },
-        sm.params.analysis,
+        AnalysisParams.from_config(sm.params.analysis),
     )
     log.info("analysis summary: %s", result.summary)

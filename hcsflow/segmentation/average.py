@@ -36,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
     A missing or mismatched checkpoint raises ``ValueError`` / ``FileNotFoundError`` naming
     the file, before the output is touched (the command line reports it, exit code 2).
     """
+    from hcsflow.segmentation.commands import command_line, save_with_card
     from hcsflow.segmentation.model import (
         average_checkpoints,
         count_parameters,
         load_checkpoint,
     )
-    from hcsflow.segmentation.train import command_line, save_with_card
 
     out = Path(args.out)
     model, metas = average_checkpoints(args.checkpoints)

@@ -54,7 +54,7 @@ _STRUCT8 = np.ones((3, 3), dtype=bool)
 class PostprocessParams:
     """Parameters of :func:`deep_watershed`; sizes in pixels of the maps.
 
-    The defaults were chosen with ``benchmarks/segmentation_tune.py`` on validation data
+    The defaults were chosen with ``benchmarks/tune_inference.py watershed`` on validation data
     (simulated fields and DSB2018 training images, never the benchmark's test data), for the
     shipped model's resolution, at which a typical nucleus is about 18 pixels across.
 

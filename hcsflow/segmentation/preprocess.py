@@ -10,6 +10,10 @@ depths do not matter:
    equalization (CLAHE, as Mesmer's preprocessing) over tiles of ``kernel_size`` pixels, which
    evens out dim and bright regions of one field.
 
+Images are resampled to the network's resolution by :func:`resize_float` (bilinear,
+antialiased when shrinking) and label images by :func:`resize_labels` (nearest pixel
+centre), in training and inference alike.
+
 A blank (constant) image normalizes to zeros rather than dividing by zero. The shipped model is
 trained with percentile scaling only (``local=False``); its checkpoint records the settings in
 ``meta["normalization"]`` and :func:`prepare_input` takes them as keyword arguments.
@@ -18,6 +22,7 @@ trained with percentile scaling only (``local=False``); its checkpoint records t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -155,3 +160,49 @@ def prepare_input(
             )
         cyto = normalize(cytoplasm, **norm_kwargs)
     return np.stack([nuc, cyto]).astype(np.float32, copy=False)
+
+
+def _norm_kwargs() -> dict[str, Any]:
+    """The default normalization settings, as keyword arguments of :func:`normalize`."""
+    return {k: DEFAULT_NORMALIZATION[k] for k in ("low", "high", "local", "kernel_size")}
+
+
+def scaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    """The last two axes of ``shape`` scaled by ``factor``, rounded, at least 1."""
+    h, w = shape[-2:]
+    return max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+
+
+def resize_float(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a float stack ``(C, H, W)`` to ``(C, *shape)`` (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    if stack.shape[-2:] == tuple(shape):
+        return stack
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[None]
+    shrink = shape[0] < stack.shape[-2] or shape[1] < stack.shape[-1]
+    out = F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=shrink)
+    return out[0].numpy()
+
+
+def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """Rescale a float image (H, W) or stack (C, H, W) by ``factor`` with :func:`resize_float`.
+
+    Returns a float32 copy of the input's layout, of shape :func:`scaled_shape`.
+    """
+    image = np.asarray(image)
+    stack = image if image.ndim == 3 else image[None]
+    out = resize_float(stack.astype(np.float32), scaled_shape(image.shape, factor))
+    out = np.array(out, dtype=np.float32)
+    return out if image.ndim == 3 else out[0]
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image ``(h, w)`` to ``shape`` (pixel centres)."""
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
+    return labels[rows[:, None], cols[None, :]]

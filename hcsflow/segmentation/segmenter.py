@@ -68,6 +68,7 @@ from hcsflow.segmentation.postprocess import (
     deep_watershed,
     nuclei_only,
 )
+from hcsflow.segmentation.preprocess import resize_float, resize_labels, scaled_shape
 
 #: Default model, relative to the repository that holds the package.
 DEFAULT_MODEL = "segmenter_v5.pt"
@@ -205,19 +206,6 @@ def estimate_nuclear_diameter(nuclear: np.ndarray) -> float:
     return float(2.0 * np.median(radius) / GRANULOMETRY_RATIO)
 
 
-def resize_float(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a float stack ``(C, H, W)`` to ``(C, *shape)`` (bilinear, antialiased)."""
-    import torch
-    import torch.nn.functional as F
-
-    if stack.shape[-2:] == tuple(shape):
-        return stack
-    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[None]
-    shrink = shape[0] < stack.shape[-2] or shape[1] < stack.shape[-1]
-    out = F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=shrink)
-    return out[0].numpy()
-
-
 def native_maps(maps: np.ndarray, shape: tuple[int, int], cells: bool = True) -> np.ndarray:
     """Network maps resized to the input's shape for post-processing there.
 
@@ -242,16 +230,6 @@ def native_maps(maps: np.ndarray, shape: tuple[int, int], cells: bool = True) ->
     out = np.zeros((maps.shape[0], *shape), np.float32)
     out[idx] = small
     return out
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label image ``(h, w)`` to ``shape`` (pixel centres)."""
-    h, w = labels.shape
-    if (h, w) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
-    return labels[rows[:, None], cols[None, :]]
 
 
 def pair_labels(nuclei: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -321,6 +299,34 @@ def inference_model(model: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldMaps:
+    """The network's maps of one field and what post-processing needs (:meth:`Segmenter.maps`).
+
+    Attributes
+    ----------
+    maps : ndarray of float32, shape (6, h, w)
+        Maps at the working resolution (foreground as probabilities).
+    nuclear : ndarray of float32, shape (h, w)
+        The normalized nuclear input at the working resolution.
+    native_nuclear : ndarray of float32, shape (H, W)
+        The normalized nuclear channel at the input's resolution.
+    nuclei_only : bool
+        The field had no cytoplasm channel.
+    shape : tuple of int
+        The input's shape ``(H, W)``.
+    image_mpp : float
+        The input's pixel size, µm.
+    """
+
+    maps: np.ndarray
+    nuclear: np.ndarray
+    native_nuclear: np.ndarray
+    nuclei_only: bool
+    shape: tuple[int, int]
+    image_mpp: float
 
 
 class Segmenter:
@@ -684,9 +690,7 @@ class Segmenter:
         from hcsflow.segmentation.preprocess import prepare_input
 
         x = prepare_input(nuc, cyto, **self.meta.get("normalization", {}))
-        f = mpp / self.work_mpp
-        shape = (max(1, int(round(nuc.shape[0] * f))), max(1, int(round(nuc.shape[1] * f))))
-        out = resize_float(x, shape)
+        out = resize_float(x, scaled_shape(nuc.shape, mpp / self.work_mpp))
         return (out, x[0]) if keep_native else out
 
     def _postprocess(
@@ -717,6 +721,50 @@ class Segmenter:
             stats.small_nuclei += lost
             stats.n_nuclei = stats.n_cells = int(nuclei.max(initial=0))
         return nuclei.astype(np.uint32), cells.astype(np.uint32), stats
+
+    def maps(
+        self, nuclear: np.ndarray, cytoplasm: np.ndarray | None, image_mpp: float
+    ) -> FieldMaps:
+        """The network's maps of one field (normalized, rescaled, tiled and blended).
+
+        Parameters
+        ----------
+        nuclear : ndarray of shape (H, W)
+        cytoplasm : ndarray of shape (H, W), or None
+        image_mpp : float
+            Micrometres per pixel.
+
+        Returns
+        -------
+        FieldMaps
+            For :meth:`instances`, which may belong to another segmenter of the same model
+            and zoom (other post-processing settings reuse the maps).
+        """
+        nuclear = np.asarray(nuclear)
+        x, xn = self._model_input(nuclear, cytoplasm, float(image_mpp), keep_native=True)
+        return FieldMaps(
+            self.predict_maps([x])[0],
+            x[0],
+            xn,
+            cytoplasm is None,
+            (int(nuclear.shape[0]), int(nuclear.shape[1])),
+            float(image_mpp),
+        )
+
+    def instances(self, maps: FieldMaps) -> tuple[np.ndarray, np.ndarray, PostStats]:
+        """Nuclei and cells (uint32, the input's shape) from a field's maps, with counts.
+
+        Post-processing with this segmenter's settings (deep watershed, or the nuclei grown by
+        ``expand_um`` for a field without cytoplasm).
+        """
+        return self._postprocess(
+            maps.maps,
+            maps.nuclear,
+            maps.native_nuclear,
+            maps.nuclei_only,
+            maps.shape,
+            maps.image_mpp,
+        )
 
     def _forward(self, t: Any) -> Any:
         """The network on a batch ``(B, 2, h, w)``; with ``tta`` the mean over the 8 flips and

@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     Bad settings (unknown key, wrong type, out of range) and a missing checkpoint raise before
     anything is written.
     """
+    from hcsflow.segmentation.commands import command_line, save_with_card
     from hcsflow.segmentation.model import count_parameters, load_checkpoint
     from hcsflow.segmentation.postprocess import PostprocessParams
-    from hcsflow.segmentation.train import command_line, save_with_card
 
     out = Path(args.out)
     model, source = load_checkpoint(args.checkpoint)

@@ -1,0 +1,242 @@
+"""Field screening: downsampling to the working grid and leaving out unusable fields.
+
+A field is left out of the estimate when it is blank, saturated or out of focus (see the
+documentation of :mod:`hcsflow.illumination`); the statistics that decide it are gathered
+while the fields are downsampled, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ScreeningParams:
+    """Thresholds of the field screening (see the module documentation).
+
+    Attributes
+    ----------
+    blank_fraction : float
+        A field is blank when its mean above its own floor is below this fraction of the
+        stack's median of that quantity.
+    saturated_fraction : float
+        A field is saturated when more than this fraction of its pixels is saturated.
+    focus_fraction : float
+        A field is out of focus when its focus score is below this fraction of the stack's median.
+    saturation_value : float or None
+        Saturation level in raw units; ``None`` takes the maximum of the integer type.
+    """
+
+    blank_fraction: float = 0.05
+    saturated_fraction: float = 0.005
+    focus_fraction: float = 0.2
+    saturation_value: float | None = None
+
+
+@dataclass
+class FieldStats:
+    """Per-field statistics gathered while downsampling, used for screening.
+
+    Attributes
+    ----------
+    mean : ndarray of shape (N,)
+    floor : ndarray of shape (N,)
+        Minimum of each field on the working grid.
+    saturated : ndarray of shape (N,)
+        Fraction of saturated pixels of each field.
+    clipped_at_max : ndarray of shape (N,)
+        Fraction of pixels of each field equal to that field's maximum.
+    maximum : ndarray of shape (N,)
+        Maximum of each field.
+    focus : ndarray of shape (N,)
+        Focus score of each field (NaN for a constant field).
+    noise : ndarray of shape (N, h, w), optional
+        Local pixel noise variance of each field on the working grid: the mean over the cell
+        of the squared diagonal difference ``(a - b - c + d) / 2`` of every (overlapping)
+        2 x 2 block of full-size pixels, which cancels smooth signal and equals the noise
+        variance for white noise.
+    """
+
+    mean: np.ndarray
+    floor: np.ndarray
+    saturated: np.ndarray
+    clipped_at_max: np.ndarray
+    maximum: np.ndarray
+    focus: np.ndarray
+    noise: np.ndarray | None = None
+
+
+def _working_shape(shape: tuple[int, int], working_size: int) -> tuple[int, int]:
+    h, w = shape
+    scale = min(1.0, working_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _laplacian_var(x: torch.Tensor) -> torch.Tensor:
+    """Variance of the 4-neighbour Laplacian of each image of a (n, 1, h, w) tensor."""
+    lap = (
+        x[:, :, 1:-1, :-2]
+        + x[:, :, 1:-1, 2:]
+        + x[:, :, :-2, 1:-1]
+        + x[:, :, 2:, 1:-1]
+        - 4 * x[:, :, 1:-1, 1:-1]
+    )
+    return lap.flatten(1).var(dim=1)
+
+
+def _reduce_chunk(
+    chunk: np.ndarray, working: tuple[int, int], sat_level: float
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Downsample a chunk (k, H, W) to the working grid and gather screening statistics."""
+    t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).unsqueeze(1)
+    k = t.shape[0]
+    flat = t.view(k, -1)
+    maximum = flat.amax(dim=1)
+    sat = (flat >= sat_level).float().mean(dim=1)
+    at_max = (flat >= maximum[:, None]).float().mean(dim=1)
+    h, w = t.shape[-2:]
+    fine = F.avg_pool2d(t, 2) if min(h, w) >= 64 else t
+    coarse = F.avg_pool2d(fine, 4) if min(fine.shape[-2:]) >= 16 else fine
+    lap_fine = _laplacian_var(fine)
+    lap_coarse = _laplacian_var(coarse)
+    focus = torch.where(lap_coarse > 0, lap_fine / lap_coarse.clamp_min(1e-30), torch.nan)
+    small = F.adaptive_avg_pool2d(t, working)[:, 0]
+    if h >= 2 * working[0] and w >= 2 * working[1]:
+        q = t[:, :, :-1, :-1] - t[:, :, :-1, 1:] - t[:, :, 1:, :-1] + t[:, :, 1:, 1:]
+        noise = F.adaptive_avg_pool2d((0.5 * q) ** 2, working)[:, 0]
+    else:
+        noise = torch.full_like(small, torch.nan)
+    stats = {
+        "mean": flat.mean(dim=1, dtype=torch.float64).numpy(),
+        "floor": small.flatten(1).amin(dim=1).double().numpy(),
+        "saturated": sat.double().numpy(),
+        "clipped_at_max": at_max.double().numpy(),
+        "maximum": maximum.double().numpy(),
+        "focus": focus.double().numpy(),
+        "noise": noise.numpy(),
+    }
+    return small, stats
+
+
+def downsample(
+    fields: Iterable[np.ndarray],
+    *,
+    working_size: int = 128,
+    saturation_value: float | None = None,
+    names: Sequence[str] | None = None,
+    chunk: int = 16,
+) -> tuple[np.ndarray, FieldStats, tuple[int, int]]:
+    """Downsample fields to the working grid (area averaging) and gather screening statistics.
+
+    Fields are consumed one chunk at a time, so a generator that reads files keeps memory
+    bounded by ``chunk`` full-size images.
+
+    Parameters
+    ----------
+    fields : iterable of ndarray of shape (H, W)
+        The fields (any real dtype); all must have the same shape.
+    working_size : int
+        Longest side of the working grid; smaller images are kept at full size.
+    saturation_value : float, optional
+        Saturation level in raw units; default the integer dtype's maximum (none for floats).
+    names : sequence of str, optional
+        A name per field (file path) used in error messages.
+    chunk : int
+        Number of full-size fields processed at once.
+
+    Returns
+    -------
+    small : ndarray of shape (N, h, w), float32
+        The downsampled stack.
+    stats : FieldStats
+        Screening statistics per field.
+    shape : tuple of int
+        The full-size shape ``(H, W)``.
+    """
+    shape: tuple[int, int] | None = None
+    working: tuple[int, int] = (0, 0)
+    sat_level = np.inf if saturation_value is None else float(saturation_value)
+    smalls: list[torch.Tensor] = []
+    parts: list[dict[str, np.ndarray]] = []
+    buf: list[np.ndarray] = []
+
+    def name(i: int) -> str:
+        return str(names[i]) if names is not None and i < len(names) else f"field {i}"
+
+    def flush() -> None:
+        if buf:
+            small, stats = _reduce_chunk(np.stack(buf), working, sat_level)
+            smalls.append(small)
+            parts.append(stats)
+            buf.clear()
+
+    for i, img in enumerate(fields):
+        img = np.asarray(img)
+        if img.ndim != 2:
+            raise ValueError(f"{name(i)} has shape {img.shape}; expected a 2-D field (H, W)")
+        if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+            raise ValueError(f"{name(i)} has dtype {img.dtype}; expected real numbers")
+        if shape is None:
+            shape = (int(img.shape[0]), int(img.shape[1]))
+            working = _working_shape(shape, working_size)
+            if saturation_value is None and np.issubdtype(img.dtype, np.integer):
+                sat_level = float(np.iinfo(img.dtype).max)
+        elif img.shape != shape:
+            raise ValueError(
+                f"{name(i)} has shape {img.shape}, but the other fields of the stack have {shape}"
+            )
+        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+            raise ValueError(f"{name(i)} contains NaN or infinite values")
+        buf.append(img)
+        if len(buf) >= chunk:
+            flush()
+    flush()
+    if shape is None:
+        raise ValueError("no fields given: the stack is empty")
+    small = torch.cat(smalls).numpy()
+    stats = FieldStats(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return small, stats, shape
+
+
+def screen_fields(stats: FieldStats, params: ScreeningParams = ScreeningParams()) -> dict[int, str]:
+    """Decide which fields to leave out of the estimate.
+
+    Parameters
+    ----------
+    stats : FieldStats
+        Statistics from :func:`downsample`.
+    params : ScreeningParams
+        Thresholds.
+
+    Returns
+    -------
+    dict of int to str
+        Index of each excluded field -> ``"blank"``, ``"saturated"`` or ``"out_of_focus"``
+        (the first criterion that applies, in that order).
+    """
+    n = len(stats.mean)
+    signal = stats.mean - stats.floor
+    ref = float(np.median(signal)) if n else 0.0
+    blank = ~(signal > params.blank_fraction * ref) | (ref <= 0)
+    global_max = float(stats.maximum.max()) if n else 0.0
+    clipped = np.where(stats.maximum >= global_max, stats.clipped_at_max, 0.0)
+    saturated = np.maximum(stats.saturated, clipped) > params.saturated_fraction
+    keep = ~blank & ~saturated
+    focus = stats.focus
+    finite = keep & np.isfinite(focus)
+    fref = float(np.median(focus[finite])) if finite.any() else np.nan
+    out_of_focus = np.isfinite(fref) & ~(focus >= params.focus_fraction * fref)
+    excluded: dict[int, str] = {}
+    for i in range(n):
+        if blank[i]:
+            excluded[i] = "blank"
+        elif saturated[i]:
+            excluded[i] = "saturated"
+        elif out_of_focus[i]:
+            excluded[i] = "out_of_focus"
+    return excluded

@@ -1,0 +1,204 @@
+"""Smooth surfaces on the working grid: low-frequency cosine series and their robust means.
+
+A flat-field or dark-field is represented by its DCT-II coefficients on the working grid, up
+to a radial cutoff in cycles per field (:func:`_lowpass_mask`), and evaluated at every pixel
+of the full grid (:func:`_evaluate`). :func:`_shrunk_mean` smooths a weighted mean over fields
+by shrinking each coefficient to its reliability.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import fft as sfft
+
+#: Groups of fields (field ``n`` in group ``n % GROUPS``) of the reliability and jackknife
+#: estimates of the ``basic`` fit.
+GROUPS = 10
+
+
+def _lowpass_mask(shape: tuple[int, int], max_frequency: float) -> np.ndarray:
+    """Boolean mask of the DCT-II coefficients kept (radial cutoff in cycles per field)."""
+    h, w = shape
+    u = np.arange(h)[:, None] / 2.0  # DCT index u is u/2 cycles across the field
+    v = np.arange(w)[None, :] / 2.0
+    return (u**2 + v**2) <= max_frequency**2
+
+
+def _coeffs(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return sfft.dctn(img.astype(np.float64), norm="ortho") * mask
+
+
+def _surface(coef: np.ndarray) -> np.ndarray:
+    return sfft.idctn(coef, norm="ortho")
+
+
+def _evaluate(coef: np.ndarray, small_shape: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Evaluate a cosine series fitted on the working grid at every pixel of the full grid.
+
+    The working grid cell ``i`` covers full-size pixels ``[i*H/h, (i+1)*H/h)``; a full-size
+    pixel centre ``Y`` sits at working coordinate ``(Y + 0.5) * h / H - 0.5``.
+    """
+    (h, w), (hh, ww) = small_shape, shape
+    rows = np.flatnonzero(np.abs(coef).sum(axis=1) > 0)
+    cols = np.flatnonzero(np.abs(coef).sum(axis=0) > 0)
+    if rows.size == 0:
+        return np.zeros(shape)
+    ku, kv = rows.max() + 1, cols.max() + 1
+
+    def basis(n_small: int, n_full: int, k: int) -> np.ndarray:
+        y = (np.arange(n_full) + 0.5) * n_small / n_full - 0.5
+        u = np.arange(k)
+        b = np.cos(np.pi * u[None, :] * (2 * y[:, None] + 1) / (2 * n_small))
+        b *= np.sqrt(2.0 / n_small)
+        b[:, 0] = np.sqrt(1.0 / n_small)
+        return b
+
+    by = basis(h, hh, ku)
+    bx = basis(w, ww, kv)
+    return by @ coef[:ku, :kv] @ bx.T
+
+
+def _smooth(img: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Project a flattened surface (h*w,) onto the kept cosine series; flattened result."""
+    return _surface(_coeffs(img.reshape(shape), mask)).ravel()
+
+
+def _ring_index(shape: tuple[int, int]) -> np.ndarray:
+    """Ring of every DCT-II coefficient: ``floor`` of its radial index (half-cycle wide rings)."""
+    h, w = shape
+    return np.floor(np.hypot(np.arange(h)[:, None], np.arange(w)[None, :])).astype(np.int64)
+
+
+def _biweight(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tukey biweight of scaled residuals ``u``: the weight ``w`` and the slope ``(u w)'``.
+
+    ``w = (1 - u^2)^2`` and ``d(u w)/du = (1 - u^2)(1 - 5 u^2)`` for ``|u| < 1``, both 0 beyond.
+    """
+    inside = np.abs(u) < 1.0
+    u2 = u * u
+    w = np.where(inside, (1.0 - u2) ** 2, 0.0)
+    dw = np.where(inside, (1.0 - u2) * (1.0 - 5.0 * u2), 0.0)
+    return w, dw
+
+
+def _shrunk_mean(
+    values: np.ndarray,
+    weights: np.ndarray,
+    slopes: np.ndarray,
+    fallback: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    groups: int = GROUPS,
+) -> np.ndarray:
+    """A weighted mean over fields, smoothed by shrinking each cosine coefficient to its reliability.
+
+    The raw surface is the weighted mean ``m = sum(w X) / sum(w)`` over fields. Its cosine
+    coefficients ``c_k`` (those kept by ``mask``) have a sampling variance ``v_k`` estimated
+    from ``K`` groups of fields (field ``n`` in group ``n % K``): the influence of group ``g``
+    on the surface is ``sum_g w (X - m) / sum(w')`` with ``w'`` the slope of the robust
+    estimator's influence function (``w`` for a plain weighted mean; smaller for Tukey
+    biweights, whose weights shrink with the residual, which makes the robust mean noisier
+    than its weights alone say: the sandwich variance of an M-estimator), and
+    ``v_k = K / (K - 1)`` times the sum of squares over groups of the influences' coefficients.
+    The variances are pooled over rings of equal spatial frequency (the noise of a mean of
+    fields -- the specimen's background texture, the remains of cells -- depends on the
+    frequency, not on the orientation). Each coefficient is kept with the positive-part
+    James-Stein factor ``max(0, 1 - v_k / c_k^2)``: a coefficient that the fields determine well
+    is kept whole, one that is mostly noise drops out. The mean (``c_0``) is kept as is. The
+    smoothness thus follows the data; ``mask`` is its upper bound.
+
+    Before the shrinkage, the surface as a whole is tested against a constant: under a
+    constant surface ``T = sum_k c_k^2 / v_k`` over the ``m`` coefficients besides the mean is
+    about chi-squared with ``m`` degrees of freedom, so ``T < m + 3 sqrt(2 m)`` means the fields
+    show no surface beyond their noise, and the constant ``c_0`` is returned (a uniform
+    illumination is then left exactly uniform, not shaded by the noise that survives the
+    coefficient-wise shrinkage).
+
+    Parameters
+    ----------
+    values, weights, slopes : ndarray of shape (N, P)
+        Per-field values ``X``, their weights ``w`` and influence slopes ``w'``.
+    fallback : ndarray of shape (P,)
+        Value at pixels with no weight.
+    mask : ndarray of shape (h, w), bool
+        Coefficients allowed.
+    shape : tuple of int
+        ``(h, w)`` with ``h * w == P``.
+    groups : int
+        Number of groups of fields ``K`` (at most ``N``; below 3 no shrinkage).
+
+    Returns
+    -------
+    ndarray of shape (P,)
+    """
+    n = values.shape[0]
+    wsum = weights.sum(axis=0)
+    raw = np.where(wsum > 0, (weights * values).sum(axis=0) / np.maximum(wsum, 1e-12), fallback)
+    coef = _coeffs(raw.reshape(shape), mask)
+    k = min(groups, n)
+    if k < 3:
+        return _surface(coef).ravel()
+    # the sandwich's denominator, kept from vanishing where most values are outliers
+    den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
+    contrib = weights * (values - raw)
+    infl = np.stack([contrib[j::k].sum(axis=0) for j in range(k)])
+    infl = np.where(den > 0, infl / np.maximum(den, 1e-12), 0.0)
+    ic = sfft.dctn(infl.reshape(k, *shape), axes=(1, 2), norm="ortho") * mask
+    var = k / (k - 1) * ((ic - ic.mean(axis=0)) ** 2).sum(axis=0)
+    ring = _ring_index(shape)
+    sel = mask.copy()
+    sel[0, 0] = False
+    pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
+    count = np.bincount(ring[sel], minlength=ring.max() + 1)
+    vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
+    c2 = coef * coef
+    m = int(sel.sum())
+    t = float((c2[sel] / np.maximum(vr[sel], 1e-300)).sum())
+    if t < m + 3.0 * math.sqrt(2.0 * m):
+        factor = np.zeros_like(coef)
+    else:
+        factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
+    factor[0, 0] = 1.0
+    return _surface(coef * factor).ravel()
+
+
+def _jackknife_variance(estimates: np.ndarray) -> float:
+    """Delete-a-group jackknife variance from the ``K`` leave-one-group-out estimates.
+
+    Parameters
+    ----------
+    estimates : ndarray of shape (K,)
+        The estimate recomputed with each group of fields left out.
+
+    Returns
+    -------
+    float
+        ``(K - 1) / K * sum((estimates - mean) ** 2)``.
+    """
+    k = estimates.shape[0]
+    return (k - 1) / k * float(((estimates - estimates.mean()) ** 2).sum())
+
+
+def smooth_surface(
+    image: np.ndarray, shape: tuple[int, int], max_frequency: float = 4.0
+) -> np.ndarray:
+    """An image on the working grid projected onto the smooth cosine series, at full size.
+
+    Parameters
+    ----------
+    image : ndarray of shape (h, w)
+        A surface on the working grid.
+    shape : tuple of int
+        The full-size shape ``(H, W)``.
+    max_frequency : float
+        Highest spatial frequency kept, in cycles per field.
+
+    Returns
+    -------
+    ndarray of shape (H, W), float64
+    """
+    small_shape = (int(image.shape[0]), int(image.shape[1]))
+    mask = _lowpass_mask(small_shape, max_frequency)
+    return _evaluate(_coeffs(image, mask), small_shape, shape)
