@@ -103,8 +103,13 @@ def format_listing(entries: Iterable[ListingEntry]) -> str:
     Tabs, newlines and backslashes in paths are escaped (``\\t``, ``\\n``, ``\\\\``), so every
     file is one line. The same entries always give the same text.
     """
+    entries = list(entries)
+    paths = [e.path for e in entries]
+    joined = "".join(paths)
+    if any(c in joined for c in "\\\t\n\r"):  # rare: escape only then
+        paths = [p.translate(_ESCAPES) for p in paths]
     lines = [HEADER]
-    lines += [f"{e.path.translate(_ESCAPES)}\t{e.size}\t{e.mtime_ns}" for e in entries]
+    lines += [f"{p}\t{e.size}\t{e.mtime_ns}" for p, e in zip(paths, entries, strict=True)]
     return "\n".join(lines) + "\n"
 
 
