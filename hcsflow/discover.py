@@ -2,7 +2,10 @@
 
 The manifest has one row per field (well x site) with CellProfiler LoadData columns
 (``FileName_<channel>``, ``PathName_<channel>``), the field's ``Metadata_*`` keys and the plate
-map's treatment columns. Problems are either errors (default) or, when the configuration says
+map's treatment columns. ``PathName_<channel>`` is relative to the plate's image folder (``.``
+for files directly in it), so a manifest does not depend on where the project or the images
+live; readers take that folder as ``root`` (:func:`hcsflow.io.field_paths`), and
+:func:`hcsflow.io.resolve_paths` gives absolute paths (a CellProfiler LoadData table). Problems are either errors (default) or, when the configuration says
 ``drop``, fields left out and recorded in a QC table.
 
 Every image file of a field that goes into the manifest is checked from its header (see
@@ -68,22 +71,35 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def iter_image_files(folder: str | os.PathLike[str]) -> Iterator[tuple[str, str, int]]:
-    """Yield ``(directory, file name, size)`` of every file under ``folder``, recursively.
+def iter_image_entries(folder: str | os.PathLike[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Yield ``(relative directory, entry)`` of every file under ``folder``, recursively.
 
-    Hidden files and folders (starting with ``.``) are skipped. Order is the file system's.
+    The relative directory is ``""`` for files directly in ``folder``, else the sub-folders
+    joined by ``/``. Hidden files and folders (starting with ``.``) are skipped; symbolic links
+    are followed. Order is the file system's. One ``os.scandir`` per folder: the entries'
+    ``stat()`` is cached by ``os.DirEntry``.
     """
-    stack = [os.fspath(folder)]
+    stack = [(os.fspath(folder), "")]
     while stack:
-        current = stack.pop()
+        current, rel = stack.pop()
         with os.scandir(current) as it:
             for entry in it:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    stack.append(entry.path)
+                    stack.append((entry.path, f"{rel}/{entry.name}" if rel else entry.name))
                 elif entry.is_file(follow_symlinks=True):
-                    yield current, entry.name, entry.stat().st_size
+                    yield rel, entry
+
+
+def iter_image_files(folder: str | os.PathLike[str]) -> Iterator[tuple[str, str, int]]:
+    """Yield ``(directory, file name, size)`` of every file under ``folder``, recursively.
+
+    Hidden files and folders (starting with ``.``) are skipped. Order is the file system's.
+    """
+    root = os.fspath(folder)
+    for rel, entry in iter_image_entries(root):
+        yield (os.path.join(root, rel) if rel else root), entry.name, entry.stat().st_size
 
 
 def probe_channels(
@@ -164,10 +180,11 @@ def discover_plate(
     Returns
     -------
     Discovery
-        ``manifest`` sorted by well and site; ``qc`` with one row per dropped field (one per
-        bad file for ``bad_image``) or unimaged well (columns :data:`QC_COLUMNS`:
-        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Issue``, ``Channel`` and
-        ``File`` (of a bad image, else null), ``Detail``).
+        ``manifest`` sorted by well and site, ``PathName_<channel>`` relative to ``images``;
+        ``qc`` with one row per dropped field (one per bad file for ``bad_image``) or unimaged
+        well (columns :data:`QC_COLUMNS`: ``Metadata_Plate``, ``Metadata_Well``,
+        ``Metadata_Site``, ``Issue``, ``Channel`` and ``File`` (of a bad image, relative to
+        ``images``, else null), ``Detail``). Error messages name files by their full path.
 
     Raises
     ------
@@ -188,14 +205,19 @@ def discover_plate(
         raise DiscoveryError(f"plate {plate}: image folder {images} does not exist")
     by_id = {c.id: c for c in chans}
 
+    # (key, directory relative to ``images`` ("" for the folder itself), file name)
     keys: list[tuple[ImageKey, str, str]] = []
     listing = []
-    for directory, name, size in iter_image_files(images):
-        key = parse_filename(name, layout)
+    for rel, entry in iter_image_entries(images):
+        key = parse_filename(entry.name, layout)
         if key is None:
             continue
-        listing.append(f"{os.path.relpath(os.path.join(directory, name), images)}\t{size}")
-        keys.append((key, directory, name))
+        listing.append(
+            f"{rel}/{entry.name}\t{entry.stat().st_size}"
+            if rel
+            else f"{entry.name}\t{entry.stat().st_size}"
+        )
+        keys.append((key, rel, entry.name))
     if not keys:
         raise DiscoveryError(f"plate {plate}: no file in {images} matches layout {layout!r}")
     listing.sort()
@@ -221,12 +243,12 @@ def discover_plate(
         slot = files.setdefault((key.well, key.site), {})
         ch = by_id[key.channel].name
         if ch in slot:
-            first = os.path.join(*slot[ch])
+            first = os.path.join(images, *slot[ch])
             raise DiscoveryError(
                 f"plate {plate}: two files for well {key.well} site {key.site} channel {ch}: "
-                f"{first} and {os.path.join(directory, name)}"
+                f"{first} and {os.path.join(images, directory, name)}"
             )
-        slot[ch] = (os.path.abspath(directory), name)
+        slot[ch] = (directory, name)
 
     qc_rows: list[dict[str, object]] = []
     pm = read_platemap(platemap)
@@ -257,7 +279,7 @@ def discover_plate(
             continue
         candidates.append((well, site, slot))
 
-    bad = _check_images(plate, candidates, [c.name for c in chans])
+    bad = _check_images(plate, images, candidates, [c.name for c in chans])
     if bad and on_bad_image == "stop":
         listed = "\n  ".join(str(e) for e in bad[:_MAX_LISTED])
         more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
@@ -270,7 +292,15 @@ def discover_plate(
     for err in bad:  # errors of _check_images carry well and site
         bad_fields.add((err.well, err.site))
         qc_rows.append(
-            _qc(plate, str(err.well), err.site, "bad_image", err.reason, err.channel, err.path)
+            _qc(
+                plate,
+                str(err.well),
+                err.site,
+                "bad_image",
+                err.reason,
+                err.channel,
+                Path(os.path.relpath(err.path, images)).as_posix(),
+            )
         )
 
     rows = []
@@ -288,7 +318,7 @@ def discover_plate(
         }
         for c in chans:
             rec[f"FileName_{c.name}"] = slot[c.name][1]
-            rec[f"PathName_{c.name}"] = slot[c.name][0]
+            rec[f"PathName_{c.name}"] = slot[c.name][0] or "."
         rows.append(rec)
 
     imaged_wells = {w for w, _ in files}
@@ -334,6 +364,7 @@ def _qc(
 
 def _check_images(
     plate: str,
+    images: Path,
     fields: Sequence[tuple[str, int, Mapping[str, tuple[str, str]]]],
     channel_names: Sequence[str],
 ) -> list[BadImageError]:
@@ -342,8 +373,10 @@ def _check_images(
     Parameters
     ----------
     plate : str
+    images : Path
+        The plate's image folder.
     fields : sequence of (well, site, {channel: (directory, file name)})
-        The fields, in well and site order.
+        The fields, in well and site order; directories relative to ``images``.
     channel_names : sequence of str
         Channel order within a field.
 
@@ -361,7 +394,7 @@ def _check_images(
     kinds: dict[str, Counter[tuple[str, int]]] = {ch: Counter() for ch in channel_names}
     for well, site, slot in fields:
         for ch in channel_names:
-            path = os.path.join(*slot[ch])
+            path = os.path.join(images, *slot[ch])
             try:
                 h = read_image_header(path)
             except BadImageError as exc:

@@ -413,13 +413,90 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return img
 
 
-def field_paths(row: Mapping[str, Any], channels: list[str]) -> list[Path]:
-    """Full paths of one manifest row's images, in the order of ``channels``."""
-    return [Path(row[f"PathName_{ch}"]) / row[f"FileName_{ch}"] for ch in channels]
+#: The image folder a manifest's ``PathName_<channel>`` columns are relative to: one folder, a
+#: mapping ``Metadata_Plate`` -> folder (manifests of several plates), or None (paths as stored).
+ImagesRoot = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]] | None
 
 
-def read_field(row: Mapping[str, Any], channels: list[str]) -> np.ndarray:
+def row_root(row: Mapping[str, Any], root: ImagesRoot) -> Path | None:
+    """The image folder of one manifest row: ``root``, or its entry for the row's plate.
+
+    Parameters
+    ----------
+    row : mapping
+        A manifest row (``Metadata_Plate`` is needed when ``root`` is a mapping).
+    root : path, mapping of plate to path, or None
+        See :data:`ImagesRoot`.
+
+    Raises
+    ------
+    ValueError
+        ``root`` is a mapping without the row's plate.
+    """
+    if root is None:
+        return None
+    if isinstance(root, Mapping):
+        plate = str(row.get("Metadata_Plate"))
+        if plate not in root:
+            raise ValueError(
+                f"no image folder given for plate {plate!r} (image folders are known for "
+                f"{', '.join(map(repr, sorted(root))) or 'no plate'})"
+            )
+        return Path(root[plate])
+    return Path(root)
+
+
+def field_paths(row: Mapping[str, Any], channels: list[str], root: ImagesRoot = None) -> list[Path]:
+    """Paths of one manifest row's images, in the order of ``channels``.
+
+    Parameters
+    ----------
+    row : mapping
+        A manifest row (``PathName_<ch>``, ``FileName_<ch>``, ``Metadata_Plate``).
+    channels : list of str
+        Channel names.
+    root : path, mapping of plate to path, or None
+        The plate's image folder (the plate sheet's ``images``), which ``PathName_<ch>`` is
+        relative to; a mapping ``Metadata_Plate`` -> folder for rows of several plates; None
+        takes ``PathName_<ch>`` as it is (relative to the working directory). An absolute
+        ``PathName_<ch>`` is used as it is whatever ``root``.
+    """
+    base = row_root(row, root)
+    paths = [Path(row[f"PathName_{ch}"]) / row[f"FileName_{ch}"] for ch in channels]
+    return paths if base is None else [base / p for p in paths]
+
+
+def resolve_paths(manifest: pd.DataFrame, root: ImagesRoot) -> pd.DataFrame:
+    """A copy of ``manifest`` whose ``PathName_<channel>`` columns are absolute paths.
+
+    The result is a CellProfiler LoadData table: write it with
+    ``resolve_paths(manifest, root).to_csv("load_data.csv", index=False)``.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Manifest rows (``PathName_<ch>``, ``FileName_<ch>``, ``Metadata_Plate``).
+    root : path, mapping of plate to path, or None
+        As in :func:`field_paths`.
+
+    Returns
+    -------
+    DataFrame
+        The manifest with ``PathName_<ch>`` made absolute; the argument is not modified.
+    """
+    out = manifest.copy()
+    cols = [c for c in manifest.columns if c.startswith("PathName_")]
+    keep = cols + (["Metadata_Plate"] if "Metadata_Plate" in manifest else [])
+    rows = manifest[keep].to_dict("records")
+    for col in cols:
+        out[col] = [os.path.abspath(Path(row_root(r, root) or "") / r[col]) for r in rows]
+    return out
+
+
+def read_field(row: Mapping[str, Any], channels: list[str], root: ImagesRoot = None) -> np.ndarray:
     """Read the images of one manifest row as a stack of shape ``(C, H, W)``.
+
+    ``root`` is the image folder ``PathName_<ch>`` is relative to (see :func:`field_paths`).
 
     Raises
     ------
@@ -427,7 +504,7 @@ def read_field(row: Mapping[str, Any], channels: list[str]) -> np.ndarray:
         A file that cannot be read, is not 2-D or whose shape differs from the first
         channel's; the message names the file, plate, well, site and channel.
     """
-    paths = field_paths(row, channels)
+    paths = field_paths(row, channels, root)
     where = _field_location(row)
     imgs = []
     for ch, p in zip(channels, paths, strict=True):
@@ -453,6 +530,7 @@ def check_shape(
     row: Mapping[str, Any],
     channel: str,
     what: str,
+    root: ImagesRoot = None,
 ) -> None:
     """Raise :class:`BadImageError` naming the field's file unless ``image`` is ``expected``.
 
@@ -469,9 +547,11 @@ def check_shape(
         The channel's name.
     what : str
         What sets the expected shape, e.g. ``"the DNA flat-field"``.
+    root : path, mapping of plate to path, or None
+        The image folder ``PathName_<channel>`` is relative to (see :func:`field_paths`).
     """
     if tuple(image.shape[-2:]) != tuple(expected):
-        path = field_paths(row, [channel])[0]
+        path = field_paths(row, [channel], root)[0]
         raise BadImageError(
             path,
             f"has shape {tuple(image.shape[-2:])}, but {what} has {tuple(expected)}",

@@ -106,15 +106,26 @@ def compile_layout(layout: str) -> re.Pattern[str]:
     return pattern
 
 
+def _match(name: str, layout: str) -> re.Match[str] | None:
+    lower = name.lower()
+    if not lower.endswith(IMAGE_SUFFIXES) or "_thumb" in lower:
+        return None
+    return compile_layout(layout).match(name)
+
+
+def matches_layout(name: str, layout: str) -> bool:
+    """Whether a file name (not a path) is an image of a layout: its suffix, no thumbnail, and
+    the layout's pattern, as :func:`parse_filename` checks them, without building the key."""
+    return _match(name, layout) is not None
+
+
 def parse_filename(name: str, layout: str) -> ImageKey | None:
     """Parse one file name (not a path) with a layout.
 
     Returns ``None`` for files that are not images of that layout (other suffixes, thumbnails,
     names that do not match).
     """
-    if not name.lower().endswith(IMAGE_SUFFIXES) or "_thumb" in name.lower():
-        return None
-    m = compile_layout(layout).match(name)
+    m = _match(name, layout)
     if m is None:
         return None
     g = m.groupdict()

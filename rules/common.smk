@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from hcsflow.config import ConfigError, load_workflow_config
+from hcsflow.listing import ListingError, should_list, update_listings
 
 try:
     WF = load_workflow_config(
@@ -20,6 +21,34 @@ BENCH = f"{RESULTS}/benchmarks"
 PLATES = WF.plates
 CHANNELS = WF.channels
 CHANNEL_NAMES = [ch["name"] for ch in CHANNELS]
+LISTINGS = f"{RESULTS}/listing"
+
+
+def execution_mode():
+    """Snakemake's execution mode by name (default, subprocess, remote), None if unknown."""
+    mode = getattr(workflow, "exec_mode", None)
+    return None if mode is None else getattr(mode, "name", str(mode))
+
+
+# Each plate's image listing (relative path, size, mtime) is an input of its discovery job and
+# is rewritten only when the folder changed, so re-imaged or added fields rerun that plate from
+# discovery on. Listed by the main process only (jobs that re-read the workflow skip it).
+if len(PLATES) and should_list(execution_mode()):
+    try:
+        _changed = update_listings(
+            [(plate, row["images"], row["layout"]) for plate, row in PLATES.iterrows()],
+            LISTINGS,
+            sheet=config["plates"],
+        )
+    except ListingError as err:
+        sys.exit(f"hcsflow: the configuration cannot be used:\n{err}")
+    if _changed:
+        _more = f" and {len(_changed) - 10} more" if len(_changed) > 10 else ""
+        print(
+            f"hcsflow: image listing of {len(_changed)} plate(s) written (new or changed "
+            f"image folder): {', '.join(_changed[:10])}{_more}",
+            file=sys.stderr,
+        )
 
 
 wildcard_constraints:
@@ -81,6 +110,16 @@ def report_figures():
 def plate_row(plate):
     """The plate sheet row of a plate (images, layout, platemap, batch)."""
     return PLATES.loc[plate]
+
+
+def plate_images(wildcards):
+    """Image folder of a plate (the plate sheet's images), which manifest paths are relative to."""
+    return plate_row(wildcards.plate)["images"]
+
+
+def plates_images(plates):
+    """Plate -> image folder of several plates (the jobs that read a batch's manifests)."""
+    return {plate: plate_row(plate)["images"] for plate in plates}
 
 
 def plate_shards(plate):

@@ -4,6 +4,8 @@
 rule discover:
     input:
         platemap=lambda wc: plate_row(wc.plate)["platemap"],
+        # rewritten at start-up only when the plate's image folder changed
+        listing=f"{LISTINGS}/{{plate}}.tsv",
     output:
         manifest=f"{RESULTS}/manifest/{{plate}}.parquet",
         qc=f"{RESULTS}/qc/{{plate}}_discovery.parquet",

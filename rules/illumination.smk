@@ -25,6 +25,7 @@ rule illumination_batch:
         runtime=30,
     params:
         plates=lambda wc: batch_plates(wc.batch),
+        images=lambda wc: plates_images(batch_plates(wc.batch)),
         illumination=config["illumination"],
         on_bad_image=config["discovery"]["on_bad_image"],
         label=lambda wc: f"batch {wc.batch}",
@@ -51,6 +52,7 @@ rule illumination:
         runtime=30,
     params:
         plates=lambda wc: [wc.plate],
+        images=lambda wc: plates_images([wc.plate]),
         illumination=config["illumination"],
         on_bad_image=config["discovery"]["on_bad_image"],
         label=lambda wc: wc.plate,
@@ -77,5 +79,6 @@ rule illumination_corrected:
         runtime=120,
     params:
         channels=lambda wc: list(illumination_inputs(wc.plate)),
+        images=plate_images,
     script:
         "../workflow_scripts/illumination_correct.py"

@@ -26,6 +26,7 @@ rule measure:
         gpu=embedding_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
+        images=plate_images,
         illumination=lambda wc: illumination_inputs(wc.plate),
         channels=CHANNEL_NAMES,
         image_mpp=config["image_mpp"],
@@ -59,6 +60,7 @@ rule embed_sample:
         disk_mb=DISK_MB,
         runtime=30,
     params:
+        images=plate_images,
         illumination=lambda wc: illumination_inputs(wc.plate),
         channels=CHANNEL_NAMES,
         image_mpp=config["image_mpp"],

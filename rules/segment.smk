@@ -22,6 +22,7 @@ rule segment:
         gpu=segmentation_gpu(),
     params:
         wells=lambda wc: list(shard_wells(wc.plate, wc.shard)),
+        images=plate_images,
         illumination=lambda wc: segmentation_illumination(wc.plate),
         channels=CHANNELS,
         image_mpp=config["image_mpp"],
@@ -53,6 +54,7 @@ rule segmentation_overlays:
         disk_mb=DISK_MB,
         runtime=10,
     params:
+        images=plate_images,
         illumination=lambda wc: segmentation_illumination(wc.plate),
         channels=CHANNELS,
         segmentation=config["segmentation"],

@@ -1,10 +1,13 @@
 """Plate discovery: manifests, plate-map joins and the promised errors."""
 
+import shutil
+
 import pandas as pd
 import pytest
 
 from conftest import CHANNELS3, SHARED_DATA, write_platemap, write_tif
 from hcsflow.discover import DiscoveryError, discover_plate, probe_channels
+from hcsflow.io import field_paths, resolve_paths
 from hcsflow.platemap import PlatemapError, make_shards, read_platemap
 
 
@@ -22,9 +25,9 @@ def test_manifest_columns_and_join(imagexpress_plate):
         assert f"FileName_{ch}" in m and f"PathName_{ch}" in m
     row = m.iloc[3]
     assert row["FileName_ER"] == "P1_B02_s2_w2.tif"
-    assert (images / row["FileName_ER"]).resolve() == (
-        pd.io.common.Path(row["PathName_ER"]) / row["FileName_ER"]
-    ).resolve()
+    # relative to the plate's image folder: "." for files directly in it
+    assert row["PathName_ER"] == "."
+    assert field_paths(row, ["ER"], images) == [images / "P1_B02_s2_w2.tif"]
     assert row["Metadata_Compound"] == "cmpd1" and row["Metadata_Dose"] == 1.5
     assert row["Metadata_Role"] == "trt" and row["Metadata_MoA"] == "moa1"
     assert m.iloc[0]["Metadata_Role"] == "negcon"
@@ -76,8 +79,47 @@ def test_channel_matching_no_file(imagexpress_plate):
 def test_duplicate_image(imagexpress_plate):
     _, images, pm = imagexpress_plate
     write_tif(images / "sub" / "P1_A01_s1_w1.tif")
-    with pytest.raises(DiscoveryError, match="two files for well A01 site 1 channel DNA"):
+    with pytest.raises(DiscoveryError, match="two files for well A01 site 1 channel DNA") as info:
         discover_plate("P1", images, "imagexpress", pm, CHANNELS3)
+    # both files named by their full path, although the manifest stores relative ones
+    assert str(images / "sub" / "P1_A01_s1_w1.tif") in str(info.value)
+    assert str(images / "P1_A01_s1_w1.tif") in str(info.value)
+
+
+def test_paths_are_relative_to_the_image_folder(tmp_path):
+    images = tmp_path / "plate" / "images"
+    for well, sub in (("A01", "TimePoint_1"), ("B01", "TimePoint_1/ZStep_1")):
+        for ch in (1, 2, 3):
+            write_tif(images / sub / f"P_{well}_s1_w{ch}.tif", value=ch)
+    pm = write_platemap(tmp_path / "pm.csv", ["A01", "B01"])
+    m = discover_plate("P", images, "imagexpress", pm, CHANNELS3).manifest
+    assert list(m["PathName_DNA"]) == ["TimePoint_1", "TimePoint_1/ZStep_1"]
+    for row in m.to_dict("records"):
+        for path in field_paths(row, ["DNA", "ER", "Mito"], images):
+            assert path.is_file()
+    # a manifest of several plates: one folder per plate
+    other = dict(m.iloc[0], Metadata_Plate="Q", PathName_DNA=".")
+    roots = {"P": images, "Q": tmp_path / "q"}
+    assert field_paths(other, ["DNA"], roots) == [tmp_path / "q" / "P_A01_s1_w1.tif"]
+    with pytest.raises(ValueError, match="no image folder given for plate 'Q'"):
+        field_paths(other, ["DNA"], {"P": images})
+    # CellProfiler LoadData table: absolute paths; the manifest itself is not modified
+    load = resolve_paths(m, images)
+    assert list(load["PathName_ER"]) == [
+        str((images / "TimePoint_1").resolve()),
+        str((images / "TimePoint_1" / "ZStep_1").resolve()),
+    ]
+    assert list(m["PathName_ER"]) == ["TimePoint_1", "TimePoint_1/ZStep_1"]
+
+
+def test_manifest_does_not_depend_on_where_the_plate_lives(imagexpress_plate, tmp_path):
+    root, images, pm = imagexpress_plate
+    a = discover_plate("P1", images, "imagexpress", pm, CHANNELS3)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)
+    b = discover_plate("P1", moved / "images", "imagexpress", moved / "platemap.csv", CHANNELS3)
+    pd.testing.assert_frame_equal(a.manifest, b.manifest)
+    assert a.listing_digest == b.listing_digest
 
 
 def test_several_plates_in_one_folder(imagexpress_plate):

@@ -7,6 +7,7 @@ from hcsflow.layouts import (
     ImageKey,
     LayoutError,
     compile_layout,
+    matches_layout,
     normalize_well,
     parse_filename,
     row_letters,
@@ -46,6 +47,24 @@ def test_imagexpress(name, expected):
 )
 def test_imagexpress_ignores(name):
     assert parse_filename(name, "imagexpress") is None
+    assert not matches_layout(name, "imagexpress")
+
+
+@pytest.mark.parametrize(
+    "name, layout",
+    [
+        ("Plate1_P24_s9_w5.TIF", "imagexpress"),
+        ("Plate1_A01_s1_w1_thumb.tif", "imagexpress"),
+        ("SQ00015054_P24f09d4.tif", "broad"),
+        ("SQ00015054_P24f09d4.png", "imagexpress"),
+        ("r16c24f09p03-ch5sk2fk1fl1.tiff", "phenix"),
+        ("W0001_P16_T0001F012L01A03Z02C04.tif", "cv7000"),
+        ("Index.idx.xml", "phenix"),
+    ],
+)
+def test_matches_layout_agrees_with_parse_filename(name, layout):
+    """The start-up listing keeps exactly the files discovery parses."""
+    assert matches_layout(name, layout) is (parse_filename(name, layout) is not None)
 
 
 def test_broad_on_real_files():

@@ -210,8 +210,9 @@ def test_bad_image_stops_discovery_or_is_dropped(workdir):
     res = workdir / "results_bad"
     qc = read_table(res / "qc" / "S1_discovery.parquet")
     rec = qc[qc["Issue"] == "bad_image"]
+    # File is relative to the plate's image folder, as the manifest's paths
     assert rec[["Metadata_Well", "Metadata_Site", "Channel", "File"]].values.tolist() == [
-        ["A02", 2, "DNA", str(bad)]
+        ["A02", 2, "DNA", bad.name]
     ]
     seg = pd.concat(read_table(p) for p in sorted((res / "segmentation" / "S1").glob("*.parquet")))
     assert list(zip(seg["Metadata_Well"], seg["Metadata_Site"], strict=True)) == [

@@ -117,7 +117,7 @@ def test_nested_config_on_the_command_line(sheet):
 
 
 def test_dag_of_a_large_campaign_builds_fast(tmp_path):
-    """100 plates of 384 wells: the DAG builds without listing image folders."""
+    """100 plates of 384 wells: the DAG builds fast (folders are only listed, not parsed)."""
     import time
 
     lines = ["plate\timages\tlayout\tplatemap"]

@@ -1,5 +1,7 @@
 """Snakemake script: list a plate folder and write its manifest and discovery QC table."""
 
+import os
+
 from hcsflow.discover import discover_plate
 from hcsflow.io import file_checksum, make_provenance, write_table
 from hcsflow.logutil import log_to
@@ -44,6 +46,6 @@ with log_to(sm.log[0]) as log:
             rec.Metadata_Well,
             rec.Metadata_Site,
             rec.Channel,
-            rec.File,
+            os.path.join(p.images, rec.File),
             rec.Detail,
         )

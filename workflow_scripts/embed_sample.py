@@ -20,6 +20,7 @@ with log_to(sm.log[0]) as log:
         cells_per_field=emb["train"]["cells_per_field"],
         seed=emb["train"]["seed"],
         on_bad_image=p.on_bad_image,
+        root=p.images,
     )
     write_sample(sm.output[0], crops, meta, image_mpp=p.image_mpp, channel_names=p.channels)
     log.info("plate %s: %d crops of %s", sm.wildcards.plate, len(crops), crops.shape[1:])

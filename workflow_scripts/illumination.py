@@ -50,6 +50,7 @@ with log_to(sm.log[0]) as log:
             screen=opts["screen"],
             screening=screening,
             on_bad_image=p.on_bad_image,
+            root=dict(p.images),
         )
         for rec in result.dropped:
             log.warning(

@@ -45,6 +45,7 @@ with log_to(sm.log[0]) as log:
         dtype=p.features["dtype"],
         on_bad_image=p.on_bad_image,
         dropped=dropped,
+        root=p.images,
     )
     inputs = {k: file_checksum(v) for k, v in sm.input.items()}
     extra = {"shard": sm.wildcards.shard, "wells": list(p.wells)}

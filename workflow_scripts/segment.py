@@ -24,6 +24,7 @@ with log_to(sm.log[0]) as log:
             fields_per_batch=seg["fields_per_batch"],
             on_bad_image=p.on_bad_image,
             dropped=dropped,
+            root=p.images,
             masks_out=masks,
         )
     inputs = {"manifest": file_checksum(sm.input.manifest)}

@@ -21,6 +21,7 @@ with log_to(sm.log[0]) as log:
         illumination=load_illumination(p.illumination),
         weights=p.segmentation["channel_weights"],
         on_bad_image=p.on_bad_image,
+        root=p.images,
     )
     log.info(
         "plate %s: overlays of %s",

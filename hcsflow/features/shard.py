@@ -32,7 +32,7 @@ import pandas as pd
 
 from hcsflow.features.core import MeasureParams, measure, pair_nuclei
 from hcsflow.features.quality import field_quality
-from hcsflow.io import BadImageError, check_shape, mask_key, read_field
+from hcsflow.io import BadImageError, ImagesRoot, check_shape, mask_key, read_field
 from hcsflow.logutil import Progress
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def iter_fields(
     *,
     on_bad_image: str = "stop",
     dropped: list[BadImageError] | None = None,
+    root: ImagesRoot = None,
 ) -> Iterator[Field]:
     """Read the fields of a manifest one at a time, in well and site order, with their masks.
 
@@ -104,6 +105,9 @@ def iter_fields(
         ``drop`` skips it (before its masks are looked up: segmentation skipped it too).
     dropped : list, optional
         With ``drop``, the errors of skipped fields are appended here.
+    root : path, mapping of plate to path, or None
+        The plate's image folder, which ``PathName_<ch>`` is relative to
+        (:func:`hcsflow.io.field_paths`).
 
     Yields
     ------
@@ -136,11 +140,11 @@ def iter_fields(
             well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
             where = f"plate {row['Metadata_Plate']} well {well} site {site}"
             try:
-                raw = read_field(row, names)
+                raw = read_field(row, names, root)
                 for ch in illumination:
                     flat = illumination[ch][0]
                     check_shape(
-                        raw[names.index(ch)], np.shape(flat), row, ch, f"the {ch} flat-field"
+                        raw[names.index(ch)], np.shape(flat), row, ch, f"the {ch} flat-field", root
                     )
             except BadImageError as exc:
                 if on_bad_image == "stop":
@@ -184,6 +188,7 @@ def measure_fields(
     dtype: str = "float32",
     on_bad_image: str = "stop",
     dropped: list[BadImageError] | None = None,
+    root: ImagesRoot = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell measurements and per-field image quality of the fields of a manifest.
 
@@ -207,6 +212,9 @@ def measure_fields(
         Type of the measurement and embedding columns in the output.
     on_bad_image, dropped
         As in :func:`iter_fields`: a dropped field has no cells and no quality row.
+    root : path, mapping of plate to path, or None
+        The plate's image folder, which ``PathName_<ch>`` is relative to
+        (:func:`hcsflow.io.field_paths`).
 
     Returns
     -------
@@ -224,7 +232,13 @@ def measure_fields(
     quality: list[dict[str, Any]] = []
     progress = Progress(log, len(manifest), "measured")
     fields = iter_fields(
-        manifest, names, [masks_path], illumination, on_bad_image=on_bad_image, dropped=dropped
+        manifest,
+        names,
+        [masks_path],
+        illumination,
+        on_bad_image=on_bad_image,
+        dropped=dropped,
+        root=root,
     )
     for f in fields:
         scale = np.float32(intensity_scale(f.raw.dtype))
@@ -310,6 +324,7 @@ def sample_fields(
     seed: int = 0,
     on_bad_image: str = "stop",
     dropped: list[BadImageError] | None = None,
+    root: ImagesRoot = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """A deterministic sample of cell crops of a plate, for training an embedder.
 
@@ -329,7 +344,7 @@ def sample_fields(
         Cells drawn per field (all of them when a field has fewer).
     seed : int
         Seed of the draw; each field's draw depends on the seed, plate, well and site only.
-    on_bad_image, dropped
+    on_bad_image, dropped, root
         As in :func:`iter_fields`.
 
     Returns
@@ -347,7 +362,13 @@ def sample_fields(
     names = list(channel_names)
     crops, rows = [], []
     fields = iter_fields(
-        manifest, names, masks_paths, illumination, on_bad_image=on_bad_image, dropped=dropped
+        manifest,
+        names,
+        masks_paths,
+        illumination,
+        on_bad_image=on_bad_image,
+        dropped=dropped,
+        root=root,
     )
     for f in fields:
         cells_k, nuclei_k, numbers = pair_nuclei(f.nuclei, f.cells)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from hcsflow.illumination.estimation import IlluminationResult, IlluminationWarning, correct, fit
 from hcsflow.illumination.files import load
-from hcsflow.io import BadImageError, atomic_path
+from hcsflow.io import BadImageError, ImagesRoot, atomic_path, field_paths
 
 
 def sample_fields(manifest: pd.DataFrame, max_fields: int, seed: int = 0) -> pd.DataFrame:
@@ -53,6 +53,7 @@ def estimate_from_manifest(
     seed: int = 0,
     read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
     on_bad_image: str = "stop",
+    root: ImagesRoot = None,
     **kwargs: Any,
 ) -> IlluminationResult:
     """Estimate one channel's flat-field and dark-field from a sample of a manifest's fields.
@@ -77,6 +78,9 @@ def estimate_from_manifest(
         ``drop`` leaves the field out of the estimate and records it in the result's
         ``dropped`` (the sample itself is not redrawn, so it does not depend on which files
         are bad).
+    root : path, mapping of plate to path, or None
+        The image folder ``PathName_<channel>`` is relative to, or plate -> folder for the
+        manifests of several plates (:func:`hcsflow.io.field_paths`).
     **kwargs
         Options of :func:`fit`.
 
@@ -102,7 +106,7 @@ def estimate_from_manifest(
     def fields() -> Iterator[np.ndarray]:
         shape: tuple[int, ...] | None = None
         for row in rows.to_dict("records"):
-            path = Path(row[cols[0]]) / row[cols[1]]
+            path = field_paths(row, [channel], root)[0]
             where = {
                 "plate": str(row["Metadata_Plate"]) if "Metadata_Plate" in row else None,
                 "well": str(row["Metadata_Well"]) if "Metadata_Well" in row else None,
@@ -142,6 +146,7 @@ def write_corrected(
     profiles: Mapping[str, str | os.PathLike[str]],
     folder: str | os.PathLike[str],
     read: Callable[[str | os.PathLike[str]], np.ndarray] | None = None,
+    root: ImagesRoot = None,
 ) -> int:
     """Write a corrected float32 TIFF of every field and channel of a manifest.
 
@@ -158,6 +163,8 @@ def write_corrected(
         Output folder (created).
     read : callable, optional
         Image reader; default :func:`hcsflow.io.read_image`.
+    root : path, mapping of plate to path, or None
+        The image folder ``PathName_<ch>`` is relative to (:func:`hcsflow.io.field_paths`).
     """
     import tifffile
 
@@ -168,14 +175,15 @@ def write_corrected(
     n = 0
     for ch, path in sorted(profiles.items()):
         flat, dark = load(path)
-        for pn, fn in zip(manifest[f"PathName_{ch}"], manifest[f"FileName_{ch}"], strict=True):
-            img = read(Path(pn) / fn)
+        for row in manifest.to_dict("records"):
+            image = field_paths(row, [ch], root)[0]
+            img = read(image)
             if img.shape != flat.shape:
                 raise ValueError(
-                    f"image {Path(pn) / fn} has shape {img.shape}, but the {ch} flat-field "
+                    f"image {image} has shape {img.shape}, but the {ch} flat-field "
                     f"{path} has {flat.shape}"
                 )
-            with atomic_path(folder / (Path(fn).stem + ".tif")) as tmp:
+            with atomic_path(folder / (image.stem + ".tif")) as tmp:
                 tifffile.imwrite(tmp, correct(img, flat, dark), compression="zlib")
             n += 1
     return n

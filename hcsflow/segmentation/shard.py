@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcsflow.io import BadImageError, MaskWriter, check_shape, read_field
+from hcsflow.io import BadImageError, ImagesRoot, MaskWriter, check_shape, read_field
 from hcsflow.logutil import Progress
 from hcsflow.segmentation.segmenter import SegmentationResult, Segmenter, field_flags
 
@@ -111,6 +111,7 @@ def read_corrected(
     row: Mapping[str, Any],
     names: Sequence[str],
     illumination: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    root: ImagesRoot = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Read a field's channels and correct those with a profile.
 
@@ -122,6 +123,8 @@ def read_corrected(
         Channels to read.
     illumination : mapping of channel name to (flat, dark)
         Profiles of shape (H, W).
+    root : path, mapping of plate to path, or None
+        The image folder ``PathName_<ch>`` is relative to (:func:`hcsflow.io.field_paths`).
 
     Returns
     -------
@@ -138,13 +141,13 @@ def read_corrected(
     """
     from hcsflow.illumination import correct
 
-    stack = read_field(row, list(names))
+    stack = read_field(row, list(names), root)
     imgs = []
     for k, name in enumerate(names):
         img = stack[k]
         if name in illumination:
             flat, dark = illumination[name]
-            check_shape(img, np.shape(flat), row, name, f"the {name} flat-field")
+            check_shape(img, np.shape(flat), row, name, f"the {name} flat-field", root)
             img = correct(img, flat, dark)
         imgs.append(img)
     return stack, imgs
@@ -160,6 +163,7 @@ def segment_fields(
     fields_per_batch: int = 4,
     on_bad_image: str = "stop",
     dropped: list[BadImageError] | None = None,
+    root: ImagesRoot = None,
     masks_out: MaskWriter | None = None,
 ) -> tuple[dict[tuple[str, int], tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
     """Segment every field of a manifest.
@@ -186,6 +190,9 @@ def segment_fields(
     dropped : list, optional
         With ``drop``, the errors of skipped fields are appended here (one per field, the
         first bad file).
+    root : path, mapping of plate to path, or None
+        The plate's image folder, which ``PathName_<ch>`` is relative to
+        (:func:`hcsflow.io.field_paths`).
     masks_out : MaskWriter, optional
         Each field's masks are added to this open archive as soon as they are made and not
         kept, so that memory does not grow with the number of fields (the returned ``masks``
@@ -219,7 +226,7 @@ def segment_fields(
         inputs, flags, chunk = [], [], []
         for row in rows[start : start + fields_per_batch]:
             try:
-                stack, imgs = read_corrected(row, names, illumination)
+                stack, imgs = read_corrected(row, names, illumination, root)
             except BadImageError as exc:
                 if on_bad_image == "stop":
                     raise
@@ -292,6 +299,7 @@ def render_plate_overlays(
     illumination: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     weights: Mapping[str, float] | None = None,
     on_bad_image: str = "stop",
+    root: ImagesRoot = None,
 ) -> pd.DataFrame:
     """Write a PNG of outlines on ``n_fields`` fields of a plate (central crops).
 
@@ -310,7 +318,7 @@ def render_plate_overlays(
         Fields shown, chosen by :func:`~hcsflow.segmentation.overlay.choose_fields`.
     crop : int
         Edge of the central crop shown per field, in pixels.
-    illumination, weights, on_bad_image
+    illumination, weights, on_bad_image, root
         As in :func:`segment_fields`; with ``drop``, a chosen field whose files cannot be read
         is left out of the figure.
 
@@ -337,7 +345,7 @@ def render_plate_overlays(
     shown = []
     for i, row in enumerate(chosen.to_dict("records")):
         try:
-            _, imgs = read_corrected(row, names, illumination)
+            _, imgs = read_corrected(row, names, illumination, root)
         except BadImageError as exc:
             if on_bad_image == "stop":
                 raise
