@@ -12,23 +12,25 @@ Sub-commands (each prints markdown tables; run from the repository root)::
     images: one plate map per plate, an image folder per plate holding the file names of
     every field and channel as empty files (``--files all``; ``probe``: one field, enough for
     the start-up channel check) and the plates' manifests and discovery QC tables, written
-    directly in the manifest's format and dated after every input of rule ``discover``, so
-    that Snakemake treats discovery as done. A first dry run creates whatever the workflow
-    writes while it parses (nothing is expected); the discovery outputs are then dated again,
-    and the timed commands are ``snakemake --list-rules`` (parsing the workflow: configuration
-    and plate-sheet validation, plate maps, shards, the start-up folder probe) and
+    directly in the manifest's format (``PathName_`` relative to the image folder), so that
+    Snakemake treats discovery as done. A first dry run writes what the workflow writes while
+    it parses (the start-up listings ``results/listing/{plate}.tsv``, inputs of ``discover``);
+    the discovery outputs are then dated after every other file, and the timed commands are
+    ``snakemake --list-rules`` (parsing the workflow: configuration and plate-sheet
+    validation, the start-up listing of every image folder, plate maps, shards) and
     ``snakemake -n`` (parse + DAG of every job from illumination to the report), each the
     median of ``--repeats`` runs in a fresh process. Jobs are counted per rule from the dry
     run's job table; no ``discover`` job may be scheduled.
 ``memory``
     Peak memory (``max_rss`` of Snakemake's benchmark records under ``results/benchmarks/``)
-    of every job of a workflow run on a simulated slice of a 384-well plate: plate ``S48``,
-    wells A01-B24 (two shards of 24 wells) x 9 sites of 1080 x 1080 five-channel fields, and
-    plate ``S24``, its first 24 wells (one shard; the same image files, hard-linked), run to
-    the report with the default configuration. A shard job of S24 and shard 000 of S48 read
-    the same fields, so equal peaks there show that a shard's memory does not depend on the
-    plate; the plate-level jobs (illumination, overlays, profiles) compare half and whole
-    slice. Simulated plates are cached under ``--workdir``.
+    of every job of workflow runs on a simulated slice of a 384-well plate: row A (24 wells)
+    x 9 sites of 1080 x 1080 five-channel fields (plate ``S48``, seed 1; each run's plates
+    are hard links to its files), run to the report with the default configuration. Run
+    ``growth`` (``wells_per_shard: 4``): plate G4 (A01-A04, one shard) and G8 (A01-A08, two
+    shards); shard 000 of both reads the same fields, so equal peaks there show that a shard's
+    memory does not depend on the plate, and the plate-level jobs compare half and whole
+    plate. Run ``shard24``: plate F24, the 24 wells as one default shard of 216 fields. The
+    simulated plate is cached under ``--workdir``.
 ``profile``
     cProfile of ``snakemake --list-rules`` on the ``dag`` campaign (written if absent): the
     functions with the largest cumulative time.
@@ -170,7 +172,7 @@ def write_plate(
         }
         for k, c in enumerate(CHANNELS, start=1):
             rec[f"FileName_{c['name']}"] = f"{plate}_{well}_s{site}_w{k}.tif"
-            rec[f"PathName_{c['name']}"] = str(images.resolve())
+            rec[f"PathName_{c['name']}"] = "."  # relative to the plate's image folder
         recs.append(rec)
     pm = read_platemap(pm_path)
     manifest = pd.DataFrame(recs).merge(pm, on="Metadata_Well", how="left")
