@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from hcsflow import analysis as A  # noqa: E402
 from hcsflow import profiling as P  # noqa: E402
-from hcsflow.position import correct_position  # noqa: E402
+from hcsflow.profiling.position import correct_position  # noqa: E402
 
 LINCS = (
     REPO.parent

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from hcsflow import profiling as P
-from hcsflow.position import correct_position, position_grid
+from hcsflow.profiling.position import correct_position, position_grid
 
 ROWS = "ABCDEFGH"
 

@@ -17,6 +17,8 @@ that a profile produced here has the same numbers as one produced by pycytominer
   ``frequency``, ``na``, ``outlier``, ``correlation`` and ``blocklist``, in the order given
   (:class:`FeatureSelectParams`).
 * :func:`consensus` (:mod:`~hcsflow.profiling.consensus`) - median of a treatment's wells.
+* :func:`correct_position` (:mod:`~hcsflow.profiling.position`) - row and column offsets of
+  each plate fitted (median polish, or least squares on the controls) and subtracted.
 
 Sphering (:func:`sphere`, ZCA fitted on negative controls) and :func:`harmony` (Korsunsky et al.
 2019, Nat Methods 16:1289) follow the JUMP Cell Painting profiling recipe
@@ -48,6 +50,7 @@ from hcsflow.profiling.feature_select import (
     feature_select_excluded,
 )
 from hcsflow.profiling.normalize import normalize
+from hcsflow.profiling.position import correct_position
 from hcsflow.profiling.stages import campaign_profiles, normalize_plates, plate_profiles
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "aggregate_files",
     "campaign_profiles",
     "consensus",
+    "correct_position",
     "feature_columns",
     "feature_select",
     "feature_select_excluded",

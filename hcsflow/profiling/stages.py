@@ -18,6 +18,7 @@ from hcsflow.profiling.columns import BATCH, PLATE, ROLE, WELL, feature_columns
 from hcsflow.profiling.consensus import consensus
 from hcsflow.profiling.feature_select import FeatureSelectParams, feature_select_excluded
 from hcsflow.profiling.normalize import normalize
+from hcsflow.profiling.position import correct_position
 
 
 def plate_profiles(
@@ -86,8 +87,6 @@ def campaign_profiles(
     pos = campaign.get("position", {"enabled": False})
     position_info = None
     if pos["enabled"]:
-        from hcsflow.position import correct_position
-
         profiles, position_info = correct_position(
             profiles,
             feature_columns(profiles),
