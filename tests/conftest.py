@@ -18,6 +18,24 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def moa_platemap(replicates: int = 2):
+    """A small simulated plate map: 4 DMSO wells and the top dose of two compounds of each of
+    two MoAs (tubulin, proteasome), the treatments ``replicates`` times, on consecutive wells
+    of rows A, B, ... (6 per row for two replicates, else 8 per row)."""
+    import pandas as pd
+
+    from hcsflow.simulate import default_platemap
+
+    pm = default_platemap(96)
+    neg = pm[pm["role"] == "negcon"].head(4)
+    trt = pm[pm["moa"].isin(["tubulin polymerization inhibitor", "proteasome inhibitor"])]
+    trt = trt[trt["dose_um"] == trt["dose_um"].max()].head(4)
+    out = pd.concat([neg] + [trt] * replicates).reset_index(drop=True)
+    per_row = 6 if replicates == 2 else 8
+    out["well"] = [f"{'ABCDEFGH'[i // per_row]}{i % per_row + 1:02d}" for i in range(len(out))]
+    return out
+
+
 def write_tif(path: Path, value: int = 100, shape=(8, 8)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, np.full(shape, value, dtype=np.uint16))

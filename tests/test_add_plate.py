@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake
-from hcsflow.simulate import default_platemap, simulate_plate
+from conftest import REPO, moa_platemap, run_snakemake
+from hcsflow.simulate import simulate_plate
 
 #: rules that combine every plate: rerun whenever the campaign gains a plate
 CAMPAIGN_RULES = {"campaign", "analysis", "report", "all"}
@@ -25,17 +25,6 @@ PLATE_RULES = {
     "measure",
     "profiles",
 }
-
-
-def _platemap() -> pd.DataFrame:
-    """8 wells: 4 DMSO and the top dose of two compounds of two MoAs."""
-    pm = default_platemap(96)
-    neg = pm[pm["role"] == "negcon"].head(4)
-    trt = pm[pm["moa"].isin(["tubulin polymerization inhibitor", "proteasome inhibitor"])]
-    trt = trt[trt["dose_um"] == trt["dose_um"].max()].head(4)
-    out = pd.concat([neg, trt]).reset_index(drop=True)
-    out["well"] = [f"A{c:02d}" for c in range(1, 9)]
-    return out
 
 
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str], str]]:
@@ -56,7 +45,7 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str], str]]:
 def campaign(tmp_path_factory) -> Path:
     """Plates A1 and A2 run to the report; plate A3 simulated but not yet in the sheet."""
     root = tmp_path_factory.mktemp("addplate")
-    pm = _platemap()
+    pm = moa_platemap(1)
     for i, plate in enumerate(("A1", "A2", "A3"), start=1):
         simulate_plate(
             root / plate, plate=plate, sites=1, size=192, platemap=pm, seed=i, n_workers=1

@@ -9,29 +9,17 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, moa_platemap, run_snakemake
 from hcsflow.io import read_provenance, read_table
-from hcsflow.simulate import default_platemap, simulate_plate
-
-
-def _platemap() -> pd.DataFrame:
-    """12 wells: 4 DMSO and the top dose of two compounds of each of two MoAs, twice."""
-    pm = default_platemap(96)
-    neg = pm[pm["role"] == "negcon"].head(4)
-    trt = pm[pm["moa"].isin(["tubulin polymerization inhibitor", "proteasome inhibitor"])]
-    trt = trt[trt["dose_um"] == trt["dose_um"].max()].head(4)
-    out = pd.concat([neg, trt, trt]).reset_index(drop=True)
-    out["well"] = [f"{r}{c:02d}" for r in "AB" for c in range(1, 7)]
-    return out
+from hcsflow.simulate import simulate_plate
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("measurewf")
-    pm = _platemap()
+    pm = moa_platemap()
     lines = ["plate\timages\tlayout\tplatemap\tbatch"]
     for i, plate in enumerate(("M1", "M2"), start=1):
         simulate_plate(

@@ -15,11 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from conftest import REPO, SNAKEMAKE
-from hcsflow.simulate import default_platemap, simulate_plate
+from conftest import REPO, SNAKEMAKE, moa_platemap
+from hcsflow.simulate import simulate_plate
 
 CLUSTER = REPO / "tests" / "slurm_cluster.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.v8+.yaml"
@@ -68,17 +67,6 @@ def cluster():
     assert not [name for name, pid in pids.items() if running(pid, name)], "daemons left running"
     assert not state.exists()
     assert not Path("/etc/slurm/slurm.conf").exists()
-
-
-def _platemap() -> pd.DataFrame:
-    """12 wells: 4 DMSO and the top dose of two compounds of each of two MoAs, twice."""
-    pm = default_platemap(96)
-    neg = pm[pm["role"] == "negcon"].head(4)
-    trt = pm[pm["moa"].isin(["tubulin polymerization inhibitor", "proteasome inhibitor"])]
-    trt = trt[trt["dose_um"] == trt["dose_um"].max()].head(4)
-    out = pd.concat([neg, trt, trt]).reset_index(drop=True)
-    out["well"] = [f"{r}{c:02d}" for r in "AB" for c in range(1, 7)]
-    return out
 
 
 def profile_for_test_cluster() -> str:
@@ -186,7 +174,9 @@ def test_plate_runs_through_slurm_like_a_local_run(cluster, tmp_path):
         assert running(pid, name), f"{name} (pid {pid}) is not running"
 
     plate = tmp_path / "S1"
-    simulate_plate(plate, plate="S1", sites=1, size=160, platemap=_platemap(), seed=1, n_workers=1)
+    simulate_plate(
+        plate, plate="S1", sites=1, size=160, platemap=moa_platemap(), seed=1, n_workers=1
+    )
     for extra in (plate / "images").glob("*_w[345].tif"):
         extra.unlink()  # two channels: DNA (nuclear) and ER (cytoplasm)
     images, platemap = plate / "images", plate / "platemap.csv"
