@@ -200,6 +200,7 @@ SNAKEFILE = """
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
+DISK_MB = 1000
 
 
 def report_figures():
