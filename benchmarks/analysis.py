@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _tables import markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -382,13 +383,6 @@ def lincs(args, variant: str = "default") -> dict:
         "NSC (all wells, MoAs with >=2 compounds)": f"{nsc.accuracy:.2f} (n={len(nsc.predictions)})",
         "DMSO pseudo-compounds called": f"{dmso_called}/{dmso_total}",
     }
-
-
-def markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def main() -> None:

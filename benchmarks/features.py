@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _tables import markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -100,16 +101,6 @@ BASIC_FEATURES = (
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of dict rows (columns: the keys of the first row)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def default_config() -> dict[str, Any]:

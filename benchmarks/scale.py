@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from _tables import markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,16 +78,6 @@ CHANNELS = [
 ROWS384 = "ABCDEFGHIJKLMNOP"
 #: goals printed beside the figures
 GOAL_DAG_S = 30.0
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of dict rows (columns: the keys of the first row)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def copy_workflow(root: Path) -> None:
