@@ -18,6 +18,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def segmentation_snakefile(targets: str = "segmentation_targets()") -> str:
+    """A Snakefile of the workflow up to segmentation (discover, illumination, segment) whose
+    rule ``all`` asks for ``targets`` (a Python expression evaluated in the Snakefile)."""
+    return f"""
+configfile: "config/config.yaml"
+
+
+include: "{REPO}/rules/common.smk"
+include: "{REPO}/rules/discover.smk"
+include: "{REPO}/rules/illumination.smk"
+include: "{REPO}/rules/segment.smk"
+
+
+rule all:
+    input:
+        {targets},
+"""
+
+
 def moa_platemap(replicates: int = 2):
     """A small simulated plate map: 4 DMSO wells and the top dose of two compounds of each of
     two MoAs (tubulin, proteasome), the treatments ``replicates`` times, on consecutive wells

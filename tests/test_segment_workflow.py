@@ -10,26 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, segmentation_snakefile
 from hcsflow import illumination as il
 from hcsflow.io import read_masks, read_provenance, read_table
 from hcsflow.segmentation.metrics import f1_at
 from hcsflow.simulate import simulate_plate
 
-SNAKEFILE = f"""
-configfile: "config/config.yaml"
-
-
-include: "{REPO}/rules/common.smk"
-include: "{REPO}/rules/discover.smk"
-include: "{REPO}/rules/illumination.smk"
-include: "{REPO}/rules/segment.smk"
-
-
-rule all:
-    input:
-        segmentation_targets(),
-"""
+SNAKEFILE = segmentation_snakefile()
 
 
 @pytest.fixture(scope="module")

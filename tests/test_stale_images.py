@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import REPO, run_snakemake, write_tif
+from conftest import REPO, run_snakemake, segmentation_snakefile, write_tif
 from hcsflow.io import field_paths, read_table
 from hcsflow.listing import (
     HEADER,
@@ -138,20 +138,7 @@ def test_only_the_main_process_lists_folders(mode, lists):
 
 # --- the workflow ----------------------------------------------------------------------------
 
-SNAKEFILE = f"""
-configfile: "config/config.yaml"
-
-
-include: "{REPO}/rules/common.smk"
-include: "{REPO}/rules/discover.smk"
-include: "{REPO}/rules/illumination.smk"
-include: "{REPO}/rules/segment.smk"
-
-
-rule all:
-    input:
-        [t for t in segmentation_targets() if t.endswith(".parquet")],
-"""
+SNAKEFILE = segmentation_snakefile('[t for t in segmentation_targets() if t.endswith(".parquet")]')
 
 PLATES = ("S1", "S2")
 
