@@ -519,10 +519,54 @@ def test_dark_level_fitted_when_determined(stack_above_offset):
     d = res.details
     assert d["dark_determined"] is True and "dark_reason" not in d
     assert abs(float(res.darkfield.mean()) - float(dark.mean())) < 10
-    assert d["dark_contrast_sd"] <= il.DARK_TOLERANCE * d["dark_contrast_lost"]
+    assert d["dark_error_kept"] <= il.DARK_TOLERANCE * d["dark_error_left_out"]
     plain = il.fit(stack, "basic", darkfield=False)
     assert rmse(res.flatfield, flat) < 0.5 * rmse(plain.flatfield, flat)
     assert il.dark_note(d).startswith("dark-field: fitted")
+
+
+def test_dark_fit_errors_weigh_contrast_and_pattern():
+    from hcsflow.illumination.basic import DarkFit
+
+    # without a pattern: the contrast test, sigma * C against d h / (1 + d h) * C
+    fit = DarkFit(100.0, 0.01, 0.2, "regression", 0.1, 0.0, 0.0)
+    keep, drop = fit.errors()
+    assert keep == pytest.approx(0.2 * 0.1) and drop == pytest.approx(0.5 * 0.1)
+    # a pattern's noise that accounts for the whole fitted contrast: no contrast is left to
+    # lose, keeping costs the noise over the baseline, leaving out the pattern over b + d
+    fit = DarkFit(100.0, 0.01, 0.2, "no_slope", 0.03, 2.0, 3.0)
+    keep, drop = fit.errors()
+    assert keep == pytest.approx(0.03) and drop == pytest.approx(2.0 * 0.01 / 2.0)
+    assert DarkFit(100.0, 0.01, None, "regression", 0.1, 0.0, 0.0).errors()[0] == np.inf
+
+
+def test_dark_level_left_out_when_only_a_bound_under_a_dim_uniform_field():
+    # no vignetting, background 7 counts above an offset of 328 with a dark gradient: the
+    # contrast does not grow with brightness, the level is only the darkest value, and the
+    # dark-field pattern's noise divided by a baseline of a few counts would shade the
+    # flat-field by more than leaving the level out costs
+    stack, flat, dark = simulate_illumination_stack(
+        48,
+        (192, 192),
+        vignetting="none",
+        offset=328.0,
+        dark_gradient=-8.0,
+        background=7.0,
+        gain=4.5,
+        read_noise=9.0,
+        background_cv=0.35,
+        image_mpp=1.0,
+        seed=61,
+    )
+    res = il.fit(stack, "basic")
+    d = res.details
+    assert d["dark_level_from"] == "no_slope"
+    assert d["dark_determined"] is False
+    assert d["dark_error_kept"] > d["dark_error_left_out"]
+    assert "pattern noise" in d["dark_reason"]
+    plain = il.fit(stack, "basic", darkfield=False)
+    np.testing.assert_array_equal(res.flatfield, plain.flatfield)
+    assert rmse(res.flatfield, flat / flat.mean()) < 0.01
 
 
 @pytest.mark.parametrize("method", ["basic", "mean_smooth"])

@@ -4,6 +4,7 @@ the CellProfiler-style ``mean_smooth`` estimate."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -286,9 +287,9 @@ def _fit_with_dark(
     D = np.full(p, d0)
     S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape, adaptive=adaptive)
     cv = float(np.std(b) / np.mean(b)) if np.mean(b) > 0 else 0.0
-    shrink, source = 0.0, "none"
+    shrink, source, pattern_sd = 0.0, "none", 0.0
     if dark_pattern and n >= 8:
-        D, S, b, W, shrink, source, how = _add_dark_pattern(
+        D, S, b, W, shrink, source, how, pattern_sd = _add_dark_pattern(
             Y, M, noise, D, S, b, W, how, mask, shape, adaptive, cv >= min_baseline_cv
         )
     D, S, b, W, contrast, weight, sigma, h_mean = _centre_contrast(
@@ -303,7 +304,16 @@ def _fit_with_dark(
         dark_pattern_shrinkage=round(shrink, 4),
         baseline_cv=round(cv, 4),
     )
-    if dark_test and _test_dark_level(info, float(D.mean()), h_mean, sigma, how, dark_tolerance):
+    fit = DarkFit(
+        level=float(D.mean()),
+        h_mean=h_mean,
+        sigma=sigma,
+        how=how,
+        contrast_rms=float(np.std(S)),
+        pattern_rms=float(np.std(D)),
+        pattern_sd=pattern_sd,
+    )
+    if dark_test and _test_dark_level(info, fit, dark_tolerance):
         D = np.zeros(p)
         S, b = _flat_only(Y, M, D, mask, shape, adaptive)
     return D, S, b, info
@@ -322,7 +332,7 @@ def _add_dark_pattern(
     shape: tuple[int, int],
     adaptive: bool,
     baselines_vary: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str, float]:
     """Step 3 of :func:`_fit_basic`: the dark-field's spatial pattern, shrunk to its reliability.
 
     The noise law when the fields follow it (``V`` given), else the baselines' variation (when
@@ -340,9 +350,12 @@ def _add_dark_pattern(
         ``"noise"``, ``"baseline"`` or ``"none"``.
     how : str
         How the dark level was found (:func:`_dark_level_fit`).
+    pattern_sd : float
+        Noise SD per pixel of the pattern kept (raw units; shrinkage times the split-half
+        SD of :func:`_reliable`), 0 when none is kept.
     """
     n = Y.shape[0]
-    shrink, source = 0.0, "none"
+    shrink, source, pattern_sd = 0.0, "none", 0.0
     for _ in range(4):
         est = None
         if V is not None and source != "baseline":
@@ -365,12 +378,13 @@ def _add_dark_pattern(
         if shrink <= 0:
             break
         P = shrink * P
+        pattern_sd = shrink * math.sqrt(var)
         d0, how = _dark_level_fit(Y - P, _smooth(M - P, mask, shape))
         D = np.maximum(d0 + P, 0.0)
         S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive)
         if source == "noise":
             break
-    return D, S, b, W, shrink, source, how
+    return D, S, b, W, shrink, source, how, pattern_sd
 
 
 def _centre_contrast(
@@ -447,43 +461,99 @@ def _centre_contrast(
     return D, S, b, W, contrast, weight, sigma, h_mean
 
 
-def _test_dark_level(
-    info: dict[str, Any],
-    level: float,
-    h_mean: float,
-    sigma: float | None,
-    how: str,
-    dark_tolerance: float,
-) -> bool:
+@dataclass(frozen=True)
+class DarkFit:
+    """What step 6 of :func:`_fit_basic` weighs: the fitted dark-field and what it implies.
+
+    Attributes
+    ----------
+    level : float
+        Mean of the dark-field (raw units).
+    h_mean : float
+        Mean inverse baseline (1 / raw units).
+    sigma : float or None
+        SD of the flat-field's contrast factor that the level implies (``None``: too few
+        fields to measure it).
+    how : str
+        How the level was found (:func:`_dark_level_fit`).
+    contrast_rms : float
+        RMS of the fitted flat-field about its mean 1.
+    pattern_rms : float
+        RMS of the dark-field about its mean (raw units).
+    pattern_sd : float
+        Noise SD per pixel of the dark-field's pattern (raw units; 0 without a pattern).
+    """
+
+    level: float
+    h_mean: float
+    sigma: float | None
+    how: str
+    contrast_rms: float
+    pattern_rms: float
+    pattern_sd: float
+
+    def errors(self) -> tuple[float, float]:
+        """Predicted RMS error of the flat-field with the dark-field kept and left out.
+
+        An error ``delta`` in the level scales the flat-field's contrast ``C`` by
+        ``1 + delta h``, and the pattern's noise adds ``pattern_sd * h`` (the fields divided by
+        baselines of mean inverse ``h``); leaving the dark-field out loses the part
+        ``d h / (1 + d h)`` of the contrast and adds the whole pattern divided by the baselines
+        plus the level, ``pattern_rms * h / (1 + d h)``. ``C`` is the fitted contrast less the
+        part the pattern's noise accounts for (in quadrature).
+
+        Returns
+        -------
+        keep, drop : float
+            Relative RMS errors (``keep`` is infinite when ``sigma`` is ``None``).
+        """
+        dh = self.level * self.h_mean
+        lost = dh / (1.0 + dh) if dh > 0 else 0.0
+        noise = self.pattern_sd * self.h_mean
+        contrast = math.sqrt(max(self.contrast_rms**2 - noise**2, 0.0))
+        keep = math.inf if self.sigma is None else math.hypot(self.sigma * contrast, noise)
+        drop = math.hypot(lost * contrast, self.pattern_rms * self.h_mean / (1.0 + max(dh, 0.0)))
+        return keep, drop
+
+
+def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) -> bool:
     """Step 6 of :func:`_fit_basic`: is the dark level determined? Records the answer in ``info``.
 
-    Leaving the dark-field out loses the part ``d h / (1 + d h)`` of the flat-field's contrast;
-    the level is kept when the contrast it implies is known to within ``dark_tolerance`` of
-    that.
+    The level is kept when the flat-field's predicted error with it is at most
+    ``dark_tolerance`` times the error without it (:meth:`DarkFit.errors`). Without a dark-field
+    pattern this is the contrast test: the SD of the contrast factor the level implies against
+    the part ``d h / (1 + d h)`` of the contrast that leaving it out loses. The pattern's noise
+    counts against keeping a level that leaves little signal above it (a dark-field pattern
+    uncertain by half a count under a background of 10 counts shades the flat-field by 5 %),
+    the pattern itself against leaving it out.
 
     Returns
     -------
     bool
         True when the level is rejected (``info`` then says why and records no dark-field).
     """
-    dh = level * h_mean
+    dh = fit.level * fit.h_mean
     lost = dh / (1.0 + dh) if dh > 0 else 0.0
+    keep, drop = fit.errors()
     reason = ""
-    if sigma is None:
+    if fit.sigma is None:
         reason = "too few fields to measure the level's uncertainty"
     elif not lost > 0:
         reason = "the fitted dark level is 0"
-    elif sigma > dark_tolerance * lost:
+    elif keep > dark_tolerance * drop:
         reason = (
-            f"the level leaves the flat-field's contrast uncertain by {sigma:.3g} "
-            f"(factor SD), more than {dark_tolerance:g} x the {lost:.3g} that leaving "
-            "it out loses"
+            f"with the level the flat-field is uncertain by {keep:.3g} (RMS; contrast factor SD "
+            f"{fit.sigma:.3g}, pattern noise {fit.pattern_sd:.3g} units), more than "
+            f"{dark_tolerance:g} x the {drop:.3g} of leaving it out (the {lost:.3g} of the "
+            "contrast it would lose, and the pattern)"
         )
     info.update(
-        dark_level_from=how,
+        dark_level_from=fit.how,
         dark_determined=not reason,
-        dark_contrast_sd=None if sigma is None else round(sigma, 4),
+        dark_contrast_sd=None if fit.sigma is None else round(fit.sigma, 4),
         dark_contrast_lost=round(lost, 4),
+        dark_error_kept=None if fit.sigma is None else round(keep, 5),
+        dark_error_left_out=round(drop, 5),
     )
     if reason:
         info.update(
