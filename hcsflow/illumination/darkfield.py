@@ -309,3 +309,83 @@ def _centred_contrast(
     if not (np.isfinite(k) and np.isfinite(jack).all()):
         return None
     return float(k), _jackknife_variance(jack)
+
+
+def _cumulant_level(
+    C: np.ndarray, S: np.ndarray, D: np.ndarray, groups: int = GROUPS
+) -> tuple[float, float] | None:
+    """The dark level's error from the photon noise's skewness, with its jackknife variance.
+
+    Photon (shot) noise is Poisson: with the camera's gain ``g`` (raw units per
+    photo-electron) and a signal ``s`` above the dark-field, its second cumulant is ``g s``
+    and its third ``g^2 s``, while the Gaussian read noise adds ``r^2`` to the second and
+    nothing to the third. The gain is the slope of the second cumulant on the signal within
+    each cell of the working grid across fields (``s = b_n S(x)``, the baselines ``b_n`` fitted
+    to the cells' background means, so the dark-field and the read noise cancel). Then every
+    cell gives the dark-field twice: ``mean - k2 / g = D - r^2 / g`` (precise, but offset by
+    the unknown read noise) and ``mean - k3 / g^2 = D`` (unbiased, but noisy); the first
+    plus the mean over cells of their difference is the dark-field ``E``. Its disagreement
+    with the fitted dark-field ``D``, regressed over cells on ``[1, S]``, has the intercept
+    ``delta``: the part of ``D``'s error that no change of the baselines absorbs (a multiple of
+    ``S`` is absorbed by the baselines), i.e. the amount by which the level is to be moved.
+    Its variance is the delete-a-group jackknife over ``groups`` groups of fields.
+
+    Parameters
+    ----------
+    C : ndarray of shape (N, 4, P)
+        Per field and cell: fraction of pixels used, their mean, the noise's second and
+        third cumulants (:func:`hcsflow.illumination.screening._noise_cumulants`).
+    S : ndarray of shape (P,)
+        Fitted flat-field, mean 1.
+    D : ndarray of shape (P,)
+        Fitted dark-field.
+    groups : int
+        Groups of fields of the jackknife.
+
+    Returns
+    -------
+    (delta, var) or None
+        The level's correction (raw units) and its variance; ``None`` when the cumulants are
+        missing, the fields too few or the noise's variance does not grow with the signal.
+    """
+    n = C.shape[0]
+    k_groups = min(groups, n)
+    if k_groups < 3 or not np.isfinite(C[:, 1]).any():
+        return None
+    ok = np.isfinite(C).all(axis=1) & (C[:, 0] > 0)
+    w = np.where(ok, C[:, 0], 0.0)
+    y, k2, k3 = (np.where(ok, C[:, j], 0.0) for j in (1, 2, 3))
+
+    def estimate(idx: np.ndarray) -> float:
+        wi, yi, k2i, k3i = w[idx], y[idx], k2[idx], k3[idx]
+        den_b = (wi * S * S).sum(axis=1)
+        if not (den_b > 0).all():
+            return np.nan
+        b = (wi * (yi - D) * S).sum(axis=1) / den_b
+        x = b[:, None] * S
+        sw = wi.sum(axis=0)
+        swc = np.maximum(sw, 1e-12)
+        xc = x - (wi * x).sum(axis=0) / swc
+        k2c = k2i - (wi * k2i).sum(axis=0) / swc
+        sxx = float((wi * xc * xc).sum())
+        gain = float((wi * xc * k2c).sum()) / sxx if sxx > 0 else np.nan
+        if not gain > 0:
+            return np.nan
+        good = sw > 0
+        if good.sum() < 3:
+            return np.nan
+        # the second cumulant's dark-field, less r^2 / g: its shape; the third cumulant's
+        # dark-field, free of the read noise: its level
+        e2 = (wi * (yi - k2i / gain)).sum(axis=0) / swc
+        e3 = (wi * (yi - k3i / gain**2)).sum(axis=0) / swc
+        E = e2 + float(np.average((e3 - e2)[good], weights=sw[good]))
+        A = np.stack([np.ones(int(good.sum())), S[good]], axis=1) * np.sqrt(sw[good])[:, None]
+        coef, *_ = np.linalg.lstsq(A, (E - D)[good] * np.sqrt(sw[good]), rcond=None)
+        return float(coef[0])
+
+    index = np.arange(n)
+    delta = estimate(index)
+    jack = np.array([estimate(index[index % k_groups != g]) for g in range(k_groups)])
+    if not (np.isfinite(delta) and np.isfinite(jack).all()):
+        return None
+    return delta, _jackknife_variance(jack)
