@@ -525,6 +525,74 @@ def test_dark_level_fitted_when_determined(stack_above_offset):
     assert il.dark_note(d).startswith("dark-field: fitted")
 
 
+def test_noise_cumulants_of_poisson_gaussian_noise():
+    import torch
+
+    from hcsflow.illumination.screening import _noise_cumulants
+
+    # gain 2 raw units per photo-electron, 15 photo-electrons, read noise SD 6 over an offset
+    # of 100: second cumulant 2 * 30 + 36 = 96, third 2^2 * 30 = 120
+    rng = np.random.default_rng(5)
+    x = 100.0 + 2.0 * rng.poisson(15.0, (8, 256, 256)) + rng.normal(0, 6.0, (8, 256, 256))
+    c = _noise_cumulants(torch.from_numpy(x.astype(np.float32))[:, None], (16, 16)).numpy()
+    frac, mean, k2, k3 = (c[:, j] for j in range(4))
+    assert c.shape == (8, 4, 16, 16)
+    assert 0.5 < float(frac.mean()) <= 1.0
+    assert abs(float(mean.mean()) - 130.0) < 0.3
+    assert abs(float(np.average(k2, weights=frac)) - 96.0) < 1.5
+    assert abs(float(np.average(k3, weights=frac)) - 120.0) < 12.0
+    # a Gaussian noise of the same variance has no third cumulant
+    g = 130.0 + rng.normal(0, np.sqrt(96.0), (8, 256, 256))
+    cg = _noise_cumulants(torch.from_numpy(g.astype(np.float32))[:, None], (16, 16)).numpy()
+    assert abs(float(np.average(cg[:, 3], weights=cg[:, 0]))) < 12.0
+
+
+@pytest.fixture(scope="module")
+def stack_dim_background():
+    # the dim case: offset 120 with a 12-count gradient, background 30 counts above it
+    # (well-to-well CV 0.2), vignetting to 0.45, gain 2, read noise 6
+    return simulate_illumination_stack(
+        48,
+        (192, 192),
+        vignetting="radial",
+        corner=0.45,
+        offset=120.0,
+        dark_gradient=12.0,
+        background=30.0,
+        background_cv=0.2,
+        gain=2.0,
+        read_noise=6.0,
+        image_mpp=1.0,
+        seed=71,
+    )
+
+
+@pytest.mark.parametrize("error", [-6.0, 0.0, 6.0])
+def test_cumulant_level_measures_the_dark_level_error(stack_dim_background, error):
+    import torch
+    import torch.nn.functional as F
+
+    from hcsflow.illumination.darkfield import _cumulant_level
+    from hcsflow.illumination.screening import downsample
+
+    stack, flat, dark = stack_dim_background
+    small, stats, _ = downsample(stack, working_size=48)
+    n, h, w = small.shape
+
+    def grid(a: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+        return F.adaptive_avg_pool2d(t, (h, w))[0, 0].double().numpy().ravel()
+
+    S = grid(flat)
+    S /= S.mean()
+    # a dark-field off by a constant plus a multiple of the flat-field (which the baselines
+    # absorb): the correction is minus the constant
+    D = grid(dark) + error + 4.0 * S
+    delta, var = _cumulant_level(stats.cumulants.reshape(n, 4, h * w), S, D)
+    assert abs(delta + error) < 2.0
+    assert 0 < var < 1.5**2
+
+
 def test_dark_fit_errors_weigh_contrast_and_pattern():
     from hcsflow.illumination.basic import DarkFit
 

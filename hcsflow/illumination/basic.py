@@ -12,6 +12,7 @@ import torch
 
 from hcsflow.illumination.darkfield import (
     _centred_contrast,
+    _cumulant_level,
     _dark_level,
     _dark_level_fit,
     _dark_pattern,
@@ -31,6 +32,9 @@ from hcsflow.illumination.surfaces import (
 #: ``dark="auto"``: the fitted dark level is kept when the SD of the flat-field contrast it
 #: implies is at most this fraction of the contrast that leaving the dark-field out loses.
 DARK_TOLERANCE = 1.0
+
+#: Most passes of step 5 of :func:`_fit_basic` (the move of the dark level).
+CENTRE_PASSES = 5
 
 
 def _rank1_sparse(
@@ -132,6 +136,7 @@ def _fit_basic(
     dark_given: np.ndarray | None = None,
     dark_test: bool = True,
     dark_tolerance: float = DARK_TOLERANCE,
+    cumulants: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Flat-field and dark-field as a low-rank + sparse decomposition of the stack.
 
@@ -157,7 +162,11 @@ def _fit_basic(
        variance, ``var(d0) h^2`` with ``h`` the mean inverse baseline, from refitting
        :func:`_dark_level` without each group); the level is moved by
        ``(k - 1) / h`` for the combined factor ``k`` and (4) is repeated. Baselines that do
-       not vary give the centred contrast no weight (today's estimate is kept).
+       not vary give the centred contrast no weight (today's estimate is kept). With
+       ``cumulants`` (and ``dark_pattern``), a third estimate enters the same way: the level's
+       correction ``delta`` from the skewness of the photon noise (:func:`_cumulant_level`),
+       as the factor ``1 + delta h`` with variance ``var(delta) h^2``. The level is kept below
+       the smoothed median of the fields minus the dark-field's pattern.
 
     6. with a dark-field and ``dark_test``: is the dark level determined? An error ``delta``
        in the level scales the flat-field's contrast by ``1 / (1 - delta h)``, while leaving
@@ -167,6 +176,9 @@ def _fit_basic(
        their variances), is at most ``dark_tolerance`` times the part of the contrast that
        leaving it out would lose, ``d h / (1 + d h)``. Otherwise the fit falls back to a flat-field without dark-field (``D = 0``),
        and the record says why (``dark_determined``, ``dark_reason``).
+
+    ``cumulants`` (shape (N, 4, h, w)) are the noise cumulants of the fields
+    (:func:`hcsflow.illumination.screening._noise_cumulants`).
 
     A ``dark_given`` (the camera offset or a dark frame on the working grid) is used as
     ``D``: no level, pattern, centring or test.
@@ -196,12 +208,16 @@ def _fit_basic(
         info["darkfield_model"] = "none"
     else:
         noise_v = None if noise is None else noise.reshape(n, h * w).astype(np.float64)
+        cum = None
+        if cumulants is not None and dark_pattern:
+            cum = cumulants.reshape(n, 4, h * w).astype(np.float64)
         D, S, b, info = _fit_with_dark(
             Y,
             M,
             mask,
             shape,
             noise=noise_v,
+            cumulants=cum,
             dark_pattern=dark_pattern,
             min_baseline_cv=min_baseline_cv,
             adaptive=adaptive,
@@ -246,6 +262,7 @@ def _fit_with_dark(
     noise: np.ndarray | None,
     dark_pattern: bool,
     min_baseline_cv: float,
+    cumulants: np.ndarray | None = None,
     adaptive: bool,
     centred: bool,
     dark_test: bool,
@@ -292,9 +309,19 @@ def _fit_with_dark(
         D, S, b, W, shrink, source, how, pattern_sd = _add_dark_pattern(
             Y, M, noise, D, S, b, W, how, mask, shape, adaptive, cv >= min_baseline_cv
         )
+    anchor = float(D.mean())
     D, S, b, W, contrast, weight, sigma, h_mean = _centre_contrast(
-        Y, M, D, S, b, W, mask, shape, adaptive, centred
+        Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants
     )
+    # a move of the level changes the flat-field, and with it the estimates of the move:
+    # repeat until they agree with the level (each pass from the regression's level)
+    move = contrast
+    for _ in range(CENTRE_PASSES - 1):
+        if abs(move - 1.0) < 1e-3:
+            break
+        D, S, b, W, move, _, sigma, h_mean = _centre_contrast(
+            Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, anchor
+        )
     info: dict[str, Any] = {}
     info.update(contrast_factor=round(contrast, 4), contrast_weight=round(weight, 4))
     info.update(
@@ -398,13 +425,18 @@ def _centre_contrast(
     shape: tuple[int, int],
     adaptive: bool,
     centred: bool,
+    cumulants: np.ndarray | None = None,
+    anchor: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float | None, float]:
     """Step 5 of :func:`_fit_basic`: the dark level moved to the combined contrast.
 
     The dark level from the contrast regression is noisy, and its error scales the
     flat-field's contrast; the fields centred on their mean carry the contrast free of the
-    dark-field: the two estimates of the contrast are combined by their variances
-    (delete-a-group jackknife of each), the dark level moved to match and step 4 repeated.
+    dark-field, and the photon noise's skewness the level (:func:`_cumulant_level`): the
+    estimates of the contrast are combined by their variances (delete-a-group jackknife of
+    each), the dark level moved to match and step 4 repeated. ``anchor`` is the level of the
+    contrast regression when the current one was already moved (a further pass: the
+    regression's estimate is then the factor ``1 + (anchor - level) h``).
 
     Returns
     -------
@@ -442,17 +474,26 @@ def _centre_contrast(
     var0 = _jackknife_variance(levels) * h_mean**2
     sigma = math.sqrt(var0)
     est_c = _centred_contrast(Y, S, b, W) if centred else None
+    est_k = _cumulant_level(cumulants, S, D) if centred and cumulants is not None else None
+    if anchor is not None:
+        contrast = 1.0 + (anchor - float(D.mean())) * h_mean
     if est_c is not None:
-        k_hat, k_var = est_c
-        weight = var0 / (var0 + k_var) if var0 + k_var > 0 else 0.0
-        contrast = 1.0 + weight * (k_hat - 1.0)
-        # the combined factor's variance, plus the two estimates' disagreement beyond
-        # their variances (a bias of one of them)
-        excess = max(0.0, (k_hat - 1.0) ** 2 - var0 - k_var)
-        sigma = math.sqrt(weight * k_var + excess)
+        contrast, weight, var = _combine(contrast, var0, *est_c)
+        sigma = math.sqrt(var)
+    if est_k is not None:
+        # the photon noise's skewness: a move of the level by delta scales the contrast by
+        # 1 + delta h
+        contrast, _, var = _combine(
+            contrast, sigma**2, 1.0 + est_k[0] * h_mean, est_k[1] * h_mean**2
+        )
+        sigma = math.sqrt(var)
+    if est_c is not None or est_k is not None:
         level = float(D.mean())
         delta = (contrast - 1.0) / h_mean
-        delta = float(np.clip(delta, -level, float(Y.min()) - level))
+        # the dark-field stays below the (smoothed) median of the fields everywhere: a bound
+        # free of the noise that puts the darkest single value below the dark level
+        upper = float(np.min(M - pattern))
+        delta = float(np.clip(delta, -level, max(upper, float(Y.min())) - level))
         if delta != 0.0:
             D = np.maximum(D + delta, 0.0)
             S, b, W = _rank1_sparse(
@@ -516,16 +557,24 @@ class DarkFit:
         return keep, drop
 
 
+def _combine(a: float, var_a: float, b: float, var_b: float) -> tuple[float, float, float]:
+    """Two estimates combined by their variances: the estimate, the weight of ``b`` and the
+    variance, plus the estimates' disagreement beyond their variances (a bias of one of them)."""
+    weight = var_a / (var_a + var_b) if var_a + var_b > 0 else 0.0
+    excess = max(0.0, (b - a) ** 2 - var_a - var_b)
+    return a + weight * (b - a), weight, weight * var_b + excess
+
+
 def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) -> bool:
     """Step 6 of :func:`_fit_basic`: is the dark level determined? Records the answer in ``info``.
 
-    The level is kept when the flat-field's predicted error with it is at most
-    ``dark_tolerance`` times the error without it (:meth:`DarkFit.errors`). Without a dark-field
-    pattern this is the contrast test: the SD of the contrast factor the level implies against
-    the part ``d h / (1 + d h)`` of the contrast that leaving it out loses. The pattern's noise
-    counts against keeping a level that leaves little signal above it (a dark-field pattern
-    uncertain by half a count under a background of 10 counts shades the flat-field by 5 %),
-    the pattern itself against leaving it out.
+    The level is kept when the SD of the contrast factor it implies is at most
+    ``dark_tolerance`` times the part ``d h / (1 + d h)`` of the contrast that leaving it out
+    loses (the contrast test), and the flat-field's predicted error with it is at most
+    ``dark_tolerance`` times the error without it (:meth:`DarkFit.errors`): the pattern's
+    noise counts against keeping a level that leaves little signal above it (a dark-field
+    pattern uncertain by half a count under a background of 10 counts shades the flat-field
+    by 5 %), the pattern itself against leaving it out.
 
     Returns
     -------
@@ -540,6 +589,12 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
         reason = "too few fields to measure the level's uncertainty"
     elif not lost > 0:
         reason = "the fitted dark level is 0"
+    elif fit.sigma > dark_tolerance * lost:
+        reason = (
+            f"the level leaves the flat-field's contrast uncertain by {fit.sigma:.3g} "
+            f"(factor SD), more than {dark_tolerance:g} x the {lost:.3g} that leaving "
+            "it out loses"
+        )
     elif keep > dark_tolerance * drop:
         reason = (
             f"with the level the flat-field is uncertain by {keep:.3g} (RMS; contrast factor SD "

@@ -137,8 +137,9 @@ def fit(
         Name (file path) of each field, used in error and warning messages.
     dark_pattern : bool
         With ``method="basic"`` and ``darkfield``: estimate the dark-field's spatial pattern
-        (from the variation of the fields' baselines and from the noise law); otherwise the
-        dark-field is a constant offset.
+        (from the variation of the fields' baselines and from the noise law) and weigh in the
+        level given by the skewness of the photon noise (both need raw camera data);
+        otherwise the dark-field is a constant offset from the contrast alone.
     smoothing : {"adaptive", "fixed"}
         ``basic``: ``"adaptive"`` keeps each cosine coefficient of the flat-field and of the
         dark-field's pattern in proportion to how well the fields determine it (delete-a-group
@@ -146,9 +147,10 @@ def fit(
         up to ``max_frequency``; ``"fixed"`` keeps every coefficient up to ``max_frequency``.
     centred : bool
         ``basic`` with ``darkfield``: combine the flat-field's contrast given by the fields
-        centred on their mean (free of the dark-field) with the one implied by the dark level,
-        by their variances, and move the dark level to match; ``False`` keeps the dark level of
-        the contrast regression alone.
+        centred on their mean (free of the dark-field) with the one implied by the dark level
+        and, with ``dark_pattern``, the one implied by the photon noise's skewness, by their
+        variances, and move the dark level to match; ``False`` keeps the dark level of the
+        contrast regression alone.
     dark : "auto", "none", float, ndarray of shape (H, W) or path
         The dark-field. ``"auto"`` (``basic``): estimated, and subtracted only when the fields
         determine its level (see :func:`_fit_basic`, step 6; otherwise the flat-field is fitted
@@ -201,27 +203,18 @@ def fit(
         return IlluminationResult(
             np.ones(shape, np.float32), np.zeros(shape, np.float32), "none", n, used, excluded
         )
-    sub = small[used]
-    details: dict[str, Any] = {}
-    if chosen == "basic":
-        s_coef, d_coef, details = _fit_basic(
-            sub,
-            darkfield=auto,
-            dark_given=d_small,
-            max_frequency=max_frequency,
-            noise=None if stats.noise is None else stats.noise[used],
-            dark_pattern=dark_pattern,
-            adaptive=smoothing == "adaptive",
-            centred=centred,
-        )
-        # the adaptive smoothing returns a constant when the fields show no shading
-        ac = np.abs(s_coef.ravel()[1:])
-        details["flatfield_uniform"] = bool(ac.max(initial=0.0) <= 1e-9 * abs(s_coef[0, 0]))
-    else:
-        s_coef, d_coef = _fit_mean_smooth(
-            sub if d_small is None else sub - d_small.astype(np.float32),
-            max_frequency=max_frequency,
-        )
+    s_coef, d_coef, details = _fit_surfaces(
+        chosen,
+        small[used],
+        None if stats.noise is None else stats.noise[used],
+        None if stats.cumulants is None else stats.cumulants[used],
+        d_small,
+        darkfield=auto,
+        max_frequency=max_frequency,
+        dark_pattern=dark_pattern,
+        adaptive=smoothing == "adaptive",
+        centred=centred,
+    )
     if given is not None:
         details["dark"] = "frame" if given.ndim == 2 else "number"
     elif chosen == "basic":
@@ -235,6 +228,68 @@ def fit(
     else:
         dark_out = _evaluate(d_coef, small.shape[1:], shape).astype(np.float32)
     return IlluminationResult(flat, dark_out, chosen, n, used, excluded, details)
+
+
+def _fit_surfaces(
+    chosen: str,
+    sub: np.ndarray,
+    noise: np.ndarray | None,
+    cumulants: np.ndarray | None,
+    d_small: np.ndarray | None,
+    *,
+    darkfield: bool,
+    max_frequency: float,
+    dark_pattern: bool,
+    adaptive: bool,
+    centred: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The cosine coefficients of flat-field and dark-field by ``chosen`` (``basic`` or
+    ``mean_smooth``) on the working grid, and the record of the fit.
+
+    Parameters
+    ----------
+    chosen : {"basic", "mean_smooth"}
+        The method.
+    sub : ndarray of shape (N, h, w)
+        The downsampled fields used.
+    noise : ndarray of shape (N, h, w), optional
+        Their local noise variance (:class:`FieldStats` ``noise``).
+    cumulants : ndarray of shape (N, 4, h, w), optional
+        Their noise cumulants (:class:`FieldStats` ``cumulants``).
+    d_small : ndarray of shape (h, w), optional
+        A given dark-field on the working grid.
+    darkfield, max_frequency, dark_pattern, adaptive, centred
+        As in :func:`fit` (``adaptive``: ``smoothing="adaptive"``; ``darkfield``: a dark-field
+        is estimated).
+
+    Returns
+    -------
+    s_coef, d_coef : ndarray of shape (h, w)
+        Coefficients of the flat-field (mean 1) and of the dark-field (raw units).
+    details : dict
+        The record of the ``basic`` fit (empty for ``mean_smooth``).
+    """
+    if chosen != "basic":
+        s_coef, d_coef = _fit_mean_smooth(
+            sub if d_small is None else sub - d_small.astype(np.float32),
+            max_frequency=max_frequency,
+        )
+        return s_coef, d_coef, {}
+    s_coef, d_coef, details = _fit_basic(
+        sub,
+        darkfield=darkfield,
+        dark_given=d_small,
+        max_frequency=max_frequency,
+        noise=noise,
+        dark_pattern=dark_pattern,
+        adaptive=adaptive,
+        centred=centred,
+        cumulants=cumulants,
+    )
+    # the adaptive smoothing returns a constant when the fields show no shading
+    ac = np.abs(s_coef.ravel()[1:])
+    details["flatfield_uniform"] = bool(ac.max(initial=0.0) <= 1e-9 * abs(s_coef[0, 0]))
+    return s_coef, d_coef, details
 
 
 def _choose_method(
