@@ -179,7 +179,9 @@ def _reduce_chunk(
     else:
         noise = torch.full_like(small, torch.nan)
     if min(h, w) >= 64:
-        cumulants = _noise_cumulants(t, working).numpy()
+        # two fields at a time: the full-size temporaries stay a few arrays of two fields
+        parts = [_noise_cumulants(t[i : i + 2], working) for i in range(0, k, 2)]
+        cumulants = torch.cat(parts).numpy()
     else:
         cumulants = np.full((k, 4, *working), np.nan)
     stats = {
