@@ -23,9 +23,10 @@ Methods
     baselines ``b_n`` (BaSiC's identification). The pattern is kept in proportion to its split-half reliability; when nothing determines it
     (baselines that do not vary, no noise statistics) the dark-field is a constant, and the
     case is recorded (:attr:`IlluminationResult.details`). The fields centred on their mean,
-    ``(b_n - mean b) S(x)``, carry the shading free of the dark-field: the contrast they give
-    and the contrast implied by the dark level are combined by their variances, and the dark
-    level is moved to match.
+    ``(b_n - mean b) S(x)``, carry the shading free of the dark-field, and the photon noise's
+    skewness (its third cumulant, ``g^2`` times the signal above the dark-field, untouched by
+    the read noise) gives the level itself: these and the contrast implied by the dark level
+    are combined by their variances, and the dark level is moved to match.
 ``mean_smooth``
     CellProfiler-style (CorrectIlluminationCalculate): a robust per-pixel mean of the fields
     (each field scaled by its median; the brightest and darkest 25% of the fields at each pixel
