@@ -89,9 +89,9 @@ def campaign_config() -> dict:
     """The validated default ``campaign`` section of config/config.yaml."""
     import yaml
 
-    from hcsflow.config import _Validator, load_schema
+    from hcsflow.config import SCHEMA_PATH, _Validator, load_schema
 
-    schema = load_schema(REPO / "config" / "config.schema.yaml")
+    schema = load_schema(SCHEMA_PATH)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     camp = {"campaign": cfg.get("campaign", {})}
     sub = {"type": "object", "properties": {"campaign": schema["properties"]["campaign"]}}

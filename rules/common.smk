@@ -4,13 +4,11 @@ import re
 import sys
 from pathlib import Path
 
-from hcsflow.config import ConfigError, load_workflow_config
+from hcsflow.config import SCHEMA_PATH, ConfigError, load_workflow_config
 from hcsflow.listing import ListingError, should_list, update_listings
 
 try:
-    WF = load_workflow_config(
-        config, schema=Path(workflow.basedir) / "config" / "config.schema.yaml"
-    )
+    WF = load_workflow_config(config, schema=SCHEMA_PATH)
 except ConfigError as err:
     sys.exit(f"hcsflow: the configuration cannot be used:\n{err}")
 
