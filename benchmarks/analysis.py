@@ -71,6 +71,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "euclidean": ({}, {"distance": "euclidean"}),
     "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
     "negcon_same_plate": ({}, {"negcon_same_plate": True}),
+    "harmony": ({"harmony": {"enabled": True}}, {}),
     "permutation_pvalue": ({}, {"pvalue": "permutation"}),
     "auto_pvalue": ({}, {"pvalue": "auto"}),
 }
@@ -352,6 +353,22 @@ def simulate_second_batch(
     return cells, None, tables
 
 
+def batch_retrieval(profiles: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """NSC and NSCB over per-batch consensus profiles of the truly active treatments: each
+    compound x dose x batch profile is given the MoA of its nearest profile of another compound
+    (NSC), and of another compound in another batch (NSCB)."""
+    cons = P.consensus(profiles, by=("Metadata_Compound", "Metadata_Dose", "Metadata_Batch"))
+    active = truth.loc[truth["truly_active"].astype(bool), ["compound", "dose_um"]]
+    keys = set(zip(active["compound"], active["dose_um"], strict=True))
+    sel = [
+        (c, d) in keys
+        for c, d in zip(cons["Metadata_Compound"], cons["Metadata_Dose"], strict=True)
+    ]
+    res = A.nsc_accuracy(cons[sel].reset_index(drop=True), batch_column="Metadata_Batch")
+    n = len(res.predictions)
+    return {"NSC per batch": f"{res.accuracy:.2f} (n={n})", "NSCB": f"{res.accuracy_nscb:.2f}"}
+
+
 def _screen_rows(args, camp, prof, truth, screen, cell_variant, cells_per_well, t_sim):
     rows = []
     for variant in args.variants:
@@ -362,6 +379,8 @@ def _screen_rows(args, camp, prof, truth, screen, cell_variant, cells_per_well, 
             t1 = time.perf_counter()
             m, _ = evaluate(cprof, cons, truth, cfg)
             t_an = time.perf_counter() - t1
+            if cprof["Metadata_Batch"].nunique() > 1:
+                m.update(batch_retrieval(cprof, truth))
             called = total = c_called = c_total = 0
             for rep in range(args.negcon_repeats):
                 # held out before the campaign steps, so that the DMSO wells of the

@@ -401,16 +401,48 @@ def fit_cell_projection(
             raise ValueError(
                 f"plate {s.plate} has different features than plate {samples[0].plate}: {diff}"
             )
-    z = np.concatenate([s.sample for s in samples]).astype(np.float64)
-    k = int(min(n_components, z.shape[1], z.shape[0] - 1))
+    n_cells = sum(len(s.sample) for s in samples)
+    k = int(min(n_components, len(features), n_cells - 1))
     if k < 1:
         raise ValueError("fit_cell_projection: too few control cells or features")
-    mean = z.mean(axis=0)
     if method == "pca":
-        components, explained = _whitened_pca(z - mean, k)
+        mean, cov = _pooled_moments(samples)
+        components, explained = _whitened_pca(cov, k)
     else:
-        components, explained = _factor_map(z, k, max_cells, seed)
-    return CellProjection(method, features, mean, components, explained, len(z))
+        z = _pooled_subsample(samples, max_cells, seed)
+        mean = z.mean(axis=0)
+        components, explained = _factor_map(z, k, seed)
+    return CellProjection(method, features, mean, components, explained, n_cells)
+
+
+def _pooled_moments(samples: Sequence[NegconSample]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (n_features,) and covariance (n_features, n_features) of the pooled samples,
+    accumulated one plate at a time (the pool is never held in memory)."""
+    p = len(samples[0].features)
+    total, sum_x, sum_xx = 0, np.zeros(p), np.zeros((p, p))
+    for s in samples:
+        x = s.sample.astype(np.float64)
+        total += len(x)
+        sum_x += x.sum(axis=0)
+        sum_xx += x.T @ x
+    mean = sum_x / total
+    cov = (sum_xx - total * np.outer(mean, mean)) / max(total - 1, 1)
+    return mean, (cov + cov.T) / 2
+
+
+def _pooled_subsample(samples: Sequence[NegconSample], max_cells: int, seed: int) -> np.ndarray:
+    """At most ``max_cells`` rows (n, n_features) of the pooled samples, a seeded choice."""
+    sizes = np.array([len(s.sample) for s in samples])
+    total = int(sizes.sum())
+    if total <= max_cells:
+        return np.concatenate([s.sample for s in samples]).astype(np.float64)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, max_cells, replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    parts = []
+    for s, lo, hi in zip(samples, starts[:-1], starts[1:], strict=True):
+        rows = chosen[(chosen >= lo) & (chosen < hi)] - lo
+        parts.append(s.sample[rows].astype(np.float64))
+    return np.concatenate(parts)
 
 
 def _fix_signs(v: np.ndarray) -> np.ndarray:
@@ -420,8 +452,9 @@ def _fix_signs(v: np.ndarray) -> np.ndarray:
     return v * np.where(signs == 0, 1.0, signs)[:, None]
 
 
-def _whitened_pca(zc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    cov = zc.T @ zc / max(len(zc) - 1, 1)
+def _whitened_pca(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` eigenvectors (k, n_features) of ``cov`` scaled by 1 / sqrt(eigenvalue), and
+    each one's fraction of the total variance."""
     eigval, eigvec = np.linalg.eigh(cov)
     top = np.argsort(eigval)[::-1][:k]
     val = np.maximum(eigval[top], 0.0)
@@ -432,13 +465,13 @@ def _whitened_pca(zc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return vec * inv[:, None], val / max(np.trace(cov), 1e-300)
 
 
-def _factor_map(z: np.ndarray, k: int, max_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _factor_map(z: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Map (k, n_features) of cells z (n, n_features) to the posterior means of k factors,
+    and each factor's share of the common variance."""
     from sklearn.decomposition import FactorAnalysis
 
-    rng = np.random.default_rng(seed)
-    fit_on = z if len(z) <= max_cells else z[np.sort(rng.choice(len(z), max_cells, replace=False))]
     fa = FactorAnalysis(n_components=k, svd_method="randomized", random_state=seed)
-    fa.fit(fit_on)
+    fa.fit(z)
     w = fa.components_  # (k, p)
     # posterior mean of the factors: (I + W Psi^-1 W^T)^-1 W Psi^-1 (z - mean)
     w_psi = w / fa.noise_variance_
