@@ -86,6 +86,27 @@ def _quantile_sorted(x, n, q):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _mad_sorted(x, n, dev):  # pragma: no cover - compiled
+    """Median of |x - median(x)| of the sorted x[:n], without a second sort: the deviations
+    below the median, read downwards, and those above it, read upwards, are both ascending,
+    so one merge (into dev) orders them."""
+    med = _quantile_sorted(x, n, 0.5)
+    j = 0
+    while j < n and x[j] < med:
+        j += 1
+    lo = j - 1  # deviations med - x[lo], med - x[lo - 1], ... ascending
+    hi = j  # deviations x[hi] - med, x[hi + 1] - med, ... ascending
+    for k in range(n):
+        if hi >= n or (lo >= 0 and med - x[lo] <= x[hi] - med):
+            dev[k] = med - x[lo]
+            lo -= 1
+        else:
+            dev[k] = x[hi] - med
+            hi += 1
+    return _quantile_sorted(dev, n, 0.5)
+
+
+@numba.njit(cache=True, nogil=True)
 def _column_dispersion(col, order, bounds, codes, out):  # pragma: no cover - compiled
     """Statistics of one feature column per group into out (n_statistics, n_groups)."""
     n_groups = bounds.shape[0] - 1
@@ -109,10 +130,7 @@ def _column_dispersion(col, order, bounds, codes, out):  # pragma: no cover - co
             elif c == -2.0:
                 out[s, g] = _quantile_sorted(x, n, 0.75) - _quantile_sorted(x, n, 0.25)
             elif c == -1.0:
-                med = _quantile_sorted(x, n, 0.5)
-                for i in range(n):
-                    dev[i] = abs(x[i] - med)
-                out[s, g] = _quantile_sorted(np.sort(dev[:n]), n, 0.5)
+                out[s, g] = _mad_sorted(x, n, dev)
             else:
                 if n < 2:
                     out[s, g] = np.nan
