@@ -255,6 +255,18 @@ def embedding_gpu():
     return 1 if emb["method"] != "none" and emb["device"] == "cuda" else 0
 
 
+def plate_cell_tables(plate):
+    return [f"{RESULTS}/cells/{plate}/{shard}.parquet" for shard in plate_shards(plate)]
+
+
+def profiles_inputs(wildcards):
+    inputs = {"cells": plate_cell_tables(wildcards.plate)}
+    if config["profiles"]["projection"]["method"] != "none":
+        inputs["units"] = f"{RESULTS}/projection/negcon/{wildcards.plate}.npz"
+        inputs["projection"] = f"{RESULTS}/projection/projection.npz"
+    return inputs
+
+
 def measure_inputs(wildcards):
     inputs = {
         "manifest": f"{RESULTS}/manifest/{wildcards.plate}.parquet",
