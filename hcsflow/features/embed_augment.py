@@ -49,7 +49,7 @@ def _resize_all(crops: np.ndarray, size: int, chunk: int = 512) -> Any:
     """Crops (N, C, S, S) -> float16 tensor (N, C, size, size), resized on the CPU."""
     import torch
 
-    from hcsflow.features.embed import resize_crops
+    from hcsflow.features.embed_load import resize_crops
 
     n, c = crops.shape[:2]
     out = torch.empty((n, c, size, size), dtype=torch.float16)
