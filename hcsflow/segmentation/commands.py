@@ -38,7 +38,7 @@ from hcsflow.segmentation.train import (
 )
 
 #: The workflow's configuration schema, the one source of the defaults of ``segmentation.train``.
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[1] / "config.schema.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +234,7 @@ def config_defaults(schema: str | Path = SCHEMA) -> dict[str, Any]:
     Parameters
     ----------
     schema : path
-        ``config/config.schema.yaml``.
+        ``hcsflow/config.schema.yaml``.
 
     Returns
     -------
