@@ -71,8 +71,22 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "euclidean": ({}, {"distance": "euclidean"}),
     "sphering+correlation": ({"sphering": {"enabled": True}}, {"distance": "correlation"}),
     "negcon_same_plate": ({}, {"negcon_same_plate": True}),
+    "harmony": ({"harmony": {"enabled": True}}, {}),
     "permutation_pvalue": ({}, {"pvalue": "permutation"}),
     "auto_pvalue": ({}, {"pvalue": "auto"}),
+}
+
+
+#: How well profiles are made from the cells (config ``profiles``): the well median alone, with
+#: dispersion features beside it, or medians of cells projected on components of the campaign's
+#: DMSO cells (``profiles.projection``).
+CELL_VARIANTS: dict[str, dict] = {
+    "median": {},
+    "median+mad": {"dispersion": ["mad"]},
+    "median+q10,q90": {"dispersion": ["q10", "q90"]},
+    "median+mad,q10,q90": {"dispersion": ["mad", "q10", "q90"]},
+    "pca": {"projection": "pca"},
+    "fa": {"projection": "fa"},
 }
 
 
@@ -89,9 +103,9 @@ def campaign_config() -> dict:
     """The validated default ``campaign`` section of config/config.yaml."""
     import yaml
 
-    from hcsflow.config import _Validator, load_schema
+    from hcsflow.config import SCHEMA_PATH, _Validator, load_schema
 
-    schema = load_schema(REPO / "config" / "config.schema.yaml")
+    schema = load_schema(SCHEMA_PATH)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     camp = {"campaign": cfg.get("campaign", {})}
     sub = {"type": "object", "properties": {"campaign": schema["properties"]["campaign"]}}
@@ -108,14 +122,15 @@ def simulate(
     workers: int,
     first_seed: int = 1,
 ):
-    """Simulated plate folders (cached) and their per-cell truth tables.
+    """Simulated plate folders (cached), their per-cell truth tables, the treatments and the
+    tables' paths.
 
     Plate ``i`` (1-based) is simulated with seed ``first_seed + i - 1``; with the default
     ``first_seed`` 1 the plates are the demo's (``make demo``: seeds 1-4) at the same size.
     """
     from hcsflow.simulate import simulate_plate, truth_cell_table
 
-    cells, treatments = [], []
+    cells, treatments, tables = [], [], []
     for i in range(first_seed, first_seed + n_plates):
         plate = f"BENCH{wells}-P{i}"
         out = workdir / f"{wells}w_{size}px_{sites}s" / plate
@@ -130,13 +145,24 @@ def simulate(
             c = truth_cell_table(out, n_workers=workers)
             c.to_parquet(table)
         cells.append(c)
+        tables.append(table)
         treatments.append(pd.read_csv(out / "truth" / "treatments.csv"))
     truth = treatments[0]
-    return cells, truth
+    return cells, truth, tables
 
 
-def well_profiles(cells: list[pd.DataFrame]) -> pd.DataFrame:
-    """Aggregate (median) and normalize (mad_robustize to DMSO) each plate."""
+def well_profiles(
+    tables: list[Path], cell_variant: str = "median", n_components: int = 50
+) -> pd.DataFrame:
+    """Aggregate and normalize (mad_robustize to DMSO) each plate's per-cell table.
+
+    ``tables`` are the plates' ``truth/cells.parquet``; a projection (``cell_variant`` pca or
+    fa) is fitted on the DMSO cells of all of them, as the workflow's ``cell_projection`` rule
+    does. Empty wells are dropped after aggregation.
+    """
+    from hcsflow.profiling import cellspace as C
+
+    opts = CELL_VARIANTS[cell_variant]
     meta = [
         "Metadata_Compound",
         "Metadata_Dose",
@@ -144,14 +170,25 @@ def well_profiles(cells: list[pd.DataFrame]) -> pd.DataFrame:
         "Metadata_MoA",
         "Metadata_Target",
     ]
+    units = model = None
+    if "projection" in opts:
+        units = [C.negcon_sample([t], t.parent.parent.name) for t in tables]
+        model = C.fit_cell_projection(units, opts["projection"], n_components=n_components)
     plates = []
-    for c in cells:
-        c = c[c["Metadata_Role"] != "empty"]
-        prof = P.aggregate(c.drop(columns=["Metadata_Site", "Metadata_ObjectNumber"]))
-        plates.append(prof)
+    for i, t in enumerate(tables):
+        prof = P.plate_profiles(
+            [t],
+            normalization="none",
+            dispersion=opts.get("dispersion", ()),
+            projection=None if model is None else (units[i], model),
+        )
+        plates.append(
+            prof[prof["Metadata_Role"] != "empty"].drop(columns=["Metadata_Site"], errors="ignore")
+        )
     prof = pd.concat(plates, ignore_index=True)
     prof = P.normalize_plates(prof)
-    prof["Metadata_Batch"] = "batch1"
+    if "Metadata_Batch" not in prof:
+        prof["Metadata_Batch"] = "batch1"
     assert set(meta) <= set(prof.columns)
     return prof
 
@@ -246,7 +283,7 @@ def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFram
 
 def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     t0 = time.perf_counter()
-    cells, truth = simulate(
+    cells, truth, tables = simulate(
         Path(args.workdir),
         wells,
         n_plates,
@@ -255,10 +292,84 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
         args.workers,
         args.first_seed,
     )
+    batches = ["batch1"] * len(tables)
+    screen = (
+        f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), "
+        f"seeds {args.first_seed}-{args.first_seed + n_plates - 1}"
+    )
+    if args.second_batch is not None:
+        # a second imaging batch (benchmarks/analysis.py --second-batch): other objective,
+        # vignetting and density, same plate map
+        more, _, more_tables = simulate_second_batch(
+            Path(args.workdir), wells, n_plates, args.size, args.sites, args.second_batch
+        )
+        cells += more
+        tables += more_tables
+        batches += ["batch2"] * len(more_tables)
+        screen += f" + batch 2 seeds {args.second_batch}-{args.second_batch + n_plates - 1}"
     t_sim = time.perf_counter() - t0
-    prof = well_profiles(cells)
     n_cells = sum(len(c) for c in cells)
     n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
+    rows = []
+    for cell_variant in args.cell_variants:
+        prof = well_profiles(tables, cell_variant)
+        plate_batch = dict(zip([c["Metadata_Plate"].iloc[0] for c in cells], batches, strict=True))
+        prof["Metadata_Batch"] = prof["Metadata_Plate"].map(plate_batch)
+        rows += _screen_rows(
+            args, camp, prof, truth, screen, cell_variant, n_cells / n_wells, t_sim
+        )
+    return rows
+
+
+def simulate_second_batch(
+    workdir: Path, wells: int, n_plates: int, size: int, sites: int, first: int
+):
+    """Plates of a second imaging batch: 0.6 um/px instead of 0.65, elliptic vignetting, 70 %
+    of the cell density (cached beside the first batch's)."""
+    from hcsflow.simulate import simulate_plate, truth_cell_table
+
+    cells, tables = [], []
+    for seed in range(first, first + n_plates):
+        plate = f"BENCH{wells}-P{seed}"
+        out = workdir / f"{wells}w_{size}px_{sites}s_batchB" / plate
+        if not (out / "truth" / "simulation.json").exists():
+            simulate_plate(
+                out,
+                plate=plate,
+                n_wells=wells,
+                sites=sites,
+                size=size,
+                seed=seed,
+                image_mpp=0.6,
+                vignetting="elliptic",
+                density=0.7,
+                n_workers=1,
+            )
+        table = out / "truth" / "cells.parquet"
+        if not table.exists():
+            truth_cell_table(out, n_workers=1).to_parquet(table)
+        cells.append(pd.read_parquet(table))
+        tables.append(table)
+    return cells, None, tables
+
+
+def batch_retrieval(profiles: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """NSC and NSCB over per-batch consensus profiles of the truly active treatments: each
+    compound x dose x batch profile is given the MoA of its nearest profile of another compound
+    (NSC), and of another compound in another batch (NSCB)."""
+    cons = P.consensus(profiles, by=("Metadata_Compound", "Metadata_Dose", "Metadata_Batch"))
+    active = truth.loc[truth["truly_active"].astype(bool), ["compound", "dose_um"]]
+    keys = set(zip(active["compound"], active["dose_um"], strict=True))
+    sel = [
+        (c, d) in keys
+        for c, d in zip(cons["Metadata_Compound"], cons["Metadata_Dose"], strict=True)
+    ]
+    res = A.nsc_accuracy(cons[sel].reset_index(drop=True), batch_column="Metadata_Batch")
+    n = len(res.predictions)
+    return {"NSC per batch": f"{res.accuracy:.2f} (n={n})", "NSCB": f"{res.accuracy_nscb:.2f}"}
+
+
+def _screen_rows(args, camp, prof, truth, screen, cell_variant, cells_per_well, t_sim):
     rows = []
     for variant in args.variants:
         vcamp, vana = variant_config(camp, variant)
@@ -268,6 +379,8 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             t1 = time.perf_counter()
             m, _ = evaluate(cprof, cons, truth, cfg)
             t_an = time.perf_counter() - t1
+            if cprof["Metadata_Batch"].nunique() > 1:
+                m.update(batch_retrieval(cprof, truth))
             called = total = c_called = c_total = 0
             for rep in range(args.negcon_repeats):
                 # held out before the campaign steps, so that the DMSO wells of the
@@ -291,11 +404,11 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             m["DMSO pseudo-compounds called"] = f"{c_called / c_total:.2f} ({c_called}/{c_total})"
             rows.append(
                 {
-                    "screen": f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), "
-                    f"seeds {args.first_seed}-{args.first_seed + n_plates - 1}",
+                    "screen": screen,
+                    "profiles": cell_variant,
                     "variant": variant,
                     "features": f"truth masks, simple ({len(A.feature_columns(cprof))} selected)",
-                    "cells/well": f"{n_cells / n_wells:.0f}",
+                    "cells/well": f"{cells_per_well:.0f}",
                     "fdr": fdr,
                     **m,
                     "time": f"sim+measure {t_sim:.0f} s, analysis {t_an:.0f} s",
@@ -405,6 +518,20 @@ def main() -> None:
     ap.add_argument("--negcon-repeats", type=int, default=20, help="random hold-outs of DMSO wells")
     ap.add_argument("--fdr", nargs="+", default=["bh", "hierarchical"], help="FDR methods")
     ap.add_argument("--no-lincs", action="store_true")
+    ap.add_argument(
+        "--cell-variants",
+        nargs="+",
+        default=["median"],
+        choices=list(CELL_VARIANTS),
+        help="how well profiles are made from cells (profiles.dispersion / projection)",
+    )
+    ap.add_argument(
+        "--second-batch",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="add a second imaging batch of as many plates, seeds SEED, SEED+1, ...",
+    )
     ap.add_argument(
         "--variants",
         nargs="+",

@@ -83,8 +83,8 @@ def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-#: The configuration schema of this checkout: the one source of every key's default.
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "config.schema.yaml"
+#: The configuration schema, shipped inside the package: the one source of every key's default.
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 def _as_json(value: Any) -> Any:
@@ -117,7 +117,7 @@ def config_section(
     ConfigError
         On an unknown key or a value the schema does not allow (one line per problem).
     FileNotFoundError
-        When no schema is given and this installation has none beside the package.
+        When the schema file does not exist.
     """
     path = Path(schema) if schema is not None else SCHEMA_PATH
     if not path.is_file():
@@ -358,7 +358,7 @@ def _check_dark(illumination: dict[str, Any]) -> list[str]:
 
 
 def load_workflow_config(
-    config: Mapping[str, Any], schema: str | os.PathLike[str]
+    config: Mapping[str, Any], schema: str | os.PathLike[str] | None = None
 ) -> WorkflowConfig:
     """Validate the whole configuration, the plate sheet and every file it names.
 
@@ -366,15 +366,15 @@ def load_workflow_config(
     ----------
     config : mapping
         The configuration as loaded from YAML (plus any command-line overrides).
-    schema : path
-        ``config/config.schema.yaml``.
+    schema : path, optional
+        The configuration schema; by default :data:`SCHEMA_PATH`.
 
     Raises
     ------
     ConfigError
         Listing every problem found, one per line.
     """
-    filled = validate_config(config, load_schema(schema))
+    filled = validate_config(config, load_schema(SCHEMA_PATH if schema is None else schema))
     problems = _check_channels(filled["channels"])
     if filled.get("input_profiles"):
         # Profile-level run: the image stages are skipped, so no plate sheet is read.

@@ -203,10 +203,54 @@ def discover_plate(
     images = Path(images)
     if not images.is_dir():
         raise DiscoveryError(f"plate {plate}: image folder {images} does not exist")
-    by_id = {c.id: c for c in chans}
+    keys, listing = _list_files(plate, images, layout)
+    digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+    keys = _select_plate(plate, keys, images)
+    keys = _select_dimension(plate, keys, "z", "plane", plane, images)
+    keys = _select_dimension(plate, keys, "t", "timepoint", timepoint, images)
+    _check_channels(plate, keys, chans, images, layout)
+    files = _files_by_field(plate, keys, chans, images)
 
-    # (key, directory relative to ``images`` ("" for the folder itself), file name)
-    keys: list[tuple[ImageKey, str, str]] = []
+    qc_rows: list[dict[str, object]] = []
+    pm = read_platemap(platemap)
+    candidates = _complete_fields(
+        plate, files, chans, pm, platemap, images, on_missing_channel, on_unmapped_well, qc_rows
+    )
+    bad_fields = _bad_fields(plate, images, candidates, chans, on_bad_image, qc_rows)
+    rows = [
+        _manifest_row(plate, well, site, slot, chans, batch)
+        for well, site, slot in candidates
+        if (well, site) not in bad_fields
+    ]
+    imaged_wells = {w for w, _ in files}
+    for well in pm["Metadata_Well"]:
+        if well not in imaged_wells:
+            qc_rows.append(_qc(plate, well, None, "not_imaged", "in the plate map, no image"))
+    if not rows:
+        raise DiscoveryError(f"plate {plate}: no usable field in {images} after discovery checks")
+    return Discovery(
+        manifest=_manifest_table(rows, pm),
+        qc=_qc_table(qc_rows),
+        listing_digest=digest,
+        n_files=len(listing),
+    )
+
+
+#: A parsed file: its key, its directory relative to the image folder ("" for the folder
+#: itself) and its name.
+_File = tuple[ImageKey, str, str]
+
+#: The files of one field: channel name -> (directory, file name).
+_Slot = dict[str, tuple[str, str]]
+
+
+def _list_files(plate: str, images: Path, layout: str) -> tuple[list[_File], list[str]]:
+    """The files under ``images`` whose names parse by ``layout``, and the sorted listing
+    (``relative path<TAB>size``) whose digest identifies the folder's content.
+
+    Raises :class:`DiscoveryError` when no file matches.
+    """
+    keys: list[_File] = []
     listing = []
     for rel, entry in iter_image_entries(images):
         key = parse_filename(entry.name, layout)
@@ -221,12 +265,13 @@ def discover_plate(
     if not keys:
         raise DiscoveryError(f"plate {plate}: no file in {images} matches layout {layout!r}")
     listing.sort()
-    digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+    return keys, listing
 
-    keys = _select_plate(plate, keys, images)
-    keys = _select_dimension(plate, keys, "z", "plane", plane, images)
-    keys = _select_dimension(plate, keys, "t", "timepoint", timepoint, images)
 
+def _check_channels(
+    plate: str, keys: list[_File], chans: list[Channel], images: Path, layout: str
+) -> None:
+    """Raise :class:`DiscoveryError` naming each configured channel that matches no file."""
     seen_ids = {k.channel for k, _, _ in keys}
     absent = [c for c in chans if c.id not in seen_ids]
     if absent:
@@ -236,7 +281,14 @@ def discover_plate(
             f"channel ids found there: {', '.join(sorted(seen_ids))}"
         )
 
-    files: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
+
+def _files_by_field(
+    plate: str, keys: list[_File], chans: list[Channel], images: Path
+) -> dict[tuple[str, int], _Slot]:
+    """The files of the configured channels grouped by (well, site); files of other channel
+    ids are ignored. Raises :class:`DiscoveryError` on two files for one image."""
+    by_id = {c.id: c for c in chans}
+    files: dict[tuple[str, int], _Slot] = {}
     for key, directory, name in keys:
         if key.channel not in by_id:
             continue
@@ -249,11 +301,27 @@ def discover_plate(
                 f"{first} and {os.path.join(images, directory, name)}"
             )
         slot[ch] = (directory, name)
+    return files
 
-    qc_rows: list[dict[str, object]] = []
-    pm = read_platemap(platemap)
+
+def _complete_fields(
+    plate: str,
+    files: dict[tuple[str, int], _Slot],
+    chans: list[Channel],
+    pm: pd.DataFrame,
+    platemap: str | os.PathLike[str],
+    images: Path,
+    on_missing_channel: str,
+    on_unmapped_well: str,
+    qc_rows: list[dict[str, object]],
+) -> list[tuple[str, int, _Slot]]:
+    """The fields, in well and site order, that have every channel and a plate-map entry.
+
+    A field without some channel or in a well absent from the plate map raises
+    :class:`DiscoveryError` (``error``) or gets a QC row appended to ``qc_rows`` (``drop``).
+    """
     mapped = set(pm["Metadata_Well"])
-    candidates: list[tuple[str, int, dict[str, tuple[str, str]]]] = []
+    candidates: list[tuple[str, int, _Slot]] = []
     for (well, site), slot in sorted(
         files.items(), key=lambda kv: (well_sort_key(kv[0][0]), kv[0][1])
     ):
@@ -278,7 +346,22 @@ def discover_plate(
             qc_rows.append(_qc(plate, well, site, "unmapped_well", f"absent from {platemap}"))
             continue
         candidates.append((well, site, slot))
+    return candidates
 
+
+def _bad_fields(
+    plate: str,
+    images: Path,
+    candidates: list[tuple[str, int, _Slot]],
+    chans: list[Channel],
+    on_bad_image: str,
+    qc_rows: list[dict[str, object]],
+) -> set[tuple[str | None, int | None]]:
+    """The (well, site) of the fields with a bad image file.
+
+    With ``on_bad_image="stop"`` a bad file raises :class:`DiscoveryError` listing them; with
+    ``drop`` each bad file gets a QC row appended to ``qc_rows``.
+    """
     bad = _check_images(plate, images, candidates, [c.name for c in chans])
     if bad and on_bad_image == "stop":
         listed = "\n  ".join(str(e) for e in bad[:_MAX_LISTED])
@@ -302,32 +385,30 @@ def discover_plate(
                 Path(os.path.relpath(err.path, images)).as_posix(),
             )
         )
+    return bad_fields
 
-    rows = []
-    for well, site, slot in candidates:
-        if (well, site) in bad_fields:
-            continue
-        row_letter, column = split_well(well)
-        rec: dict[str, object] = {
-            "Metadata_Plate": plate,
-            "Metadata_Well": well,
-            "Metadata_Row": row_letter,
-            "Metadata_Column": column,
-            "Metadata_Site": site,
-            "Metadata_Batch": batch if batch else "default",
-        }
-        for c in chans:
-            rec[f"FileName_{c.name}"] = slot[c.name][1]
-            rec[f"PathName_{c.name}"] = slot[c.name][0] or "."
-        rows.append(rec)
 
-    imaged_wells = {w for w, _ in files}
-    for well in pm["Metadata_Well"]:
-        if well not in imaged_wells:
-            qc_rows.append(_qc(plate, well, None, "not_imaged", "in the plate map, no image"))
+def _manifest_row(
+    plate: str, well: str, site: int, slot: _Slot, chans: list[Channel], batch: str | None
+) -> dict[str, object]:
+    """One field's manifest record: ``Metadata_*`` keys, ``FileName_``/``PathName_<ch>``."""
+    row_letter, column = split_well(well)
+    rec: dict[str, object] = {
+        "Metadata_Plate": plate,
+        "Metadata_Well": well,
+        "Metadata_Row": row_letter,
+        "Metadata_Column": column,
+        "Metadata_Site": site,
+        "Metadata_Batch": batch if batch else "default",
+    }
+    for c in chans:
+        rec[f"FileName_{c.name}"] = slot[c.name][1]
+        rec[f"PathName_{c.name}"] = slot[c.name][0] or "."
+    return rec
 
-    if not rows:
-        raise DiscoveryError(f"plate {plate}: no usable field in {images} after discovery checks")
+
+def _manifest_table(rows: list[dict[str, object]], pm: pd.DataFrame) -> pd.DataFrame:
+    """The manifest: field records joined with the plate map, ``Metadata_*`` columns first."""
     fields = pd.DataFrame(rows)
     manifest = fields.merge(pm, on="Metadata_Well", how="left", validate="many_to_one")
     meta = [c for c in manifest.columns if c.startswith("Metadata_")]
@@ -335,11 +416,16 @@ def discover_plate(
     manifest = manifest[meta + rest]
     manifest["Metadata_Site"] = manifest["Metadata_Site"].astype("int64")
     manifest["Metadata_Column"] = manifest["Metadata_Column"].astype("int64")
+    return manifest
+
+
+def _qc_table(qc_rows: list[dict[str, object]]) -> pd.DataFrame:
+    """The discovery QC table (columns :data:`QC_COLUMNS`)."""
     qc = pd.DataFrame(qc_rows, columns=QC_COLUMNS)
     qc["Metadata_Site"] = qc["Metadata_Site"].astype("Int64")
     for col in ("Channel", "File"):
         qc[col] = qc[col].astype("string")
-    return Discovery(manifest=manifest, qc=qc, listing_digest=digest, n_files=len(listing))
+    return qc
 
 
 def _qc(

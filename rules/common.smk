@@ -4,13 +4,11 @@ import re
 import sys
 from pathlib import Path
 
-from hcsflow.config import ConfigError, load_workflow_config
+from hcsflow.config import SCHEMA_PATH, ConfigError, load_workflow_config
 from hcsflow.listing import ListingError, should_list, update_listings
 
 try:
-    WF = load_workflow_config(
-        config, schema=Path(workflow.basedir) / "config" / "config.schema.yaml"
-    )
+    WF = load_workflow_config(config, schema=SCHEMA_PATH)
 except ConfigError as err:
     sys.exit(f"hcsflow: the configuration cannot be used:\n{err}")
 
@@ -253,6 +251,18 @@ def embedder_source():
 def embedding_gpu():
     emb = config["embedding"]
     return 1 if emb["method"] != "none" and emb["device"] == "cuda" else 0
+
+
+def plate_cell_tables(plate):
+    return [f"{RESULTS}/cells/{plate}/{shard}.parquet" for shard in plate_shards(plate)]
+
+
+def profiles_inputs(wildcards):
+    inputs = {"cells": plate_cell_tables(wildcards.plate)}
+    if config["profiles"]["projection"]["method"] != "none":
+        inputs["units"] = f"{RESULTS}/projection/negcon/{wildcards.plate}.npz"
+        inputs["projection"] = f"{RESULTS}/projection/projection.npz"
+    return inputs
 
 
 def measure_inputs(wildcards):

@@ -2,12 +2,54 @@
 # Final outputs: f"{RESULTS}/campaign/profiles.parquet", f"{RESULTS}/campaign/consensus.parquet".
 
 
+rule negcon_cells:
+    input:
+        cells=lambda wc: plate_cell_tables(wc.plate),
+    output:
+        f"{RESULTS}/projection/negcon/{{plate}}.npz",
+    log:
+        f"{LOGS}/projection/negcon_{{plate}}.log",
+    benchmark:
+        f"{BENCH}/projection/negcon_{{plate}}.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        disk_mb=DISK_MB,
+        runtime=30,
+    params:
+        profiles=config["profiles"],
+        blocklist=config["campaign"]["feature_select"]["blocklist"],
+    script:
+        "../workflow_scripts/negcon_cells.py"
+
+
+rule cell_projection:
+    input:
+        samples=expand(f"{RESULTS}/projection/negcon/{{plate}}.npz", plate=PLATES.index),
+    output:
+        f"{RESULTS}/projection/projection.npz",
+    log:
+        f"{LOGS}/projection/projection.log",
+    benchmark:
+        f"{BENCH}/projection/projection.tsv"
+    conda:
+        "../envs/hcsflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        disk_mb=DISK_MB,
+        runtime=60,
+    params:
+        profiles=config["profiles"],
+    script:
+        "../workflow_scripts/cell_projection.py"
+
+
 rule profiles:
     input:
-        cells=lambda wc: [
-            f"{RESULTS}/cells/{wc.plate}/{shard}.parquet"
-            for shard in plate_shards(wc.plate)
-        ],
+        unpack(profiles_inputs),
     output:
         f"{RESULTS}/profiles/{{plate}}.parquet",
     log:

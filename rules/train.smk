@@ -24,7 +24,7 @@ rule train_segmenter:
         options=options_from_config(
             config.get("segmentation", {}).get("train"),
             config.get("image_mpp", 0.65),
-            Path(workflow.basedir) / "config" / "config.schema.yaml",
+            SCHEMA_PATH,
         ),
     script:
         "../workflow_scripts/train_segmenter.py"

@@ -7,9 +7,15 @@ import pytest
 import yaml
 
 from conftest import REPO
-from hcsflow.config import ConfigError, load_schema, load_workflow_config, validate_config
+from hcsflow.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    load_schema,
+    load_workflow_config,
+    validate_config,
+)
 
-SCHEMA = REPO / "config" / "config.schema.yaml"
+SCHEMA = REPO / "hcsflow" / "config.schema.yaml"
 
 
 @pytest.fixture
@@ -40,6 +46,12 @@ def test_defaults_filled(workspace):
     assert list(wf.plates.index) == ["P1"]
     assert wf.shards == {"P1": {"000": ["A01", "B02", "C03"]}}
     assert "role" not in cfg["channels"][2], "the caller's dict must not be modified"
+
+
+def test_the_packaged_schema_is_the_default(workspace):
+    cfg, *_ = workspace
+    assert SCHEMA_PATH == SCHEMA.resolve()
+    assert load_workflow_config(cfg).config == load_workflow_config(cfg, SCHEMA).config
 
 
 def test_every_schema_key_is_described_and_defaulted():

@@ -3,7 +3,6 @@ tables, the campaign tables with provenance, and the campaign from a user's prof
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,8 +21,7 @@ WELLS = ["A01", "A02", "A03", "B01", "B02", "B03"]
 def _workflow(tmp_path: Path) -> Path:
     """A Snakefile that includes the repository's common and profiles rules."""
     wf = tmp_path / "wf"
-    (wf / "config").mkdir(parents=True)
-    shutil.copy(REPO / "config" / "config.schema.yaml", wf / "config")
+    wf.mkdir()
     (wf / "Snakefile").write_text(
         f'configfile: "{REPO}/config/config.yaml"\n'
         f'include: "{REPO}/rules/common.smk"\n'
@@ -160,3 +158,42 @@ def test_campaign_from_input_profiles(tmp_path, campaign):
     cons = read_table(results / "campaign" / "consensus.parquet")
     assert "Metadata_MoA" in cons.columns
     assert cons.Metadata_Replicates.max() == 24  # DMSO
+
+
+def test_profiles_with_cell_projection_and_dispersion(tmp_path, campaign):
+    """profiles.projection: rules negcon_cells (per plate) and cell_projection (per campaign)
+    run before profiles, whose features are then the components; profiles.dispersion adds
+    per-well spread features."""
+    sheet, results = campaign
+    wf = _workflow(tmp_path)
+    cfg = _configfile(
+        tmp_path,
+        plates=str(sheet),
+        results=str(results),
+        shards={"wells_per_shard": 4},
+        profiles={
+            "projection": {"method": "pca", "n_components": 3, "cells_per_plate": 100},
+            "dispersion": ["mad", "q90"],
+        },
+    )
+    run = _run(wf, *cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (results / "projection" / "negcon" / "T1.npz").exists()
+    assert (results / "projection" / "projection.npz").exists()
+    prof = read_table(results / "profiles" / "T2.parquet")
+    comps = [f"Cells_Projection_PCA_00{i}" for i in (1, 2, 3)]
+    assert set(comps) <= set(prof.columns)
+    assert {f"{c}__mad" for c in comps} | {f"{c}__q90" for c in comps} <= set(prof.columns)
+    assert not any(c.startswith("Cells_F") for c in prof.columns)  # projected away
+    prov = read_provenance(results / "profiles" / "T2.parquet")
+    assert prov["steps"][0].startswith("project cells (pca, 3 components")
+    assert any(p.endswith("projection.npz") for p in prov["inputs"])
+    # the negcon wells of each plate sit near 0 in every component after normalization
+    ctrl = prof[prof.Metadata_Role == "negcon"]
+    assert ctrl[comps].abs().to_numpy().max() < 2.0
+    # rerun: byte-identical profiles
+    t2 = results / "profiles" / "T2.parquet"
+    first = t2.read_bytes()
+    t2.unlink()
+    assert _run(wf, str(t2), *cfg).returncode == 0
+    assert t2.read_bytes() == first

@@ -1,7 +1,7 @@
 """The analysis stage: activity, consistency, NSC accuracy, UMAP, clusters and dose response.
 
 :class:`AnalysisParams` holds the configuration section ``analysis``; its defaults are those of
-the configuration schema (``config/config.schema.yaml``), the one place they are written.
+the configuration schema (``hcsflow/config.schema.yaml``), the one place they are written.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AnalysisParams:
     """The configuration section ``analysis`` (every key described in the schema).
 
     Build it with :meth:`from_config`, which fills the keys not given with the defaults of
-    ``config/config.schema.yaml``.
+    ``hcsflow/config.schema.yaml``.
     """
 
     activity_by: tuple[str, ...]
@@ -94,7 +94,7 @@ class AnalysisParams:
         cfg : mapping, optional
             Keys of the section; those missing take the schema's defaults.
         schema : path, optional
-            The configuration schema (default: the checkout's ``config/config.schema.yaml``).
+            The configuration schema (default: the package's ``config.schema.yaml``).
 
         Raises
         ------

@@ -159,6 +159,90 @@ def _ranks(values: np.ndarray, starts: np.ndarray, per_object: bool) -> np.ndarr
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _channel_moments(v, r, s, e, frac):  # pragma: no cover - compiled
+    """Statistics of one channel over the pixels ``s:e`` of one object.
+
+    v : (P,) float32 values; r : (P,) int ranks; frac : float32 threshold fraction of the
+    maximum. Returns the mean, the threshold (float32), the sum of the values at or above it,
+    the sum of squared deviations from the mean and the largest rank.
+    """
+    size = e - s
+    acc = 0.0
+    vmax = v[s]
+    rmax = 0
+    for i in range(s, e):
+        x = v[i]
+        acc += x
+        vmax = max(vmax, x)
+        rmax = max(rmax, r[i])
+    m = acc / size
+    t = np.float32(frac * vmax)
+    above = 0.0
+    ss = 0.0
+    for i in range(s, e):
+        x = v[i]
+        ss += (x - m) * (x - m)
+        if x >= t:
+            above += x
+    return m, t, above, ss, rmax
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pair_features(
+    values, ranks, s, e, ca, cb, mean, thr, tot, sxx, top_rank, out
+):  # pragma: no cover - compiled
+    """The 9 features of channels ``ca``, ``cb`` over the pixels ``s:e`` of one object.
+
+    mean, thr, tot, sxx, top_rank : (C,) per-channel results of :func:`_channel_moments`
+    (``top_rank`` is the rank range of the RWC weights); out : (9,) float64, written.
+    """
+    ma, mb = mean[ca], mean[cb]
+    ta, tb = thr[ca], thr[cb]
+    r = np.float64(max(top_rank[ca], top_rank[cb]) + 1)
+    sxy = 0.0
+    n_col = 0
+    sa = 0.0
+    sb = 0.0
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    swa = 0.0
+    swb = 0.0
+    for i in range(s, e):
+        va = values[ca, i]
+        vb = values[cb, i]
+        sxy += (va - ma) * (vb - mb)
+        if va >= ta and vb >= tb:
+            a = np.float64(va)
+            b = np.float64(vb)
+            n_col += 1
+            sa += a
+            sb += b
+            saa += a * a
+            sbb += b * b
+            sab += a * b
+            w = (r - abs(ranks[ca, i] - ranks[cb, i])) / r
+            swa += a * w
+            swb += b * w
+    if sxx[ca] == 0.0 or sxx[cb] == 0.0:
+        out[0] = np.nan
+    else:
+        out[0] = min(1.0, max(-1.0, sxy / np.sqrt(sxx[ca] * sxx[cb])))
+    out[1] = sxy / sxx[ca] if sxx[ca] != 0.0 else np.nan
+    if n_col == 0:
+        for f in range(2, 9):
+            out[f] = 0.0
+    else:
+        out[2] = sab / np.sqrt(saa * sbb)
+        out[3] = sab / saa
+        out[4] = sab / sbb
+        out[5] = sa / tot[ca]
+        out[6] = sb / tot[cb]
+        out[7] = swa / tot[ca]
+        out[8] = swb / tot[cb]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _coloc_kernel(values, ranks, starts, pairs, frac, object_ranks, out):  # pragma: no cover
     """Correlation, slope, overlap, K, Manders and RWC of every object and channel pair.
 
@@ -183,76 +267,16 @@ def _coloc_kernel(values, ranks, starts, pairs, frac, object_ranks, out):  # pra
         s, e = starts[k], starts[k + 1]
         if s == e:
             continue
-        size = e - s
         for c in range(n_ch):
-            acc = 0.0
-            vmax = values[c, s]
-            rmax = 0
-            for i in range(s, e):
-                v = values[c, i]
-                acc += v
-                vmax = max(vmax, v)
-                rmax = max(rmax, ranks[c, i])
-            m = acc / size
+            m, t, above, ss, rmax = _channel_moments(values[c], ranks[c], s, e, frac)
             mean[c] = m
-            t = np.float32(frac * vmax)
             thr[c] = t
-            above = 0.0
-            ss = 0.0
-            for i in range(s, e):
-                v = values[c, i]
-                ss += (v - m) * (v - m)
-                if v >= t:
-                    above += v
             tot[c] = above
             sxx[c] = ss
             top_rank[c] = rmax if object_ranks else global_rank[c]
         for q in range(pairs.shape[0]):
             ca, cb = pairs[q, 0], pairs[q, 1]
-            ma, mb = mean[ca], mean[cb]
-            ta, tb = thr[ca], thr[cb]
-            r = np.float64(max(top_rank[ca], top_rank[cb]) + 1)
-            sxy = 0.0
-            n_col = 0
-            sa = 0.0
-            sb = 0.0
-            saa = 0.0
-            sbb = 0.0
-            sab = 0.0
-            swa = 0.0
-            swb = 0.0
-            for i in range(s, e):
-                va = values[ca, i]
-                vb = values[cb, i]
-                sxy += (va - ma) * (vb - mb)
-                if va >= ta and vb >= tb:
-                    a = np.float64(va)
-                    b = np.float64(vb)
-                    n_col += 1
-                    sa += a
-                    sb += b
-                    saa += a * a
-                    sbb += b * b
-                    sab += a * b
-                    w = (r - abs(ranks[ca, i] - ranks[cb, i])) / r
-                    swa += a * w
-                    swb += b * w
-            if sxx[ca] == 0.0 or sxx[cb] == 0.0:
-                out[q, 0, k] = np.nan
-            else:
-                out[q, 0, k] = min(1.0, max(-1.0, sxy / np.sqrt(sxx[ca] * sxx[cb])))
-            out[q, 1, k] = sxy / sxx[ca] if sxx[ca] != 0.0 else np.nan
-            if n_col == 0:
-                for f in range(2, 9):
-                    out[q, f, k] = 0.0
-            else:
-                out[q, 2, k] = sab / np.sqrt(saa * sbb)
-                out[q, 3, k] = sab / saa
-                out[q, 4, k] = sab / sbb
-                out[q, 5, k] = sa / tot[ca]
-                out[q, 6, k] = sb / tot[cb]
-                out[q, 7, k] = swa / tot[ca]
-                out[q, 8, k] = swb / tot[cb]
+            _pair_features(values, ranks, s, e, ca, cb, mean, thr, tot, sxx, top_rank, out[q, :, k])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -56,6 +56,9 @@ stays off by default; on recent GPUs and CPUs with AMX/AVX512-BF16 it pays, and 
 stay within a cosine similarity of about 0.99 of float32.
 Cells without any pixel (absent labels) get NaN rows.
 
+The networks and their reading from checkpoint and TorchScript files are in
+:mod:`hcsflow.features.embed_load`; this module holds the :class:`Embedder` that runs them.
+
 Threads: when other processes share the cores (parallel Snakemake jobs), OpenMP's default
 busy-waiting makes a 2-thread run several times slower than a 1-thread run; with
 ``OMP_WAIT_POLICY=PASSIVE`` in the environment 2 threads are again faster than one.
@@ -67,7 +70,6 @@ import contextlib
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,21 @@ from typing import Any
 import numpy as np
 
 from hcsflow.features.crops import cell_centres, crop_size_px, gather_crops, pad_image
+from hcsflow.features.embed_load import (
+    IMAGENET_DIM,
+    TORCHSCRIPT_META,
+    _is_torchscript,
+    checkpoint_net,
+    imagenet_net,
+    read_checkpoint,
+    read_torchscript,
+    torchscript_module,
+)
+
+# part of this module's names too (defined with the other network code)
+from hcsflow.features.embed_load import _grey_lite0 as _grey_lite0
+from hcsflow.features.embed_load import build_model as build_model
+from hcsflow.features.embed_load import resize_crops as resize_crops
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -90,15 +107,8 @@ __all__ = [
 #: 0.65 µm/px.
 IMAGENET_CROP_UM = 62.4
 
-#: Per-channel width of the ImageNet embedder.
-IMAGENET_DIM = 1280
-
 #: ``format`` of checkpoints written by :func:`hcsflow.features.embed_train.save_embedder`.
 CHECKPOINT_FORMAT = "hcsflow-embedder-1"
-
-#: Name of the JSON settings file inside TorchScript archives written by
-#: :meth:`Embedder.save_torchscript`.
-TORCHSCRIPT_META = "hcsflow_embedder.json"
 
 
 def models_dir() -> Path:
@@ -132,74 +142,6 @@ def feature_names(dim: int, prefix: str = "Cells_Embedding_") -> list[str]:
     """Column names of an embedding: ``Cells_Embedding_0000`` ... (pycytominer-friendly)."""
     width = max(4, len(str(max(int(dim) - 1, 0))))
     return [f"{prefix}{i:0{width}d}" for i in range(int(dim))]
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any("/code/" in name for name in zf.namelist())
-
-
-def resize_crops(x: Any, size: int) -> Any:
-    """Resize a batch of crops (torch tensor (N, C, S, S)) to ``size`` (bilinear, antialiased)."""
-    import torch.nn.functional as F
-
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-class _ImagenetNet:
-    """EfficientNet-lite0 per channel: (N, C, S, S) raw -> (N, 1280 C)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __call__(self, x: Any) -> Any:
-        n, c, h, w = x.shape
-        g = x.reshape(n * c, 1, h, w)
-        lo = g.amin(dim=(2, 3), keepdim=True)
-        hi = g.amax(dim=(2, 3), keepdim=True)
-        span = hi - lo
-        g = (g - lo) / span.clamp_min(1e-12) * (span > 0)
-        return self.model(g * 2.0 - 1.0).reshape(n, c * IMAGENET_DIM)
-
-
-def _grey_lite0(model: Any) -> Any:
-    """A fused copy of EfficientNet-lite0 whose stem takes one grey channel.
-
-    A grey image replicated to RGB and normalized alike in the three colours convolves
-    exactly as the grey image with the stem weights summed over colours.
-    """
-    import torch
-
-    from hcsflow.features.embed_nets import SameConv2d
-
-    fused = model.fuse()
-    stem = fused._conv_stem
-    grey = SameConv2d(1, stem.out_channels, stem.kernel_size, stem.stride, bias=True)
-    with torch.no_grad():
-        grey.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
-        grey.bias.copy_(stem.bias)
-    fused._conv_stem = grey
-    return fused.eval()
-
-
-class _NormalizedNet:
-    """Resize to ``input_px`` (when set), normalize per channel ``(x - mean) / std``, network."""
-
-    def __init__(self, model: Any, mean: Any, std: Any, input_px: int | None) -> None:
-        self.model = model
-        self.mean = mean.reshape(1, -1, 1, 1)
-        self.inv_std = 1.0 / std.reshape(1, -1, 1, 1)
-        self.input_px = input_px
-
-    def __call__(self, x: Any) -> Any:
-        if self.input_px is not None:
-            x = resize_crops(x, self.input_px)
-        return self.model((x - self.mean) * self.inv_std)
 
 
 class Embedder:
@@ -425,15 +367,8 @@ class Embedder:
 
     @classmethod
     def _load_imagenet(cls, dev, batch_size, crop_um, n_ch, names, opts) -> Embedder:
-        from hcsflow.features.embed_nets import load_imagenet_lite0
-
-        model = _grey_lite0(load_imagenet_lite0()).to(dev)
-        if opts["channels_last"]:
-            import torch
-
-            model = model.to(memory_format=torch.channels_last)
         return cls(
-            _ImagenetNet(model),
+            imagenet_net(dev, opts["channels_last"]),
             name="imagenet",
             kind="imagenet",
             crop_um=IMAGENET_CROP_UM if crop_um is None else crop_um,
@@ -449,18 +384,7 @@ class Embedder:
     def _load_torchscript(cls, path: Path, dev, batch_size, crop_um, opts) -> Embedder:
         import torch
 
-        extra = {TORCHSCRIPT_META: ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=dev, _extra_files=extra)
-        except Exception as exc:  # a corrupt archive: a clear message naming the file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"embedder {path}: cannot load TorchScript file ({first})") from exc
-        module.eval()
-        meta: dict[str, Any] = {}
-        if extra[TORCHSCRIPT_META]:
-            meta = json.loads(extra[TORCHSCRIPT_META])
+        module, meta = read_torchscript(path, dev)
         cu = crop_um if crop_um is not None else meta.get("crop_um", IMAGENET_CROP_UM)
         input_px = meta.get("input_px")
         n_ch = meta.get("in_channels")
@@ -488,30 +412,8 @@ class Embedder:
 
     @classmethod
     def _load_checkpoint(cls, path: Path, dev, batch_size, crop_um, opts) -> Embedder:
-        import torch
-
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"embedder {path}: not a readable checkpoint ({first})") from exc
-        if not isinstance(blob, dict) or "state_dict" not in blob:
-            raise ValueError(
-                f"embedder {path}: not an embedder checkpoint (expected a dict with "
-                "'state_dict' and 'config', or a TorchScript file)"
-            )
-        config = blob.get("config", blob.get("meta"))
-        if not isinstance(config, dict) or "arch" not in config:
-            raise ValueError(f"embedder {path}: checkpoint has no 'config' with an 'arch'")
-        model, cfg = build_model(blob["state_dict"], config, str(path))
-        fused = model.fuse().to(dev)
-        if opts["channels_last"]:
-            fused = fused.to(memory_format=torch.channels_last)
-        norm = cfg["normalization"]
-        mean = torch.tensor(norm["mean"], dtype=torch.float32, device=dev)
-        std = torch.tensor(norm["std"], dtype=torch.float32, device=dev)
-        input_px = cfg.get("input_px")
-        net = _NormalizedNet(fused, mean, std, None if input_px is None else int(input_px))
+        state_dict, config = read_checkpoint(path)
+        net, cfg = checkpoint_net(state_dict, config, path, dev, opts["channels_last"])
         return cls(
             net,
             name=str(cfg.get("name") or path.stem),
@@ -521,7 +423,7 @@ class Embedder:
             batch_size=batch_size,
             n_channels=int(cfg["arch"]["in_channels"]),
             fixed_dim=int(cfg["arch"]["dim"]),
-            input_px=input_px,
+            input_px=cfg.get("input_px"),
             channel_names=cfg.get("channel_names"),
             meta={**cfg, "path": str(path)},
             module=net,
@@ -658,24 +560,7 @@ class Embedder:
             raise ValueError(
                 f"embedder {self.name!r}: only trained checkpoints can be written as TorchScript"
             )
-        net = self._module
-
-        class _Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = net.model.float().cpu()
-                self.register_buffer("mean", net.mean.float().cpu())
-                self.register_buffer("inv_std", net.inv_std.float().cpu())
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                s = net.input_px
-                if s is not None:
-                    x = torch.nn.functional.interpolate(
-                        x, size=(s, s), mode="bilinear", align_corners=False, antialias=True
-                    )
-                return self.model((x - self.mean) * self.inv_std)
-
-        wrapper = _Wrapper().eval()
+        wrapper = torchscript_module(self._module)
         px = self.input_px or 64
         example = torch.zeros(2, int(self.n_channels or 1), px, px)
         meta = {
@@ -693,53 +578,3 @@ class Embedder:
             with atomic_path(path) as tmp:
                 torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
         return Path(path)
-
-
-def build_model(
-    state_dict: dict[str, Any], config: dict[str, Any], source: str = "checkpoint"
-) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a :class:`~hcsflow.features.embed_nets.CellCNN` from weights and config.
-
-    Parameters
-    ----------
-    state_dict : dict of str to Tensor
-    config : dict
-        Needs ``arch`` (``in_channels``, ``widths``, ``blocks``, ``dim``, optional
-        ``n_classes``/``proj_dim``), ``normalization`` (``mean``, ``std`` per channel) and
-        ``crop_um``; optional ``input_px``, ``channel_names``, ``name``.
-    source : str
-        Named in error messages.
-
-    Returns
-    -------
-    model : CellCNN, eval mode on the CPU
-    config : dict
-    """
-    from hcsflow.features.embed_nets import CellCNN
-
-    arch = dict(config["arch"])
-    if arch.get("name", "cellcnn") != "cellcnn":
-        raise ValueError(f"embedder {source}: unknown architecture {arch.get('name')!r}")
-    missing = [k for k in ("normalization", "crop_um") if k not in config]
-    missing += [k for k in ("in_channels", "widths", "blocks", "dim") if k not in arch]
-    if missing:
-        raise ValueError(f"embedder {source}: config lacks {missing}")
-    c = int(arch["in_channels"])
-    norm = config["normalization"]
-    if len(norm.get("mean", ())) != c or len(norm.get("std", ())) != c:
-        raise ValueError(f"embedder {source}: normalization needs {c} means and stds")
-    if min(float(s) for s in norm["std"]) <= 0:
-        raise ValueError(f"embedder {source}: normalization std must be > 0")
-    model = CellCNN(
-        c,
-        widths=arch["widths"],
-        blocks=arch["blocks"],
-        dim=int(arch["dim"]),
-        n_classes=int(arch.get("n_classes", 0)),
-        proj_dim=int(arch.get("proj_dim", 0)),
-    )
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"embedder {source}: weights do not fit the architecture: {exc}") from exc
-    return model.eval(), dict(config)

@@ -198,6 +198,91 @@ def _quartiles(a: np.ndarray, cnt: int) -> tuple[float, float, float]:
 
 
 @numba.njit(cache=True, nogil=True)
+def _channel_features(v_c, xs, ys, is_edge, cnt, cm_x, cm_y, buf, o, k):  # pragma: no cover
+    """The features of one channel of one object, written into column ``k`` of ``o``.
+
+    v_c, xs, ys, is_edge : the object's values, columns, rows and edge flags (first ``cnt``
+    entries); cm_x, cm_y : its centroid; buf : scratch of length >= ``cnt``;
+    o : (_N_FEATURES, n) float64.
+    """
+    total = 0.0
+    sx = 0.0
+    sy = 0.0
+    vmin = np.inf
+    vmax = -np.inf
+    tmax = -1
+    ecnt = 0
+    etotal = 0.0
+    emin = np.inf
+    emax = -np.inf
+    for t in range(cnt):
+        v = v_c[t]
+        total += v
+        sx += xs[t] * v
+        sy += ys[t] * v
+        if v < vmin:
+            vmin = v
+        if v > vmax:
+            vmax = v
+            tmax = t
+        if is_edge[t]:
+            ecnt += 1
+            etotal += v
+            if v < emin:
+                emin = v
+            if v > emax:
+                emax = v
+    mean = total / cnt
+    emean = etotal / ecnt if ecnt > 0 else 0.0
+    ss = 0.0
+    ess = 0.0
+    for t in range(cnt):
+        v = v_c[t]
+        buf[t] = v
+        d = v - mean
+        ss += d * d
+        if is_edge[t]:
+            d = v - emean
+            ess += d * d
+    lower, median, upper = _quartiles(buf, cnt)
+    for t in range(cnt):
+        buf[t] = abs(v_c[t] - median)
+    p50 = cnt * 0.5
+    k50 = int(p50)
+    d_lo = _select(buf, 0, cnt, k50)
+    d_hi = _block_min(buf, k50 + 1, cnt) if k50 + 1 < cnt else d_lo
+    mad = _cp_interp(d_lo, d_hi, k50, p50 - k50, cnt)
+    o[0, k] = total
+    o[1, k] = mean
+    o[2, k] = np.sqrt(ss / cnt)
+    o[3, k] = vmin
+    o[4, k] = vmax
+    if ecnt > 0:
+        o[5, k] = etotal
+        o[6, k] = emean
+        o[7, k] = np.sqrt(ess / ecnt)
+        o[8, k] = emin
+        o[9, k] = emax
+    else:  # no edge pixel (an object filling the image): CellProfiler's zeros
+        for f in range(5, 10):
+            o[f, k] = 0.0
+    o[11, k] = lower
+    o[12, k] = median
+    o[13, k] = mad
+    o[14, k] = upper
+    if total != 0.0:
+        cmi_x = sx / total
+        cmi_y = sy / total
+        o[15, k] = cmi_x
+        o[16, k] = cmi_y
+        o[17, k] = 0.0
+        o[10, k] = np.sqrt((cm_x - cmi_x) ** 2 + (cm_y - cmi_y) ** 2)
+    o[18, k] = xs[tmax]
+    o[19, k] = ys[tmax]
+    o[20, k] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
 def _intensity_kernel(
     pixels: np.ndarray, order: np.ndarray, offsets: np.ndarray, edge: np.ndarray, width: int
 ) -> np.ndarray:
@@ -238,83 +323,7 @@ def _intensity_kernel(
         cm_x /= cnt
         cm_y /= cnt
         for c in range(nch):
-            v_c = vals[c]
-            total = 0.0
-            sx = 0.0
-            sy = 0.0
-            vmin = np.inf
-            vmax = -np.inf
-            tmax = -1
-            ecnt = 0
-            etotal = 0.0
-            emin = np.inf
-            emax = -np.inf
-            for t in range(cnt):
-                v = v_c[t]
-                total += v
-                sx += xs[t] * v
-                sy += ys[t] * v
-                if v < vmin:
-                    vmin = v
-                if v > vmax:
-                    vmax = v
-                    tmax = t
-                if is_edge[t]:
-                    ecnt += 1
-                    etotal += v
-                    if v < emin:
-                        emin = v
-                    if v > emax:
-                        emax = v
-            mean = total / cnt
-            emean = etotal / ecnt if ecnt > 0 else 0.0
-            ss = 0.0
-            ess = 0.0
-            for t in range(cnt):
-                v = v_c[t]
-                buf[t] = v
-                d = v - mean
-                ss += d * d
-                if is_edge[t]:
-                    d = v - emean
-                    ess += d * d
-            lower, median, upper = _quartiles(buf, cnt)
-            for t in range(cnt):
-                buf[t] = abs(v_c[t] - median)
-            p50 = cnt * 0.5
-            k50 = int(p50)
-            d_lo = _select(buf, 0, cnt, k50)
-            d_hi = _block_min(buf, k50 + 1, cnt) if k50 + 1 < cnt else d_lo
-            mad = _cp_interp(d_lo, d_hi, k50, p50 - k50, cnt)
-            o = out[c]
-            o[0, k] = total
-            o[1, k] = mean
-            o[2, k] = np.sqrt(ss / cnt)
-            o[3, k] = vmin
-            o[4, k] = vmax
-            if ecnt > 0:
-                o[5, k] = etotal
-                o[6, k] = emean
-                o[7, k] = np.sqrt(ess / ecnt)
-                o[8, k] = emin
-                o[9, k] = emax
-            else:  # no edge pixel (an object filling the image): CellProfiler's zeros
-                for f in range(5, 10):
-                    o[f, k] = 0.0
-            o[11, k] = lower
-            o[12, k] = median
-            o[13, k] = mad
-            o[14, k] = upper
-            if total != 0.0:
-                cmi_x = sx / total
-                cmi_y = sy / total
-                o[15, k] = cmi_x
-                o[16, k] = cmi_y
-                o[17, k] = 0.0
-                o[10, k] = np.sqrt((cm_x - cmi_x) ** 2 + (cm_y - cmi_y) ** 2)
-            o[18, k] = xs[tmax]
-            o[19, k] = ys[tmax]
-            o[20, k] = 0.0
+            _channel_features(vals[c], xs, ys, is_edge, cnt, cm_x, cm_y, buf, out[c], k)
     return out
 
 

@@ -177,6 +177,28 @@ def _haralick_features(  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _object_pairs(labels, width, pixels, lab, dy, dx, first, second):  # pragma: no cover
+    """The pixel pairs ``(p, p + (dy, dx))`` with both pixels in object ``lab``.
+
+    labels : (H * W,) int; width : W; pixels : flat indices of the object's pixels in their
+    grouped order. Writes the pairs into ``first`` and ``second`` in that order and returns
+    their number.
+    """
+    n_px = labels.size
+    step = dy * width + dx
+    m = 0
+    for p in pixels:
+        x2 = p % width + dx
+        p2 = p + step
+        if x2 < 0 or x2 >= width or p2 >= n_px or labels[p2] != lab:
+            continue
+        first[m] = p
+        second[m] = p2
+        m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
 def _haralick_kernel(q, labels, width, order, starts, deltas, out):  # pragma: no cover
     """Haralick features of every object for every channel and direction.
 
@@ -188,7 +210,6 @@ def _haralick_kernel(q, labels, width, order, starts, deltas, out):  # pragma: n
     accumulates its co-occurrence counts over that list.
     """
     n_ch = q.shape[0]
-    n_px = labels.size
     n_dir = deltas.shape[0]
     n = starts.size - 1
     largest = 0
@@ -219,18 +240,9 @@ def _haralick_kernel(q, labels, width, order, starts, deltas, out):  # pragma: n
             maxv[c] = np.int64(top) + 1
             valid[c] = True
         for d in range(n_dir):
-            dy, dx = deltas[d, 0], deltas[d, 1]
-            step = dy * width + dx
-            m = 0
-            for i in range(s, e):
-                p = order[i]
-                x2 = p % width + dx
-                p2 = p + step
-                if x2 < 0 or x2 >= width or p2 >= n_px or labels[p2] != lab:
-                    continue
-                first[m] = p
-                second[m] = p2
-                m += 1
+            m = _object_pairs(
+                labels, width, order[s:e], lab, deltas[d, 0], deltas[d, 1], first, second
+            )
             for c in range(n_ch):
                 if not valid[c]:
                     continue

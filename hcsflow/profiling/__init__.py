@@ -10,7 +10,10 @@ that a profile produced here has the same numbers as one produced by pycytominer
 * :func:`aggregate` (:mod:`~hcsflow.profiling.aggregate`) - median (or mean) of each feature
   over the cells of a well; NaN skipped. The number of cells of the well is added as the
   feature ``Image_Count_Cells``. :func:`aggregate_files` streams a plate's per-shard cell
-  tables one file at a time, so memory is bounded by the largest shard.
+  tables one file at a time, so memory is bounded by the largest shard. Optionally with
+  per-well spread and percentiles (:mod:`~hcsflow.profiling.dispersion`) and on single cells
+  projected onto components of the control cells (:mod:`~hcsflow.profiling.cellspace`:
+  :func:`negcon_sample`, :func:`fit_cell_projection`).
 * :func:`normalize` (:mod:`~hcsflow.profiling.normalize`) - ``mad_robustize`` and
   ``standardize``, fitted on the control wells of each plate and applied to all its wells.
 * :func:`feature_select` (:mod:`~hcsflow.profiling.feature_select`) - ``variance``,
@@ -34,6 +37,12 @@ from hcsflow.profiling.aggregate import (
     aggregate_files,
 )
 from hcsflow.profiling.batch import harmony, harmony_embedding, sphere
+from hcsflow.profiling.cellspace import (
+    CellProjection,
+    NegconSample,
+    fit_cell_projection,
+    negcon_sample,
+)
 from hcsflow.profiling.columns import METADATA_PREFIX, feature_columns, metadata_columns
 from hcsflow.profiling.consensus import consensus
 from hcsflow.profiling.external import (
@@ -62,7 +71,9 @@ __all__ = [
     "METADATA_PREFIX",
     "PER_OBJECT_METADATA",
     "REQUIRED_PROFILE_COLUMNS",
+    "CellProjection",
     "FeatureSelectParams",
+    "NegconSample",
     "aggregate",
     "aggregate_files",
     "campaign_profiles",
@@ -71,9 +82,11 @@ __all__ = [
     "feature_columns",
     "feature_select",
     "feature_select_excluded",
+    "fit_cell_projection",
     "harmony",
     "harmony_embedding",
     "metadata_columns",
+    "negcon_sample",
     "normalize",
     "normalize_plates",
     "plate_profiles",

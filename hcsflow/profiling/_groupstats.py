@@ -148,6 +148,23 @@ def _bracket(sample, n, lo_rank):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _select_pair(buf, n, k, even):  # pragma: no cover - compiled
+    """The k-th smallest of buf[:n] and, if ``even``, the (k-1)-th (else the k-th again).
+
+    buf is rearranged: the selection leaves the k smallest values in buf[:k], so the (k-1)-th
+    is the largest of them.
+    """
+    hi_v = _select(buf, 0, n, k)
+    if not even:
+        return hi_v, hi_v
+    lo_v = buf[0]
+    for r in range(1, k):
+        if buf[r] > lo_v:
+            lo_v = buf[r]
+    return hi_v, lo_v
+
+
+@numba.njit(cache=True, nogil=True)
 def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     """The k-th smallest of buf[:n] and, if ``even``, the (k-1)-th; buf is rearranged.
 
@@ -155,13 +172,7 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
     """
     lo_rank = k - 1 if even else k
     if n <= 4 * _SAMPLE:
-        hi_v = _select(buf, 0, n, k)
-        if not even:
-            return hi_v, hi_v, True
-        lo_v = buf[0]
-        for r in range(1, k):
-            if buf[r] > lo_v:
-                lo_v = buf[r]
+        hi_v, lo_v = _select_pair(buf, n, k, even)
         return hi_v, lo_v, True
     # bracket from an evenly spaced sample
     step = n / _SAMPLE
@@ -178,13 +189,7 @@ def _kth_pair(buf, n, k, even, sample):  # pragma: no cover - compiled
         m += keep
     if not (below <= lo_rank and k < below + m):
         return 0.0, 0.0, False
-    hi_v = _select(buf, 0, m, k - below)
-    if not even:
-        return hi_v, hi_v, True
-    lo_v = buf[0]
-    for r in range(1, k - below):
-        if buf[r] > lo_v:
-            lo_v = buf[r]
+    hi_v, lo_v = _select_pair(buf, m, k - below, even)
     return hi_v, lo_v, True
 
 
@@ -286,13 +291,7 @@ def _median_column(x, order, bounds, out):  # pragma: no cover - compiled
         if n > 0 and np.isnan(med):
             # the sample bracket missed: plain selection on the whole group
             n = _fill(buf, x, order, s, e)
-            hi_v = _select(buf, 0, n, k)
-            lo_v = hi_v
-            if even:
-                lo_v = buf[0]
-                for r in range(1, k):
-                    if buf[r] > lo_v:
-                        lo_v = buf[r]
+            hi_v, lo_v = _select_pair(buf, n, k, even)
             med = (hi_v + lo_v) / 2.0 if even else hi_v
         out[g] = med
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,11 @@ from hcsflow.profiling.columns import (
     metadata_columns,
     require_columns,
     resolve_features,
+)
+from hcsflow.profiling.dispersion import (
+    dispersion_feature_names,
+    group_dispersion,
+    parse_statistics,
 )
 
 #: Name of the per-well cell-count feature added by :func:`aggregate`.
@@ -170,6 +175,7 @@ def aggregate(
     features: Sequence[str] | None = None,
     count_feature: str | None = COUNT_FEATURE,
     threads: int = 1,
+    dispersion: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Aggregate single-cell measurements into one profile per well (or other strata).
 
@@ -191,16 +197,21 @@ def aggregate(
         (``Image_Count_Cells`` by default); None leaves it out.
     threads : int
         Threads for the median (the result does not depend on it).
+    dispersion : sequence of str
+        Per-group statistics added beside ``method`` for every feature (``"mad"``, ``"iqr"``,
+        ``"std"``, ``"q10"``, ...; :mod:`hcsflow.profiling.dispersion`), as features named
+        ``<feature>__<statistic>`` after the aggregated ones.
 
     Returns
     -------
     DataFrame of shape (n_groups, ...)
         The strata, the metadata columns constant within every group (except per-field and
-        per-object ones, :data:`PER_OBJECT_METADATA`), the count feature and the aggregated
-        features (float64).
+        per-object ones, :data:`PER_OBJECT_METADATA`), the count feature, the aggregated
+        features (float64) and the dispersion features.
     """
     if method not in ("median", "mean"):
         raise ValueError(f"aggregation method must be 'median' or 'mean', got {method!r}")
+    parse_statistics(dispersion)
     strata = list(strata)
     require_columns(cells, strata, "aggregate: strata")
     feats = resolve_features(cells, features, "aggregate")
@@ -223,6 +234,7 @@ def aggregate(
         qc_columns,
         count_feature,
         threads,
+        dispersion,
     )
 
 
@@ -235,6 +247,7 @@ def _aggregate_arrays(
     qc_columns: Sequence[str],
     count_feature: str | None,
     threads: int,
+    dispersion: Sequence[str] = (),
 ) -> pd.DataFrame:
     """:func:`aggregate` on metadata (n_rows, ...) and one array (n_rows,) per feature."""
     if qc_columns:
@@ -246,10 +259,10 @@ def _aggregate_arrays(
         raise ValueError("aggregate: no cells left to aggregate (all QC-flagged or empty table)")
     codes, keys = _group_codes(meta, strata)
     n_groups = len(keys)
+    order, bounds = _group_slices(codes, n_groups)
     if method == "median":
         from hcsflow.profiling._groupstats import group_median_columns
 
-        order, bounds = _group_slices(codes, n_groups)
         # (n_features, n_groups): its transpose is the block layout pandas keeps, so the
         # frame below takes it without a copy
         values = group_median_columns(columns, order, bounds, threads=threads).T
@@ -262,6 +275,10 @@ def _aggregate_arrays(
     if count_feature is not None:
         parts.append(pd.DataFrame({count_feature: counts.astype(np.int64)}))
     parts.append(pd.DataFrame(values, columns=feats, copy=False))
+    if dispersion:
+        spread = group_dispersion(columns, order, bounds, dispersion)
+        names = dispersion_feature_names(feats, dispersion)
+        parts.append(pd.DataFrame(spread, columns=names, copy=False))
     return pd.concat(parts, axis=1)
 
 
@@ -323,6 +340,9 @@ def aggregate_files(
     qc_columns: Sequence[str] = (),
     count_feature: str | None = COUNT_FEATURE,
     threads: int = 1,
+    dispersion: Sequence[str] = (),
+    cell_transform: Callable[[list[np.ndarray], list[str]], tuple[list[np.ndarray], list[str]]]
+    | None = None,
 ) -> pd.DataFrame:
     """Aggregate per-cell Parquet files (e.g. the shards of one plate), one file at a time.
 
@@ -335,8 +355,12 @@ def aggregate_files(
     ----------
     paths : sequence of path
         Per-cell tables with the same feature columns.
-    strata, method, qc_columns, count_feature, threads
+    strata, method, qc_columns, count_feature, threads, dispersion
         As for :func:`aggregate`.
+    cell_transform : callable, optional
+        Applied to each file's cells before aggregation: takes one array (n_cells,) per
+        feature and the feature names, returns new arrays and names (e.g. the components of
+        :func:`hcsflow.profiling.cellspace.project_columns`).
 
     Returns
     -------
@@ -345,6 +369,7 @@ def aggregate_files(
     """
     if not paths:
         raise ValueError("aggregate_files: no per-cell tables given")
+    parse_statistics(dispersion)
     strata = list(strata)
     parts = []
     seen: dict[tuple, str] = {}
@@ -368,8 +393,19 @@ def aggregate_files(
             # one array per feature: a view of the Arrow buffer when the column is one chunk
             # without nulls (no copy), else a float array with NaN for nulls
             columns = [_arrow_column(table.column(f)) for f in ref_features]
+            names = ref_features
+            if cell_transform is not None:
+                columns, names = cell_transform(columns, ref_features)
             prof = _aggregate_arrays(
-                meta, columns, ref_features, strata, method, qc_columns, count_feature, threads
+                meta,
+                columns,
+                names,
+                strata,
+                method,
+                qc_columns,
+                count_feature,
+                threads,
+                dispersion,
             )
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc

@@ -14,6 +14,7 @@ import pandas as pd
 
 from hcsflow.profiling.aggregate import aggregate_files
 from hcsflow.profiling.batch import harmony, sphere
+from hcsflow.profiling.cellspace import CellProjection, NegconSample, project_columns
 from hcsflow.profiling.columns import BATCH, PLATE, ROLE, WELL, feature_columns
 from hcsflow.profiling.consensus import consensus
 from hcsflow.profiling.feature_select import FeatureSelectParams, feature_select_excluded
@@ -29,6 +30,9 @@ def plate_profiles(
     mad_epsilon: float = 1e-18,
     qc_columns: Sequence[str] = (),
     threads: int = 1,
+    dispersion: Sequence[str] = (),
+    projection: tuple[NegconSample, CellProjection] | None = None,
+    clip: float = 10.0,
 ) -> pd.DataFrame:
     """Well profiles of one plate from its per-shard cell tables (config section ``profiles``).
 
@@ -36,11 +40,35 @@ def plate_profiles(
     normalizes against the plate's ``control_role`` wells (:func:`normalize`; ``"all"`` fits
     on every well).
 
+    Parameters
+    ----------
+    dispersion : sequence of str
+        Per-well statistics added beside the aggregation (:mod:`hcsflow.profiling.dispersion`).
+    projection : (NegconSample, CellProjection), optional
+        The plate's control units and the campaign's cell projection: cells are projected
+        (:func:`hcsflow.profiling.cellspace.project_columns`, values clipped to ``±clip``)
+        and the components aggregated in place of the features.
+
     Returns
     -------
     DataFrame with one row per well, sorted by well.
     """
-    prof = aggregate_files(cell_tables, method=aggregation, qc_columns=qc_columns, threads=threads)
+    transform = None
+    if projection is not None:
+        units, proj = projection
+
+        def transform(columns, names):  # type: ignore[no-untyped-def]
+            comp = project_columns(columns, names, units, proj, clip)
+            return list(comp.T), proj.names
+
+    prof = aggregate_files(
+        cell_tables,
+        method=aggregation,
+        qc_columns=qc_columns,
+        threads=threads,
+        dispersion=dispersion,
+        cell_transform=transform,
+    )
     return normalize_plates(prof, normalization, control_role, mad_epsilon)
 
 

@@ -9,6 +9,8 @@ Sub-modules: :mod:`~hcsflow.segmentation.metrics` (object matching, F1, AP, DSB 
 :mod:`~hcsflow.segmentation.postprocess` (deep watershed),
 :mod:`~hcsflow.segmentation.classical` (Otsu + watershed, propagation),
 :mod:`~hcsflow.segmentation.preprocess`, :mod:`~hcsflow.segmentation.model` (the network),
+:mod:`~hcsflow.segmentation.inference` (tiles through the network, blending, maps to the input's
+grid), :mod:`~hcsflow.segmentation.fields` (field QC flags, scale estimate, results),
 :mod:`~hcsflow.segmentation.shard` (one workflow job: manifest rows -> masks + QC table),
 :mod:`~hcsflow.segmentation.overlay` (outline pictures for QC).
 ``Segmenter`` is imported lazily so that the metrics do not pull in torch.

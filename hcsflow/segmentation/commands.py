@@ -13,6 +13,7 @@ import copy
 import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from hcsflow.segmentation.train import (
 )
 
 #: The workflow's configuration schema, the one source of the defaults of ``segmentation.train``.
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[1] / "config.schema.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,24 +91,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="model name in the card (default: file stem)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train, validate, write the checkpoint and the model card."""
-    from hcsflow.segmentation.model import HEADS, count_parameters, load_checkpoint, save_checkpoint
+def _log(msg: str) -> None:
+    print(f"[train-segmenter] {msg}", flush=True)
 
-    def log(msg: str) -> None:
-        print(f"[train-segmenter] {msg}", flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _TrainingData:
+    """The fields of each training source and the validation data of a training run."""
+
+    fields: dict[str, list[Field]]
+    train_ids: list[str]
+    val_ids: list[str]
+    sim_val: list[Field]
+
+
+def _training_data(args: argparse.Namespace) -> _TrainingData:
+    """Load DSB2018 (train/validation split), simulate fields and load the user folders.
+
+    Raises ``ValueError`` when no source gives a training field.
+    """
     fields: dict[str, list[Field]] = {}
     val_ids: list[str] = []
     train_ids: list[str] = []
-    t_start = time.time()
     if args.dsb:
         val_ids = dsb_split(args.dsb, "validation")
         train_ids = dsb_split(args.dsb, "train")
         fields["dsb"] = load_dsb(args.dsb, train_ids, args.nuclear_diameter)
-        log(f"DSB2018: {len(train_ids)} training, {len(val_ids)} validation images")
+        _log(f"DSB2018: {len(train_ids)} training, {len(val_ids)} validation images")
     sim_val: list[Field] = []
     if args.sim:
         shape = tuple(args.sim_shape)
@@ -119,19 +129,21 @@ def run(args: argparse.Namespace) -> int:
             sim_val = simulate_fields(
                 args.sim_val, args.sim_seed + VALIDATION_OFFSET, shape, args.sim_mpp, args.model_mpp
             )
-        log(f"simulated: {len(fields['sim'])} training, {len(sim_val)} validation fields")
+        _log(f"simulated: {len(fields['sim'])} training, {len(sim_val)} validation fields")
     for folder in args.user:
         fields.setdefault("user", []).extend(
             load_user_folder(folder, args.user_mpp, args.model_mpp)
         )
     if not any(fields.values()):
         raise ValueError("no training data: give --dsb, --sim or --user")
-    arch = {"in_channels": 2, "widths": tuple(args.widths), "blocks": tuple(args.blocks)}
-    init = None
-    if args.init:
-        init, _ = load_checkpoint(args.init)
-    mix = {"dsb": args.mix_dsb, "sim": args.mix_sim, "user": args.mix_user}
-    base_meta = {
+    return _TrainingData(fields, train_ids, val_ids, sim_val)
+
+
+def _base_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """Checkpoint metadata that does not depend on the training's outcome."""
+    from hcsflow.segmentation.model import HEADS
+
+    return {
         "model_mpp": args.model_mpp,
         "nuclear_diameter_px": args.nuclear_diameter,
         "heads": list(HEADS),
@@ -139,6 +151,29 @@ def run(args: argparse.Namespace) -> int:
         "normalization": _norm_kwargs(),
         "postprocess": postprocess_params(args.nuclear_diameter),
     }
+
+
+def _mix(args: argparse.Namespace) -> dict[str, float]:
+    """Sampling weight of each training source."""
+    return {"dsb": args.mix_dsb, "sim": args.mix_sim, "user": args.mix_user}
+
+
+def _train(
+    args: argparse.Namespace,
+    fields: dict[str, list[Field]],
+    base_meta: dict[str, Any],
+    out: Path,
+) -> tuple[Any, list[float], float]:
+    """Train the network (from ``--init`` if given), writing snapshots beside ``out``.
+
+    Returns the model, the loss history and the training time in seconds.
+    """
+    from hcsflow.segmentation.model import load_checkpoint, save_checkpoint
+
+    arch = {"in_channels": 2, "widths": tuple(args.widths), "blocks": tuple(args.blocks)}
+    init = None
+    if args.init:
+        init, _ = load_checkpoint(args.init)
 
     def snapshot(model, step: int) -> None:
         path = out.with_name(f"{out.stem}.step{step}.pt")
@@ -153,53 +188,71 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         size=args.size,
         lr=args.lr,
-        mix=mix,
+        mix=_mix(args),
         scale_range=tuple(args.scale_range),
         p_no_cyto=args.p_no_cyto,
         arch=arch,
         threads=args.threads,
-        log=log,
+        log=_log,
         model=init,
         device=args.device,
         snapshot=snapshot,
         snapshot_every=args.snapshot_every,
     )
-    train_s = time.time() - t_train
+    return model, history, time.time() - t_train
+
+
+def _validate(
+    model: Any, args: argparse.Namespace, data: _TrainingData, post: dict[str, Any]
+) -> dict[str, Any]:
+    """Metrics on the DSB2018 validation images and the simulated validation fields."""
     metrics: dict[str, Any] = {}
-    if val_ids:
+    if data.val_ids:
         metrics["dsb2018_val"] = evaluate_dsb(
-            model, args.dsb, val_ids, args.nuclear_diameter, base_meta["postprocess"]
+            model, args.dsb, data.val_ids, args.nuclear_diameter, post
         )
-        log(f"DSB2018 validation: {metrics['dsb2018_val']}")
-    if sim_val:
-        post = base_meta["postprocess"]
-        metrics["sim_val"] = evaluate_fields(model, sim_val, post)
-        metrics["sim_val_nuclear_only"] = evaluate_fields(model, sim_val, post, use_cytoplasm=False)
-        log(f"simulated validation: {metrics['sim_val']}")
-    name = args.name or out.stem
-    command = command_line(args)
-    card = {
-        "name": name,
+        _log(f"DSB2018 validation: {metrics['dsb2018_val']}")
+    if data.sim_val:
+        metrics["sim_val"] = evaluate_fields(model, data.sim_val, post)
+        metrics["sim_val_nuclear_only"] = evaluate_fields(
+            model, data.sim_val, post, use_cytoplasm=False
+        )
+        _log(f"simulated validation: {metrics['sim_val']}")
+    return metrics
+
+
+def _card(
+    args: argparse.Namespace,
+    out: Path,
+    data: _TrainingData,
+    metrics: dict[str, Any],
+    history: list[float],
+    train_s: float,
+    model: Any,
+) -> dict[str, Any]:
+    """The model card's record: name, licence, data, training settings, metrics, command."""
+    from hcsflow.segmentation.model import count_parameters
+
+    sim_val_seeds = (
+        [args.sim_seed + VALIDATION_OFFSET, args.sim_seed + VALIDATION_OFFSET + args.sim_val - 1]
+        if data.sim_val
+        else None
+    )
+    return {
+        "name": args.name or out.stem,
         "licence": "BSD-3-Clause (weights trained by the hcsflow authors); DSB2018 data CC0",
         "data": {
             "dsb2018": {
                 "root": str(args.dsb) if args.dsb else None,
-                "train_images": len(train_ids),
-                "val_images": len(val_ids),
+                "train_images": len(data.train_ids),
+                "val_images": len(data.val_ids),
                 "split": f"validation when int(sha1(id)[:8], 16) % 100 < {DSB_VAL_PERCENT}",
-                "val_ids": val_ids,
+                "val_ids": data.val_ids,
             },
             "simulated": {
                 "train_fields": args.sim,
                 "seeds": [args.sim_seed, args.sim_seed + args.sim - 1] if args.sim else None,
-                "val_seeds": (
-                    [
-                        args.sim_seed + VALIDATION_OFFSET,
-                        args.sim_seed + VALIDATION_OFFSET + args.sim_val - 1,
-                    ]
-                    if sim_val
-                    else None
-                ),
+                "val_seeds": sim_val_seeds,
                 "shape": list(args.sim_shape),
                 "image_mpp": args.sim_mpp,
             },
@@ -215,16 +268,28 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "train_seconds": round(train_s, 1),
             "final_loss": float(np.mean(history[-50:])) if history else None,
-            "mix": mix,
+            "mix": _mix(args),
             "p_no_cyto": args.p_no_cyto,
             "scale_range": list(args.scale_range),
         },
         "metrics": metrics,
-        "command": command,
+        "command": command_line(args),
         "parameters": count_parameters(model),
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, validate, write the checkpoint and the model card."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    data = _training_data(args)
+    base_meta = _base_meta(args)
+    model, history, train_s = _train(args, data.fields, base_meta, out)
+    metrics = _validate(model, args, data, base_meta["postprocess"])
+    card = _card(args, out, data, metrics, history, train_s, model)
     card_path = save_with_card(out, model, {**base_meta, "card": card})
-    log(f"wrote {out} and {card_path} in {time.time() - t_start:.0f} s")
+    _log(f"wrote {out} and {card_path} in {time.time() - t_start:.0f} s")
     return 0
 
 
@@ -234,7 +299,7 @@ def config_defaults(schema: str | Path = SCHEMA) -> dict[str, Any]:
     Parameters
     ----------
     schema : path
-        ``config/config.schema.yaml``.
+        ``hcsflow/config.schema.yaml``.
 
     Returns
     -------
@@ -329,13 +394,12 @@ def save_with_card(out: str | Path, model, meta: dict[str, Any]) -> Path:
     return out.with_suffix(".md")
 
 
-def write_card(path: str | Path, meta: dict[str, Any]) -> None:
-    """Write the Markdown model card of a checkpoint."""
-    from hcsflow.io import atomic_path
+_METRICS_HEADER = ["| data | objects | F1@0.5 | DSB score | images |", "|---|---|---|---|---|"]
 
-    card = meta["card"]
-    m = card.get("metrics", {})
-    lines = [
+
+def _card_header(card: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The card's title, model description, data and training sections (Markdown lines)."""
+    return [
         f"# Segmentation model `{card['name']}`",
         "",
         "Mesmer-style network (see `hcsflow/segmentation/model.py`): input nuclear + "
@@ -361,6 +425,12 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
         json.dumps(card["training"], indent=1),
         "```",
         "",
+    ]
+
+
+def _validation_lines(m: dict[str, Any]) -> list[str]:
+    """The card's table of validation metrics at the end of training (Markdown lines)."""
+    lines = [
         "## Validation metrics (at the end of training)",
         "",
         "F1 at IoU 0.5 and DSB score (mean over IoU 0.50:0.05:0.95 of TP / (TP + FP + FN)), "
@@ -368,8 +438,7 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
         "nuclear size; instances from the deep watershed "
         "(`hcsflow.segmentation.postprocess`) with the settings above.",
         "",
-        "| data | objects | F1@0.5 | DSB score | images |",
-        "|---|---|---|---|---|",
+        *_METRICS_HEADER,
     ]
     rows = []
     if "dsb2018_val" in m:
@@ -383,6 +452,21 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
                 rows.append((label, obj, m[key][obj]))
     for data, obj, r in rows:
         lines.append(f"| {data} | {obj} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n_images']} |")
+    return lines
+
+
+def _benchmark_rows(bench: dict[str, Any]) -> list[str]:
+    """A benchmark's table rows and its command line (Markdown lines)."""
+    lines = [
+        f"| {r['data']} | {r['objects']} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n']} |"
+        for r in bench["rows"]
+    ]
+    return [*lines, "", f"Command: `{bench['command']}`"]
+
+
+def _benchmark_lines(card: dict[str, Any]) -> list[str]:
+    """The card's benchmark through :class:`Segmenter` and the earlier ones (Markdown lines)."""
+    lines: list[str] = []
     bench = card.get("benchmark")
     if bench:
         lines += [
@@ -392,22 +476,23 @@ def write_card(path: str | Path, meta: dict[str, Any]) -> None:
             "Whole pipeline at the input resolution (normalize, rescale, tile, network, deep "
             "watershed, labels back to the input size).",
             "",
-            "| data | objects | F1@0.5 | DSB score | images |",
-            "|---|---|---|---|---|",
+            *_METRICS_HEADER,
+            *_benchmark_rows(bench),
         ]
-        lines += [
-            f"| {r['data']} | {r['objects']} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n']} |"
-            for r in bench["rows"]
-        ]
-        lines += ["", f"Command: `{bench['command']}`"]
     for old in card.get("benchmark_history", []):
         lines += ["", f"### Earlier benchmark: {old.get('setting', '')}", ""]
-        lines += ["| data | objects | F1@0.5 | DSB score | images |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {r['data']} | {r['objects']} | {r['f1_05']:.3f} | {r['dsb']:.3f} | {r['n']} |"
-            for r in old["rows"]
-        ]
-        lines += ["", f"Command: `{old['command']}`"]
+        lines += [*_METRICS_HEADER, *_benchmark_rows(old)]
+    return lines
+
+
+def write_card(path: str | Path, meta: dict[str, Any]) -> None:
+    """Write the Markdown model card of a checkpoint."""
+    from hcsflow.io import atomic_path
+
+    card = meta["card"]
+    lines = _card_header(card, meta)
+    lines += _validation_lines(card.get("metrics", {}))
+    lines += _benchmark_lines(card)
     if card.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
     lines += ["", "## Command", "", "```", card["command"], "```", ""]

@@ -54,14 +54,29 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from hcsflow.segmentation.classical import ClassicalParams, field_contrast, segment_classical
+from hcsflow.segmentation.fields import (
+    FLAGS,
+    GRANULOMETRY_RATIO,
+    FieldMaps,
+    SegmentationResult,
+    empty_labels,
+    estimate_nuclear_diameter,
+    field_flags,
+)
+from hcsflow.segmentation.inference import (
+    inference_model,
+    native_maps,
+    pair_labels,
+    symmetry_mean,
+    tile_layout,
+    tiled_maps,
+)
 from hcsflow.segmentation.postprocess import (
     PostprocessParams,
     PostStats,
@@ -70,11 +85,28 @@ from hcsflow.segmentation.postprocess import (
 )
 from hcsflow.segmentation.preprocess import resize_float, resize_labels, scaled_shape
 
+#: Names of this module, including those defined in :mod:`~hcsflow.segmentation.fields` and
+#: :mod:`~hcsflow.segmentation.inference` that callers import from here.
+__all__ = [
+    "DEFAULT_MODEL",
+    "FLAGS",
+    "GRANULOMETRY_RATIO",
+    "FieldMaps",
+    "SegmentationResult",
+    "Segmenter",
+    "default_model_path",
+    "estimate_nuclear_diameter",
+    "field_flags",
+    "inference_model",
+    "native_maps",
+    "pair_labels",
+    "resize_labels",
+    "resolve_device",
+    "tile_layout",
+]
+
 #: Default model, relative to the repository that holds the package.
 DEFAULT_MODEL = "segmenter_v5.pt"
-
-#: QC flags a field can carry.
-FLAGS = ("blank", "saturated", "no_objects")
 
 
 def default_model_path() -> Path:
@@ -95,238 +127,6 @@ def resolve_device(device: str | None) -> str:
     if not (str(device) == "cpu" or str(device).startswith("cuda")):
         raise ValueError(f"segmentation device must be auto, cpu or cuda[:N], got {device!r}")
     return str(device)
-
-
-@dataclass
-class SegmentationResult:
-    """Labels and QC of one field.
-
-    Attributes
-    ----------
-    nuclei, cells : ndarray of uint32, shape (H, W)
-        Label images of the input's shape; cell ``k`` contains nucleus ``k``.
-    stats : PostStats
-        Object counts and the unmatched objects removed.
-    flags : tuple of str
-        QC flags among :data:`FLAGS` (empty for a normal field).
-    image_mpp : float
-        Pixel size used (the given one, or the estimate).
-    mpp_estimated : bool
-        Whether ``image_mpp`` was estimated from the image.
-    timings : dict of str to float
-        Seconds spent in ``network`` (normalization, rescaling, inference, blending) and
-        ``postprocess`` (watershed, mapping labels back).
-    """
-
-    nuclei: np.ndarray
-    cells: np.ndarray
-    stats: PostStats
-    flags: tuple[str, ...] = ()
-    image_mpp: float = float("nan")
-    mpp_estimated: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def qc_record(self) -> dict[str, Any]:
-        """Flat record for a per-field QC table (counts named as CellProfiler's Image table)."""
-        rec: dict[str, Any] = dict(self.stats.as_dict())
-        rec["Count_Nuclei"] = rec.pop("n_nuclei")
-        rec["Count_Cells"] = rec.pop("n_cells")
-        rec["flags"] = ";".join(self.flags)
-        rec["image_mpp"] = float(self.image_mpp)
-        rec["mpp_estimated"] = bool(self.mpp_estimated)
-        return rec
-
-
-# --------------------------------------------------------------------------------------------
-# image-level helpers
-
-
-def field_flags(nuclear: np.ndarray, saturation_fraction: float = 0.05) -> list[str]:
-    """QC flags of a raw nuclear image: ``blank`` (constant) or ``saturated``.
-
-    Parameters
-    ----------
-    nuclear : ndarray, shape (H, W)
-    saturation_fraction : float
-        Fraction of pixels at the image maximum above which the field is ``saturated``.
-    """
-    img = np.asarray(nuclear)
-    if img.size == 0:
-        return ["blank"]
-    lo, hi = img.min(), img.max()
-    if not hi > lo:
-        return ["blank"]
-    at_max = np.count_nonzero(img == hi) / img.size
-    return ["saturated"] if at_max > saturation_fraction else []
-
-
-#: Ratio of twice the median per-component maximal distance to the median equivalent-circle
-#: diameter of the nuclei, measured on DSB2018 training images (0.86, 75 images) and on
-#: simulated fields of random appearance (0.88, 8 fields).
-GRANULOMETRY_RATIO = 0.87
-
-
-def estimate_nuclear_diameter(nuclear: np.ndarray) -> float:
-    """Median nuclear diameter in pixels, by granulometry of the nuclear channel.
-
-    The image is normalized, smoothed lightly and thresholded with Otsu's method; in each
-    connected component the maximum of the Euclidean distance to the background is the radius
-    of the (largest) nucleus it holds, whether the component is one nucleus or a clump. Twice
-    the median of these radii over components (specks under 2 pixels radius are noise),
-    divided by :data:`GRANULOMETRY_RATIO`, estimates the median equivalent-circle diameter
-    (to about 10 %).
-
-    Parameters
-    ----------
-    nuclear : ndarray, shape (H, W)
-
-    Returns
-    -------
-    float
-        Diameter in pixels, ``nan`` if the image has no foreground.
-    """
-    from skimage.filters import threshold_otsu
-
-    img = np.asarray(nuclear, dtype=np.float32)
-    lo, hi = np.percentile(img, (1.0, 99.8))
-    if not hi > lo:
-        return float("nan")
-    img = ndi.gaussian_filter(np.clip((img - lo) / (hi - lo), 0, 1), 1.0)
-    if img.min() == img.max():
-        return float("nan")
-    mask = img > threshold_otsu(img)
-    labels, n = ndi.label(mask)
-    if n == 0:
-        return float("nan")
-    dist = ndi.distance_transform_edt(mask)
-    radius = np.asarray(ndi.maximum(dist, labels, index=np.arange(1, n + 1)))
-    radius = radius[radius >= 2.0]
-    if radius.size == 0:
-        return float("nan")
-    return float(2.0 * np.median(radius) / GRANULOMETRY_RATIO)
-
-
-def native_maps(maps: np.ndarray, shape: tuple[int, int], cells: bool = True) -> np.ndarray:
-    """Network maps resized to the input's shape for post-processing there.
-
-    Parameters
-    ----------
-    maps : ndarray of float32, shape (6, h, w)
-        Maps at the working resolution (order of
-        :data:`~hcsflow.segmentation.postprocess.HEADS`, foreground as probabilities).
-    shape : tuple of int
-        Target ``(H, W)``.
-    cells : bool
-        Resize the cell maps too; if False they are returned as zeros.
-
-    Returns
-    -------
-    ndarray of float32, shape (6, H, W)
-        Inner distances and foreground probabilities resized bilinearly (antialiased when
-        shrinking); the outer distances, which the watershed does not use, are zeros.
-    """
-    idx = [0, 2, 3, 5] if cells else [0, 2]
-    small = resize_float(np.ascontiguousarray(maps[idx]), shape)
-    out = np.zeros((maps.shape[0], *shape), np.float32)
-    out[idx] = small
-    return out
-
-
-def pair_labels(nuclei: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Keep only labels present in both images, renumbered ``1..N`` in both the same way.
-
-    Returns the two images and the number of pairs dropped.
-    """
-    top = int(max(nuclei.max(initial=0), cells.max(initial=0)))
-    pn = np.bincount(nuclei.ravel(), minlength=top + 1) > 0
-    pc = np.bincount(cells.ravel(), minlength=top + 1) > 0
-    both = pn & pc
-    both[0] = False
-    lut = np.zeros(top + 1, dtype=np.uint32)
-    lut[both] = np.arange(1, int(both.sum()) + 1, dtype=np.uint32)
-    dropped = int(((pn | pc)[1:] & ~both[1:]).sum())
-    return lut[nuclei], lut[cells], dropped
-
-
-def tile_layout(size: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
-    """Balanced tiling of one axis: the fewest tiles of at most ``tile`` pixels overlapping by
-    at least ``overlap``, all of one length (rounded up to ``multiple``, capped at ``size``).
-
-    Returns the tile length and the start of each tile.
-    """
-    if size <= tile:
-        return size, [0]
-    n = -(-(size - overlap) // (tile - overlap))
-    length = -(-(size + (n - 1) * overlap) // n)
-    length = min(size, -(-length // multiple) * multiple)
-    starts = np.linspace(0, size - length, n).round().astype(int).tolist()
-    return length, starts
-
-
-def _ramp(n: int, overlap: int) -> np.ndarray:
-    i = np.arange(n)
-    edge = np.minimum(i, n - 1 - i) + 1.0
-    return np.clip(edge / (overlap + 1.0), 1e-3, 1.0).astype(np.float32)
-
-
-def inference_model(model: Any) -> Any:
-    """A copy of ``model`` prepared for fast inference (the input is not modified).
-
-    Every batch normalization that follows a convolution (``convN``/``bnN`` attribute pairs and
-    adjacent ``Conv2d``, ``BatchNorm2d`` in a ``Sequential``) is folded into the convolution's
-    weights, and the weights are stored channels-last; outputs equal the original model's to
-    float rounding. On CPU this makes the shipped network about a third faster.
-    """
-    import copy
-
-    import torch
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for mod in model.modules():
-        for i in range(1, 4):
-            conv, bn = getattr(mod, f"conv{i}", None), getattr(mod, f"bn{i}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(mod, f"conv{i}", fuse_conv_bn_eval(conv, bn))
-                setattr(mod, f"bn{i}", nn.Identity())
-        if isinstance(mod, nn.Sequential):
-            for j in range(len(mod) - 1):
-                if isinstance(mod[j], nn.Conv2d) and isinstance(mod[j + 1], nn.BatchNorm2d):
-                    mod[j] = fuse_conv_bn_eval(mod[j], mod[j + 1])
-                    mod[j + 1] = nn.Identity()
-    return model.to(memory_format=torch.channels_last)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FieldMaps:
-    """The network's maps of one field and what post-processing needs (:meth:`Segmenter.maps`).
-
-    Attributes
-    ----------
-    maps : ndarray of float32, shape (6, h, w)
-        Maps at the working resolution (foreground as probabilities).
-    nuclear : ndarray of float32, shape (h, w)
-        The normalized nuclear input at the working resolution.
-    native_nuclear : ndarray of float32, shape (H, W)
-        The normalized nuclear channel at the input's resolution.
-    nuclei_only : bool
-        The field had no cytoplasm channel.
-    shape : tuple of int
-        The input's shape ``(H, W)``.
-    image_mpp : float
-        The input's pixel size, µm.
-    """
-
-    maps: np.ndarray
-    nuclear: np.ndarray
-    native_nuclear: np.ndarray
-    nuclei_only: bool
-    shape: tuple[int, int]
-    image_mpp: float
 
 
 class Segmenter:
@@ -574,7 +374,22 @@ class Segmenter:
         -------
         list of SegmentationResult
         """
-        fields = list(fields)
+        prepared = self._prepare_fields(list(fields), image_mpp, flags)
+        if self.method == "classical":
+            return [self._classical_one(*p) for p in prepared]
+        return self._deep_batch(prepared)
+
+    # ---------------------------------------------------------------------------------------
+    def _prepare_fields(
+        self,
+        fields: list[tuple[np.ndarray, np.ndarray | None]],
+        image_mpp: float | None | Sequence[float | None],
+        flags: Sequence[Sequence[str]] | None,
+    ) -> list[tuple[np.ndarray, np.ndarray | None, float, bool, list[str]]]:
+        """Check the arguments of :meth:`predict_batch`; each field's QC flags and pixel size.
+
+        Returns, per field, ``(nuclear, cytoplasm, image_mpp, mpp_estimated, flags)``.
+        """
         mpps = (
             list(image_mpp)
             if isinstance(image_mpp, (list, tuple, np.ndarray))
@@ -585,33 +400,50 @@ class Segmenter:
         known = [()] * len(fields) if flags is None else [tuple(f) for f in flags]
         if len(known) != len(fields):
             raise ValueError(f"{len(fields)} fields but {len(known)} sets of flags")
-        prepared = []
-        for i, ((nuc, cyto), mpp, given) in enumerate(zip(fields, mpps, known, strict=True)):
-            nuc = np.asarray(nuc)
-            if nuc.ndim != 2:
-                raise ValueError(f"field {i}: nuclear image must be 2-D, got shape {nuc.shape}")
-            if cyto is not None and np.shape(cyto) != nuc.shape:
-                raise ValueError(
-                    f"field {i}: cytoplasm shape {np.shape(cyto)} differs from nuclear {nuc.shape}"
-                )
-            if not np.all(np.isfinite(nuc)):
-                raise ValueError(f"field {i}: nuclear image contains NaN or infinite values")
-            if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
-                raise ValueError(f"field {i}: image_mpp must be a positive number, got {mpp!r}")
-            fl = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
-            estimated = False
-            if mpp is None and "blank" not in fl:
-                diam = estimate_nuclear_diameter(nuc)
-                if np.isfinite(diam):
-                    mpp, estimated = self.nuclear_diameter_um / diam, True
-            if mpp is None:
-                # blank, or no foreground to measure: the scale is unknown and irrelevant
-                mpp = self.model_mpp if self.method == "deep" else 1.0
-            prepared.append((nuc, cyto, float(mpp), estimated, fl))
+        return [
+            self._prepare_field(i, nuc, cyto, mpp, given)
+            for i, ((nuc, cyto), mpp, given) in enumerate(zip(fields, mpps, known, strict=True))
+        ]
 
-        if self.method == "classical":
-            return [self._classical_one(*p) for p in prepared]
+    def _prepare_field(
+        self,
+        i: int,
+        nuc: np.ndarray,
+        cyto: np.ndarray | None,
+        mpp: float | None,
+        given: Sequence[str],
+    ) -> tuple[np.ndarray, np.ndarray | None, float, bool, list[str]]:
+        """One field of :meth:`_prepare_fields` (``i`` is its position, for the messages)."""
+        nuc = np.asarray(nuc)
+        if nuc.ndim != 2:
+            raise ValueError(f"field {i}: nuclear image must be 2-D, got shape {nuc.shape}")
+        if cyto is not None and np.shape(cyto) != nuc.shape:
+            raise ValueError(
+                f"field {i}: cytoplasm shape {np.shape(cyto)} differs from nuclear {nuc.shape}"
+            )
+        if not np.all(np.isfinite(nuc)):
+            raise ValueError(f"field {i}: nuclear image contains NaN or infinite values")
+        if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
+            raise ValueError(f"field {i}: image_mpp must be a positive number, got {mpp!r}")
+        fl = sorted(set(field_flags(nuc, self.saturation_fraction)) | set(given))
+        estimated = False
+        if mpp is None and "blank" not in fl:
+            diam = estimate_nuclear_diameter(nuc)
+            if np.isfinite(diam):
+                mpp, estimated = self.nuclear_diameter_um / diam, True
+        if mpp is None:
+            # blank, or no foreground to measure: the scale is unknown and irrelevant
+            mpp = self.model_mpp if self.method == "deep" else 1.0
+        return nuc, cyto, float(mpp), estimated, fl
 
+    def _deep_batch(
+        self, prepared: list[tuple[np.ndarray, np.ndarray | None, float, bool, list[str]]]
+    ) -> list[SegmentationResult]:
+        """The network on the prepared fields' tiles together, then post-processing per field.
+
+        A blank field, or one whose nuclear contrast is below ``empty_contrast``, skips the
+        network and gets no objects.
+        """
         t0 = time.perf_counter()
         inputs: list[np.ndarray | None] = []
         natives: list[np.ndarray | None] = []
@@ -625,55 +457,31 @@ class Segmenter:
                 inputs.append(x)
                 natives.append(native_nuclear)
         maps = self.predict_maps([x for x in inputs if x is not None])
-        t_net = (time.perf_counter() - t0) / max(1, len(fields))
+        t_net = (time.perf_counter() - t0) / max(1, len(prepared))
         out = []
         it = iter(maps)
         for (nuc, cyto, mpp, estimated, fl), x, xn in zip(prepared, inputs, natives, strict=True):
             t1 = time.perf_counter()
             if x is None:
-                nuclei = np.zeros(nuc.shape, np.uint32)
-                cells, stats = nuclei.copy(), PostStats()
+                nuclei, cells, stats = empty_labels(nuc.shape)
             else:
                 nuclei, cells, stats = self._postprocess(
                     next(it), x[0], xn, cyto is None, nuc.shape, mpp
                 )
-            fl = list(fl)
-            if stats.n_nuclei == 0 and "blank" not in fl:
-                fl.append("no_objects")
+            timings = {"network": t_net, "postprocess": time.perf_counter() - t1}
             out.append(
-                SegmentationResult(
-                    nuclei,
-                    cells,
-                    stats,
-                    tuple(sorted(fl)),
-                    mpp,
-                    estimated,
-                    {"network": t_net, "postprocess": time.perf_counter() - t1},
-                )
+                SegmentationResult.from_labels(nuclei, cells, stats, fl, mpp, estimated, timings)
             )
         return out
 
-    # ---------------------------------------------------------------------------------------
     def _classical_one(self, nuc, cyto, mpp, estimated, flags) -> SegmentationResult:
         t0 = time.perf_counter()
         if "blank" in flags:
-            nuclei = np.zeros(nuc.shape, np.uint32)
-            cells, stats = nuclei.copy(), PostStats()
+            nuclei, cells, stats = empty_labels(nuc.shape)
         else:
             nuclei, cells, stats = segment_classical(nuc, cyto, mpp, self.classical_params)
-        flags = list(flags)
-        if stats.n_nuclei == 0 and "blank" not in flags:
-            flags.append("no_objects")
-        dt = time.perf_counter() - t0
-        return SegmentationResult(
-            nuclei,
-            cells,
-            stats,
-            tuple(sorted(flags)),
-            mpp,
-            estimated,
-            {"network": 0.0, "postprocess": dt},
-        )
+        timings = {"network": 0.0, "postprocess": time.perf_counter() - t0}
+        return SegmentationResult.from_labels(nuclei, cells, stats, flags, mpp, estimated, timings)
 
     def _model_input(
         self,
@@ -769,23 +577,7 @@ class Segmenter:
     def _forward(self, t: Any) -> Any:
         """The network on a batch ``(B, 2, h, w)``; with ``tta`` the mean over the 8 flips and
         90-degree rotations (each output transformed back; logits averaged)."""
-        import torch
-
-        if not self.tta:
-            return self.model(t)
-        acc = None
-        for k in range(4):
-            for flip in (False, True):
-                u = torch.rot90(t, k, dims=(2, 3))
-                if flip:
-                    u = torch.flip(u, dims=(3,))
-                u = u.contiguous(memory_format=torch.channels_last)
-                y = self.model(u).float()
-                if flip:
-                    y = torch.flip(y, dims=(3,))
-                y = torch.rot90(y, -k, dims=(2, 3))
-                acc = y if acc is None else acc + y
-        return acc / 8.0
+        return self.model(t) if not self.tta else symmetry_mean(self.model, t)
 
     def predict_maps(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Network maps of normalized inputs at the model's resolution, tiled and blended.
@@ -800,36 +592,12 @@ class Segmenter:
         list of ndarray of float32, shape (6, h_i, w_i)
             Inner and outer distances as predicted; foreground maps as probabilities.
         """
-        import torch
-
-        tsize, ovl = self.tile_size, self.tile_overlap
-        acc = [np.zeros((6, *x.shape[-2:]), np.float32) for x in inputs]
-        wsum = [np.zeros(x.shape[-2:], np.float32) for x in inputs]
-        # tiles grouped by shape so that each batch is one tensor
-        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        for k, x in enumerate(inputs):
-            h, w = x.shape[-2:]
-            th, ys = tile_layout(h, tsize, ovl, self.multiple)
-            tw, xs = tile_layout(w, tsize, ovl, self.multiple)
-            for y0 in ys:
-                for x0 in xs:
-                    groups.setdefault((th, tw), []).append((k, y0, x0))
-        with torch.inference_mode():
-            for (th, tw), tiles in groups.items():
-                weight = _ramp(th, ovl)[:, None] * _ramp(tw, ovl)[None, :]
-                for b in range(0, len(tiles), self.batch_size):
-                    chunk = tiles[b : b + self.batch_size]
-                    batch = np.stack([inputs[k][:, y : y + th, x : x + tw] for k, y, x in chunk])
-                    t = torch.from_numpy(batch).to(self.device)
-                    t = t.contiguous(memory_format=torch.channels_last)
-                    y_out = self._forward(t).float().cpu().numpy()
-                    for (k, y, x), o in zip(chunk, y_out, strict=True):
-                        acc[k][:, y : y + th, x : x + tw] += o * weight
-                        wsum[k][y : y + th, x : x + tw] += weight
-        out = []
-        for a, s in zip(acc, wsum, strict=True):
-            a /= s
-            for c in (2, 5):  # foreground logits -> probabilities
-                a[c] = 1.0 / (1.0 + np.exp(-a[c]))
-            out.append(a)
-        return out
+        return tiled_maps(
+            self._forward,
+            inputs,
+            self.tile_size,
+            self.tile_overlap,
+            self.multiple,
+            self.batch_size,
+            self.device,
+        )

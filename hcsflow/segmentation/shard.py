@@ -153,6 +153,95 @@ def read_corrected(
     return stack, imgs
 
 
+def _read_or_skip(
+    row: Mapping[str, Any],
+    names: Sequence[str],
+    illumination: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    root: ImagesRoot,
+    on_bad_image: str,
+    dropped: list[BadImageError] | None,
+    what: str,
+) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """:func:`read_corrected`, or None for a bad field when ``on_bad_image`` is ``drop``.
+
+    The skipped field is logged as ``what`` and its error appended to ``dropped`` (if given);
+    with ``stop`` the :class:`~hcsflow.io.BadImageError` propagates.
+    """
+    try:
+        return read_corrected(row, names, illumination, root)
+    except BadImageError as exc:
+        if on_bad_image == "stop":
+            raise
+        log.warning("%s (discovery.on_bad_image: drop): %s", what, exc)
+        if dropped is not None:
+            dropped.append(exc)
+        return None
+
+
+def _segmentation_images(
+    imgs: list[np.ndarray],
+    nuc_names: list[str],
+    cyto_names: list[str],
+    weights: Mapping[str, float],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The nuclear and cytoplasm images (each of shape (H, W)) from a field's channels, the
+    nuclear channels first; the cytoplasm image is None without cytoplasm channels."""
+    nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
+    cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
+    return nuc, cyto
+
+
+def _raw_flags(
+    stack: np.ndarray, names: list[str], nuc_names: list[str], saturation_fraction: float
+) -> list[str]:
+    """QC flags of a field decided on its raw channels, shape (C, H, W): ``saturated`` if any
+    channel is, ``blank`` if a nuclear channel is."""
+    flags = set()
+    for k, name in enumerate(names):
+        f = field_flags(stack[k], saturation_fraction)
+        if "saturated" in f:
+            flags.add("saturated")
+        if "blank" in f and name in nuc_names:
+            flags.add("blank")
+    return sorted(flags)
+
+
+def _qc_record(row: Mapping[str, Any], res: SegmentationResult) -> dict[str, Any]:
+    """A field's row of the QC table (logged at debug level with the timings)."""
+    rec = {
+        "Metadata_Plate": str(row["Metadata_Plate"]),
+        "Metadata_Well": str(row["Metadata_Well"]),
+        "Metadata_Site": int(row["Metadata_Site"]),
+    }
+    rec.update(res.qc_record())
+    log.debug(
+        "%s %s s%d: %d cells, flags [%s], network %.2f s, post-processing %.2f s",
+        rec["Metadata_Plate"],
+        rec["Metadata_Well"],
+        rec["Metadata_Site"],
+        rec["Count_Cells"],
+        rec["flags"],
+        res.timings.get("network", 0.0),
+        res.timings.get("postprocess", 0.0),
+    )
+    return rec
+
+
+def _qc_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The QC records as a table with the columns and types of :data:`QC_COLUMNS`."""
+    qc = pd.DataFrame.from_records(
+        records, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", *QC_COLUMNS]
+    )
+    return qc.astype(
+        {
+            "Metadata_Site": "int64",
+            **{c: "int64" for c in QC_COLUMNS[:6]},
+            "image_mpp": "float64",
+            "mpp_estimated": "bool",
+        }
+    )
+
+
 def segment_fields(
     manifest: pd.DataFrame,
     channels: Sequence[Mapping[str, Any]],
@@ -225,28 +314,14 @@ def segment_fields(
     for start in range(0, len(rows), fields_per_batch):
         inputs, flags, chunk = [], [], []
         for row in rows[start : start + fields_per_batch]:
-            try:
-                stack, imgs = read_corrected(row, names, illumination, root)
-            except BadImageError as exc:
-                if on_bad_image == "stop":
-                    raise
-                log.warning("skipped (discovery.on_bad_image: drop): %s", exc)
-                if dropped is not None:
-                    dropped.append(exc)
+            read = _read_or_skip(row, names, illumination, root, on_bad_image, dropped, "skipped")
+            if read is None:
                 progress.advance()
                 continue
+            stack, imgs = read
             chunk.append(row)
-            raw_flags = set()
-            for k, name in enumerate(names):
-                f = field_flags(stack[k], segmenter.saturation_fraction)
-                if "saturated" in f:
-                    raw_flags.add("saturated")
-                if "blank" in f and name in nuc_names:
-                    raw_flags.add("blank")
-            nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
-            cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
-            inputs.append((nuc, cyto))
-            flags.append(sorted(raw_flags))
+            inputs.append(_segmentation_images(imgs, nuc_names, cyto_names, weights))
+            flags.append(_raw_flags(stack, names, nuc_names, segmenter.saturation_fraction))
         if not chunk:
             continue
         results: list[SegmentationResult] = segmenter.predict_batch(inputs, image_mpp, flags)
@@ -256,36 +331,9 @@ def segment_fields(
                 masks_out.add(key[0], key[1], res.nuclei, res.cells)
             else:
                 masks[key] = (res.nuclei, res.cells)
-            rec = {
-                "Metadata_Plate": str(row["Metadata_Plate"]),
-                "Metadata_Well": key[0],
-                "Metadata_Site": key[1],
-            }
-            rec.update(res.qc_record())
-            records.append(rec)
-            log.debug(
-                "%s %s s%d: %d cells, flags [%s], network %.2f s, post-processing %.2f s",
-                rec["Metadata_Plate"],
-                key[0],
-                key[1],
-                rec["Count_Cells"],
-                rec["flags"],
-                res.timings.get("network", 0.0),
-                res.timings.get("postprocess", 0.0),
-            )
+            records.append(_qc_record(row, res))
             progress.advance()
-    qc = pd.DataFrame.from_records(
-        records, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", *QC_COLUMNS]
-    )
-    qc = qc.astype(
-        {
-            "Metadata_Site": "int64",
-            **{c: "int64" for c in QC_COLUMNS[:6]},
-            "image_mpp": "float64",
-            "mpp_estimated": "bool",
-        }
-    )
-    return masks, qc
+    return masks, _qc_table(records)
 
 
 def render_plate_overlays(
@@ -344,17 +392,12 @@ def render_plate_overlays(
     panels = []
     shown = []
     for i, row in enumerate(chosen.to_dict("records")):
-        try:
-            _, imgs = read_corrected(row, names, illumination, root)
-        except BadImageError as exc:
-            if on_bad_image == "stop":
-                raise
-            log.warning("overlay skipped (discovery.on_bad_image: drop): %s", exc)
+        read = _read_or_skip(row, names, illumination, root, on_bad_image, None, "overlay skipped")
+        if read is None:
             continue
         shown.append(i)
-        imgs = [np.asarray(img, dtype=np.float32) for img in imgs]
-        nuc = _combine(imgs[: len(nuc_names)], nuc_names, weights)
-        cyto = _combine(imgs[len(nuc_names) :], cyto_names, weights) if cyto_names else None
+        imgs = [np.asarray(img, dtype=np.float32) for img in read[1]]
+        nuc, cyto = _segmentation_images(imgs, nuc_names, cyto_names, weights)
         well, site = str(row["Metadata_Well"]), int(row["Metadata_Site"])
         nuclei, cells = read_masks(results, plate, well, site)
         rgb = outline_overlay(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,56 +49,28 @@ def default_platemap(n_wells: int = 96, seed: int = 0) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for moa, prof in MOA_PROFILES.items():
         for j in range(per_moa):
-            for d in doses:
-                for _ in range(reps):
-                    rows.append(
-                        {
-                            "compound": f"{prof['code']}-{j + 1}",
-                            "dose_um": d,
-                            "role": "trt",
-                            "moa": moa,
-                            "target": prof["target"],
-                        }
-                    )
+            rows += _wells_of(f"{prof['code']}-{j + 1}", doses, reps, "trt", moa, prof["target"])
     for j in range(n_inactive):
-        for d in doses:
-            for _ in range(reps):
-                rows.append(
-                    {
-                        "compound": f"INACT-{j + 1}",
-                        "dose_um": d,
-                        "role": "trt",
-                        "moa": INACTIVE_MOA,
-                        "target": "none",
-                    }
-                )
-    for _ in range(n_pos):
-        rows.append(
-            {
-                "compound": "POSCON-TOPO",
-                "dose_um": 10.0,
-                "role": "poscon",
-                "moa": "topoisomerase inhibitor",
-                "target": "TOP2A",
-            }
-        )
-    for _ in range(n_neg):
-        rows.append(
-            {
-                "compound": "DMSO",
-                "dose_um": 0.0,
-                "role": "negcon",
-                "moa": "control",
-                "target": "none",
-            }
-        )
-    while len(rows) < n_wells:
-        rows.append({"compound": "", "dose_um": 0.0, "role": "empty", "moa": "", "target": ""})
+        rows += _wells_of(f"INACT-{j + 1}", doses, reps, "trt", INACTIVE_MOA, "none")
+    rows += _wells_of("POSCON-TOPO", (10.0,), n_pos, "poscon", "topoisomerase inhibitor", "TOP2A")
+    rows += _wells_of("DMSO", (0.0,), n_neg, "negcon", "control", "none")
+    rows += _wells_of("", (0.0,), n_wells - len(rows), "empty", "", "")
     assert len(rows) == n_wells, (len(rows), n_wells)
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9A7E])).permutation(n_wells)
     df = pd.DataFrame([rows[i] for i in order])
     df.insert(0, "well", wells)
     return df
+
+
+def _wells_of(
+    compound: str, doses: Sequence[float], reps: int, role: str, moa: str, target: str
+) -> list[dict[str, Any]]:
+    """Plate-map rows of one compound: ``reps`` wells at each dose of ``doses``, in order."""
+    return [
+        {"compound": compound, "dose_um": d, "role": role, "moa": moa, "target": target}
+        for d in doses
+        for _ in range(reps)
+    ]
 
 
 def compound_parameters(compound: str, moa: str) -> dict[str, Any]:

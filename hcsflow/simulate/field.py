@@ -191,15 +191,71 @@ def _population(
     ph: Mapping[str, float],
     app: Mapping[str, Any],
 ) -> Population:
-    """The cell population: states, sizes and shapes, placed by a clustered point process."""
+    """The cell population: states, sizes and shapes, placed by a clustered point process.
+
+    The steps draw from ``g_geo`` in a fixed order: the number of cells, the properties of a
+    pool of candidates, the point process that keeps some of them, their orientations and
+    offsets, and their outlines.
+    """
     h, w = shape
     px = 1.0 / image_mpp  # pixels per micrometre
     scale = float(app["cell_scale"])
-    area_mm2 = h * w * (image_mpp * 1e-3) ** 2
-    lam = CELLS_PER_MM2 * density * area_mm2 * (1.0 - ph["toxicity"]) / scale**1.5
-    n_target = int(g_geo.poisson(lam)) if lam > 0 else 0
+    n_target = _cell_count(g_geo, (h, w), image_mpp, density, ph["toxicity"], scale)
     # properties for a pool of candidates; the point process keeps n_target of them
     n = 4 * n_target + 20 if n_target else 0
+    cells = _candidate_cells(g_geo, n, ph, scale, px)
+    a_nuc = cells["r_nuc"] * np.sqrt(cells["asp_nuc"])
+    sep = a_nuc * 0.95 + 0.5  # nuclei in colonies may touch
+    pos, idx = _place_centres(
+        g_geo,
+        (h, w),
+        n_target,
+        sep,
+        cluster_sigma=1.4 * 17.5 * scale * px,
+        clustering=app["clustering"],
+    )
+    cells = {k: v[idx] for k, v in cells.items()}
+    theta_c, theta_n, cpos = _orientations(g_geo, pos, cells)
+    coefs, coefs_n = _outlines(g_geo, cells["state"], 0.14 + ph["cell_irregularity"])
+    return Population(
+        **cells,
+        pos=pos,
+        theta_c=theta_c,
+        theta_n=theta_n,
+        cpos=cpos,
+        coefs=coefs,
+        coefs_n=coefs_n,
+    )
+
+
+def _cell_count(
+    g_geo: np.random.Generator,
+    shape: tuple[int, int],
+    image_mpp: float,
+    density: float,
+    toxicity: float,
+    scale: float,
+) -> int:
+    """The number of cells of a field: Poisson around the density of the well, fewer with
+    toxicity and with larger cells."""
+    h, w = shape
+    area_mm2 = h * w * (image_mpp * 1e-3) ** 2
+    lam = CELLS_PER_MM2 * density * area_mm2 * (1.0 - toxicity) / scale**1.5
+    return int(g_geo.poisson(lam)) if lam > 0 else 0
+
+
+def _candidate_cells(
+    g_geo: np.random.Generator, n: int, ph: Mapping[str, float], scale: float, px: float
+) -> dict[str, np.ndarray]:
+    """States, radii (pixels) and aspect ratios of ``n`` candidate cells.
+
+    Returns
+    -------
+    dict
+        ``state``, ``r_nuc``, ``r_cell``, ``asp_nuc``, ``asp_cell``, ``metaphase``, ``g2``:
+        arrays of shape (n,), as in :class:`Population`. Mitotic cells are round with small
+        condensed nuclei (elongated in metaphase), apoptotic cells shrunken.
+    """
     p_mit = min(0.9, 0.025 + ph["mitotic_arrest"])
     p_apo = min(0.9, 0.012 + 0.15 * ph["toxicity"])
     u = g_geo.random(n)
@@ -221,23 +277,29 @@ def _population(
     r_nuc[apo] *= 0.6
     asp_nuc[apo] = 1.1
     r_cell[apo] = r_nuc[apo] * 1.8
-    asp_nuc = np.clip(asp_nuc, 1.0, 4.0)
-    asp_cell = np.clip(asp_cell, 1.0, 4.5)
-    r_cell = np.maximum(r_cell, r_nuc * 1.35)
-    a_nuc = r_nuc * np.sqrt(asp_nuc)
-    sep = a_nuc * 0.95 + 0.5  # nuclei in colonies may touch
-    pos, idx = _place_centres(
-        g_geo,
-        (h, w),
-        n_target,
-        sep,
-        cluster_sigma=1.4 * 17.5 * scale * px,
-        clustering=app["clustering"],
-    )
-    sel = lambda a: a[idx]  # noqa: E731
-    state, r_nuc, r_cell, asp_nuc, asp_cell, metaphase, g2 = map(
-        sel, (state, r_nuc, r_cell, asp_nuc, asp_cell, metaphase, g2)
-    )
+    return {
+        "state": state,
+        "r_nuc": r_nuc,
+        "r_cell": np.maximum(r_cell, r_nuc * 1.35),
+        "asp_nuc": np.clip(asp_nuc, 1.0, 4.0),
+        "asp_cell": np.clip(asp_cell, 1.0, 4.5),
+        "metaphase": metaphase,
+        "g2": g2,
+    }
+
+
+def _orientations(
+    g_geo: np.random.Generator, pos: np.ndarray, cells: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orientations of the cells and of their nuclei, and the cell centres: offset from the
+    nucleus (``pos``, shape (n, 2)) along the cell's axis, little for dividing or dying cells.
+
+    Returns
+    -------
+    theta_c, theta_n : ndarray of shape (n,)
+    cpos : ndarray of shape (n, 2)
+    """
+    state, r_nuc, r_cell, asp_cell = (cells[k] for k in ("state", "r_nuc", "r_cell", "asp_cell"))
     n = len(pos)
     theta_c = g_geo.uniform(0, np.pi, n)
     theta_n = theta_c + g_geo.normal(0, 0.35, n)
@@ -245,28 +307,19 @@ def _population(
     off_mag = g_geo.uniform(0, 0.35, n) * (r_cell * np.sqrt(asp_cell) - r_nuc)
     off_mag[state != 0] *= 0.2
     cpos = pos + np.stack([np.sin(off_ang), np.cos(off_ang)], 1) * off_mag[:, None]
-    irr = 0.14 + ph["cell_irregularity"]
+    return theta_c, theta_n, cpos
 
-    # outline coefficients, drawn per cell in a fixed order
+
+def _outlines(
+    g_geo: np.random.Generator, state: np.ndarray, irregularity: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Fourier outline coefficients of each cell and of its nucleus, drawn per cell in a fixed
+    order; interphase cells are the irregular ones (``irregularity``)."""
     coefs, coefs_n = [], []
-    for k in range(n):
-        coefs.append(_fourier_radius(g_geo, irr if state[k] == 0 else 0.04, 7))
+    for k in range(len(state)):
+        coefs.append(_fourier_radius(g_geo, irregularity if state[k] == 0 else 0.04, 7))
         coefs_n.append(_fourier_radius(g_geo, 0.05 if state[k] == 0 else 0.02, 4))
-    return Population(
-        state,
-        r_nuc,
-        r_cell,
-        asp_nuc,
-        asp_cell,
-        metaphase,
-        g2,
-        pos,
-        theta_c,
-        theta_n,
-        cpos,
-        coefs,
-        coefs_n,
-    )
+    return coefs, coefs_n
 
 
 def _draw_nuclei(

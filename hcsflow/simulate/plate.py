@@ -171,12 +171,7 @@ def simulate_plate(
     for d in (images_dir, masks_dir):
         d.mkdir(parents=True, exist_ok=True)
     compounds, treat = _compounds_and_treatments(pm)
-    flat, dark = make_illumination(
-        (size, size), vignetting=vignetting, dark_offset=dark_offset, seed=seed
-    )
-    illum_path = truth_dir / "illumination.npz"
-    with atomic_path(illum_path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, flatfield=flat, darkfield=dark, channels=np.array(CHANNELS))
+    illum_path = _write_illumination(truth_dir, size, vignetting, dark_offset, seed)
     common = {
         "size": int(size),
         "image_mpp": float(image_mpp),
@@ -219,9 +214,7 @@ def simulate_plate(
     }
     _write_truth(truth_dir, fields, compounds, treat, settings)
     # the plate map comes last: its presence marks a complete plate folder
-    pm_path = out / "platemap.csv"
-    with atomic_path(pm_path) as tmp:
-        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
+    pm_path = _write_platemap(out, pm)
     elapsed = time.perf_counter() - t_start
     print(
         f"simulated plate {plate}: {len(tasks)} fields of {size}x{size} in {elapsed:.1f} s "
@@ -231,6 +224,29 @@ def simulate_plate(
     return SimulatedPlate(
         plate=plate, out_dir=out, images_dir=images_dir, platemap=pm_path, truth_dir=truth_dir
     )
+
+
+def _write_illumination(
+    truth_dir: Path, size: int, vignetting: str, dark_offset: bool, seed: int
+) -> Path:
+    """Make the plate's flat-field and dark-field, shape (size, size), and write them with the
+    channel names to ``truth/illumination.npz``; return its path."""
+    flat, dark = make_illumination(
+        (size, size), vignetting=vignetting, dark_offset=dark_offset, seed=seed
+    )
+    illum_path = truth_dir / "illumination.npz"
+    with atomic_path(illum_path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, flatfield=flat, darkfield=dark, channels=np.array(CHANNELS))
+    return illum_path
+
+
+def _write_platemap(out: Path, pm: pd.DataFrame) -> Path:
+    """Write the plate map (``well``, ``compound``, ``dose_um``, ``role``, ``moa``,
+    ``target``) to ``platemap.csv``; return its path."""
+    pm_path = out / "platemap.csv"
+    with atomic_path(pm_path) as tmp:
+        pm[["well", "compound", "dose_um", "role", "moa", "target"]].to_csv(tmp, index=False)
+    return pm_path
 
 
 def _write_truth(
