@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,14 +201,11 @@ def robust_units(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         then 0) and ``center`` is 0 where the column is empty.
     """
     x = np.asarray(x, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            center = np.nanmedian(x, axis=0)
-            scale = MAD_SCALE * np.nanmedian(np.abs(x - center), axis=0)
-            std = np.nanstd(x, axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        center = np.nanmedian(x, axis=0)
+        scale = MAD_SCALE * np.nanmedian(np.abs(x - center), axis=0)
+        std = np.nanstd(x, axis=0)
     scale = np.where(scale > 0, scale, std)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, np.inf)
     center = np.where(np.isfinite(center), center, 0.0)
