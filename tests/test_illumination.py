@@ -593,6 +593,49 @@ def test_cumulant_level_measures_the_dark_level_error(stack_dim_background, erro
     assert 0 < var < 1.5**2
 
 
+def test_cumulant_level_leaves_out_cells_near_zero(stack_dim_background):
+    import torch
+    import torch.nn.functional as F
+
+    from hcsflow.illumination.darkfield import _cumulant_level
+    from hcsflow.illumination.screening import downsample
+
+    stack, flat, dark = stack_dim_background
+    small, stats, _ = downsample(stack, working_size=48)
+    n, h, w = small.shape
+    t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))[None, None]
+    S = F.adaptive_avg_pool2d(t, (h, w))[0, 0].double().numpy().ravel()
+    S /= S.mean()
+    C = stats.cumulants.reshape(n, 4, h * w).copy()
+    D = np.full(h * w, 120.0)
+    assert _cumulant_level(C, S, D) is not None
+    # the same noise on a background lowered to 30 counts above 0: within 5 noise SDs of 0,
+    # where a camera's clipping would bias the third cumulant, so no cell is used
+    C[:, 1] -= 120.0
+    assert _cumulant_level(C, S, D - 120.0) is None
+
+
+def test_dark_level_left_out_on_dim_fields_when_the_skewness_does_not_determine_it():
+    # offcenter vignetting, background 11 counts above an offset of 99 (with a 10-count
+    # gradient), gain 0.6 and read noise 10.8: the photon noise's third cumulant (gain^2 x 11)
+    # is lost in the read noise's, and nothing else pins the level under so little signal;
+    # leaving it out is the safer flat-field
+    from hcsflow.simulate import random_optics
+
+    optics = random_optics(np.random.default_rng([1805, 0x16]))
+    assert optics["background"] < 12 and optics["read_noise"] > 10
+    stack, flat, dark = simulate_illumination_stack(
+        64, (256, 256), seed=1805, image_mpp=1.0, **optics
+    )
+    res = il.fit(stack, "basic")
+    d = res.details
+    assert d["dark_determined"] is False
+    assert "skewness does not determine it" in d["dark_reason"]
+    plain = il.fit(stack, "basic", darkfield=False)
+    np.testing.assert_array_equal(res.flatfield, plain.flatfield)
+    assert rmse(res.flatfield, flat / flat.mean()) < 0.06
+
+
 def test_dark_fit_errors_weigh_contrast_and_pattern():
     from hcsflow.illumination.basic import DarkFit
 

@@ -36,6 +36,16 @@ DARK_TOLERANCE = 1.0
 #: Most passes of step 5 of :func:`_fit_basic` (the move of the dark level).
 CENTRE_PASSES = 5
 
+#: The photon noise's skewness determines the dark level when the SD of the contrast factor
+#: its level implies is at most this; a less certain estimate neither moves nor confirms the
+#: level (step 5 of :func:`_fit_basic`).
+SKEW_SD_MAX = 0.25
+
+#: Fields less than this many raw units above the dark level (on average) are dim: there the
+#: dark level is kept only when the photon noise's skewness determines it (step 6 of
+#: :func:`_fit_basic`).
+DIM_SIGNAL = 20.0
+
 
 def _rank1_sparse(
     Y: np.ndarray,
@@ -310,7 +320,7 @@ def _fit_with_dark(
             Y, M, noise, D, S, b, W, how, mask, shape, adaptive, cv >= min_baseline_cv
         )
     anchor = float(D.mean())
-    D, S, b, W, contrast, weight, sigma, h_mean = _centre_contrast(
+    D, S, b, W, contrast, weight, sigma, h_mean, skew_sd = _centre_contrast(
         Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants
     )
     # a move of the level changes the flat-field, and with it the estimates of the move:
@@ -319,7 +329,7 @@ def _fit_with_dark(
     for _ in range(CENTRE_PASSES - 1):
         if abs(move - 1.0) < 1e-3:
             break
-        D, S, b, W, move, _, sigma, h_mean = _centre_contrast(
+        D, S, b, W, move, _, sigma, h_mean, skew_sd = _centre_contrast(
             Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, anchor
         )
     info: dict[str, Any] = {}
@@ -339,6 +349,7 @@ def _fit_with_dark(
         contrast_rms=float(np.std(S)),
         pattern_rms=float(np.std(D)),
         pattern_sd=pattern_sd,
+        skew_sd=skew_sd,
     )
     if dark_test and _test_dark_level(info, fit, dark_tolerance):
         D = np.zeros(p)
@@ -427,7 +438,9 @@ def _centre_contrast(
     centred: bool,
     cumulants: np.ndarray | None = None,
     anchor: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float | None, float]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float | None, float, float | None
+]:
     """Step 5 of :func:`_fit_basic`: the dark level moved to the combined contrast.
 
     The dark level from the contrast regression is noisy, and its error scales the
@@ -436,7 +449,10 @@ def _centre_contrast(
     estimates of the contrast are combined by their variances (delete-a-group jackknife of
     each), the dark level moved to match and step 4 repeated. ``anchor`` is the level of the
     contrast regression when the current one was already moved (a further pass: the
-    regression's estimate is then the factor ``1 + (anchor - level) h``).
+    regression's estimate is then the factor ``1 + (anchor - level) h``). The skewness's
+    estimate enters only when the SD of the contrast factor it implies is at most
+    :data:`SKEW_SD_MAX` (an estimate within its noise of any level neither moves nor confirms
+    it).
 
     Returns
     -------
@@ -450,10 +466,14 @@ def _centre_contrast(
         SD of the contrast factor the dark level implies (``None`` with too few fields).
     h_mean : float
         Mean inverse baseline.
+    skew_sd : float or None
+        SD of the contrast factor implied by the skewness's level; ``None`` when it was not
+        measured (without ``cumulants`` or ``centred``, or every cell near 0).
     """
     n = Y.shape[0]
     contrast, weight = 1.0, 0.0
     sigma: float | None = None
+    skew_sd: float | None = None
     h_mean = 0.0
     if n >= 8:
         ok = b > 0
@@ -463,7 +483,7 @@ def _centre_contrast(
             ((Wk * inv_b[:, None]).sum(axis=0) / np.maximum(Wk.sum(axis=0), 1e-12)).mean()
         )
     if not h_mean > 0:
-        return D, S, b, W, contrast, weight, sigma, h_mean
+        return D, S, b, W, contrast, weight, sigma, h_mean, skew_sd
     pattern = D - float(D.mean())
     m_pattern = _smooth(M - pattern, mask, shape)
     kg = min(GROUPS, n)
@@ -474,7 +494,13 @@ def _centre_contrast(
     var0 = _jackknife_variance(levels) * h_mean**2
     sigma = math.sqrt(var0)
     est_c = _centred_contrast(Y, S, b, W) if centred else None
-    est_k = _cumulant_level(cumulants, S, D) if centred and cumulants is not None else None
+    est_k = None
+    if centred and cumulants is not None:
+        est_k = _cumulant_level(cumulants, S, D)
+        if est_k is not None:
+            skew_sd = math.sqrt(est_k[1]) * h_mean
+            if skew_sd > SKEW_SD_MAX:
+                est_k = None
     if anchor is not None:
         contrast = 1.0 + (anchor - float(D.mean())) * h_mean
     if est_c is not None:
@@ -499,7 +525,7 @@ def _centre_contrast(
             S, b, W = _rank1_sparse(
                 Y, D, 1.0 + contrast * (S - 1.0), mask, shape, adaptive=adaptive
             )
-    return D, S, b, W, contrast, weight, sigma, h_mean
+    return D, S, b, W, contrast, weight, sigma, h_mean, skew_sd
 
 
 @dataclass(frozen=True)
@@ -523,6 +549,9 @@ class DarkFit:
         RMS of the dark-field about its mean (raw units).
     pattern_sd : float
         Noise SD per pixel of the dark-field's pattern (raw units; 0 without a pattern).
+    skew_sd : float or None
+        SD of the contrast factor implied by the photon noise's skewness (``None``: not
+        measured).
     """
 
     level: float
@@ -532,6 +561,12 @@ class DarkFit:
     contrast_rms: float
     pattern_rms: float
     pattern_sd: float
+    skew_sd: float | None = None
+
+    @property
+    def level_signal(self) -> float:
+        """The fields' signal above the dark level, ``1 / h`` (raw units; inf when ``h`` is 0)."""
+        return 1.0 / self.h_mean if self.h_mean > 0 else math.inf
 
     def errors(self) -> tuple[float, float]:
         """Predicted RMS error of the flat-field with the dark-field kept and left out.
@@ -574,7 +609,13 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
     ``dark_tolerance`` times the error without it (:meth:`DarkFit.errors`): the pattern's
     noise counts against keeping a level that leaves little signal above it (a dark-field
     pattern uncertain by half a count under a background of 10 counts shades the flat-field
-    by 5 %), the pattern itself against leaving it out.
+    by 5 %), the pattern itself against leaving it out. On dim fields, less than
+    :data:`DIM_SIGNAL` raw units above the level (``1 / h``), the contrast, the centred fields
+    and the pattern are all weak, and the predicted errors rest on a flat-field fitted with the
+    doubtful level: there, when the skewness was measured, the level is kept only if the skewness
+    determines it (``skew_sd`` at most :data:`SKEW_SD_MAX`). Where the skewness was not
+    measured (every cell within a few noise SDs of 0, where the camera clips) the test is as
+    without it.
 
     Returns
     -------
@@ -594,6 +635,14 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
             f"the level leaves the flat-field's contrast uncertain by {fit.sigma:.3g} "
             f"(factor SD), more than {dark_tolerance:g} x the {lost:.3g} that leaving "
             "it out loses"
+        )
+    elif (
+        fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL and not fit.skew_sd <= SKEW_SD_MAX
+    ):
+        reason = (
+            f"the fields lie {fit.level_signal:.3g} units above the level, and the photon "
+            f"noise's skewness does not determine it (contrast factor SD {fit.skew_sd:.3g}, "
+            f"more than {SKEW_SD_MAX:g})"
         )
     elif keep > dark_tolerance * drop:
         reason = (

@@ -23,6 +23,13 @@ from hcsflow.illumination.surfaces import (
     _smooth,
 )
 
+#: Cells of the working grid whose background lies fewer than this many noise SDs above 0
+#: give no noise cumulants to :func:`_cumulant_level`: a camera clips its values at 0, which
+#: cuts the noise's lower tail and biases its third cumulant (Gaussian noise clipped 3 SD
+#: below its mean gains a third moment of about 0.01 SD^3, a few per cent of the photon
+#: noise's on a dim background; clipped 5 SD below, less than 1e-5 SD^3).
+CLIP_SD = 5.0
+
 
 def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     """Constant dark level from the fields' own variation; :func:`_dark_level_fit`'s level."""
@@ -328,7 +335,10 @@ def _cumulant_level(
     with the fitted dark-field ``D``, regressed over cells on ``[1, S]``, has the intercept
     ``delta``: the part of ``D``'s error that no change of the baselines absorbs (a multiple of
     ``S`` is absorbed by the baselines), i.e. the amount by which the level is to be moved.
-    Its variance is the delete-a-group jackknife over ``groups`` groups of fields.
+    Its variance is the delete-a-group jackknife over ``groups`` groups of fields. Cells whose
+    background lies fewer than :data:`CLIP_SD` of their field's noise SDs (the median over its
+    cells of the second cumulant) above 0 are left out: a camera clips at 0, and the truncated
+    lower tail of the noise biases its third cumulant.
 
     Parameters
     ----------
@@ -353,6 +363,12 @@ def _cumulant_level(
     if k_groups < 3 or not np.isfinite(C[:, 1]).any():
         return None
     ok = np.isfinite(C).all(axis=1) & (C[:, 0] > 0)
+    # each field's noise SD: the median over its cells of the second cumulant (a cell's own is
+    # too noisy to select on)
+    k2_field = np.array([np.median(C[i, 2, ok[i]]) if ok[i].any() else np.inf for i in range(n)])
+    ok &= C[:, 1] > CLIP_SD * np.sqrt(np.maximum(k2_field, 0.0))[:, None]
+    if not ok.any():
+        return None
     w = np.where(ok, C[:, 0], 0.0)
     y, k2, k3 = (np.where(ok, C[:, j], 0.0) for j in (1, 2, 3))
 
