@@ -30,8 +30,9 @@ import re
 import warnings
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,8 @@ from hcsflow.profiling.feature_select import DEFAULT_BLOCKLIST
 
 #: Scale of a normal distribution's MAD (1.4826 MAD estimates its standard deviation).
 MAD_SCALE = 1.4826
+
+_T = TypeVar("_T")
 
 #: Prefix of the projected features' names: ``Cells_Projection_PCA_001``, ...
 PROJECTION_PREFIX = "Cells_Projection"
@@ -76,28 +79,12 @@ class NegconSample:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as ``.npz`` (atomically: a temporary file renamed into place)."""
-        _save_npz(
-            path,
-            plate=np.array(self.plate),
-            features=np.array(self.features),
-            center=self.center,
-            scale=self.scale,
-            sample=self.sample,
-            n_controls=np.array(self.n_controls),
-        )
+        _save_npz(path, self)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NegconSample:
         """Read what :meth:`save` wrote."""
-        with np.load(path, allow_pickle=False) as z:
-            return cls(
-                plate=str(z["plate"]),
-                features=tuple(str(f) for f in z["features"]),
-                center=z["center"],
-                scale=z["scale"],
-                sample=z["sample"],
-                n_controls=int(z["n_controls"]),
-            )
+        return _load_npz(cls, path)
 
 
 @dataclass(frozen=True)
@@ -149,37 +136,33 @@ class CellProjection:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as ``.npz`` (atomically)."""
-        _save_npz(
-            path,
-            method=np.array(self.method),
-            features=np.array(self.features),
-            mean=self.mean,
-            components=self.components,
-            explained=self.explained,
-            n_cells=np.array(self.n_cells),
-        )
+        _save_npz(path, self)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CellProjection:
         """Read what :meth:`save` wrote."""
-        with np.load(path, allow_pickle=False) as z:
-            return cls(
-                method=str(z["method"]),
-                features=tuple(str(f) for f in z["features"]),
-                mean=z["mean"],
-                components=z["components"],
-                explained=z["explained"],
-                n_cells=int(z["n_cells"]),
-            )
+        return _load_npz(cls, path)
 
 
-def _save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+def _save_npz(path: str | os.PathLike[str], obj: NegconSample | CellProjection) -> None:
+    """Every field of ``obj`` as one array of an ``.npz``, written to a temporary file that is
+    then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    arrays = {f.name: np.asarray(getattr(obj, f.name)) for f in fields(obj)}
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     os.replace(tmp, path)
+
+
+def _load_npz(cls: type[_T], path: str | os.PathLike[str]) -> _T:
+    """An object of the dataclass ``cls`` from what :func:`_save_npz` wrote: its ``str``,
+    ``int`` and ``tuple`` (of str) fields converted back, arrays as stored."""
+    convert = {"str": str, "int": int, "tuple[str, ...]": lambda a: tuple(str(v) for v in a)}
+    with np.load(path, allow_pickle=False) as z:
+        values = {f.name: convert.get(str(f.type), np.asarray)(z[f.name]) for f in fields(cls)}
+    return cls(**values)
 
 
 # ----------------------------------------------------------------------------------------------
