@@ -22,12 +22,20 @@ Printed per screen and feature set:
   the clustered treatments (active ones; HDBSCAN noise counts as one more cluster), and of
   hierarchical clustering (cosine, average linkage) cut at the number of MoAs.
 
+``--cell-variants`` makes the well profiles in other ways than the well median (per-well MAD
+and percentiles, ``profiles.dispersion``; medians of cells projected on PCA or FA axes of the
+DMSO cells, ``profiles.projection``); ``--second-batch SEED`` adds as many plates of a second
+imaging batch (other pixel size, vignetting and density) and prints NSC and NSCB over per-batch
+consensus profiles.
+
 Then the activity and consistency of the real LINCS plate (``../shared/data/lincs_profiles``).
 
 Run from the repository root (CPU heavy: simulated plates are cached in ``--workdir``)::
 
     nice -n 10 python benchmarks/analysis.py       # the default screen: 4 x 96 wells, 540 px, 2 sites
     nice -n 10 python benchmarks/analysis.py --screens 96x2 384x2 --first-seed 5
+    nice -n 10 python benchmarks/analysis.py --no-lincs --screens 96x2 --second-batch 41 \
+        --cell-variants median median+mad pca fa --variants default harmony
 """
 
 from __future__ import annotations
