@@ -190,3 +190,17 @@ def test_projected_profiles_remove_plate_effect_and_show_the_treatment(tmp_path)
     bad.to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="cell_projection"):
         P.plate_profiles([tmp_path / "bad.parquet"], projection=(units["P1"], model))
+
+
+def test_negcon_sample_on_every_cell_or_without_roles(tmp_path):
+    """control_role "all" takes every cell of the plate (no Metadata_Role needed); a named role
+    needs the column, and the error names the file and the config key."""
+    cells = _cells(np.random.default_rng(7))
+    plate = cells[cells.Metadata_Plate == "P1"].drop(columns="Metadata_Role")
+    path = tmp_path / "noroles.parquet"
+    plate.to_parquet(path)
+    every = C.negcon_sample([path], "P1", control_role="all", max_cells=10_000)
+    assert every.n_controls == len(plate) == 360
+    np.testing.assert_allclose(every.center, np.median(plate[list(every.features)], axis=0))
+    with pytest.raises(ValueError, match="noroles.parquet.*profiles.control_role"):
+        C.negcon_sample([path], "P1")

@@ -229,11 +229,19 @@ def _feature_names(
     return out
 
 
+def _role_column(control_role: str) -> list[str]:
+    """The columns that find the control cells: none when every cell is one (``"all"``)."""
+    return [] if control_role == "all" else ["Metadata_Role"]
+
+
 def _control_rows(table: pa.Table, control_role: str, qc_columns: Sequence[str]) -> np.ndarray:
-    """Indices of the unflagged control cells of a table."""
-    if "Metadata_Role" not in table.column_names:
+    """Indices of the unflagged control cells of a table (every cell for ``"all"``)."""
+    if control_role == "all":
+        keep = pa.array(np.ones(table.num_rows, dtype=bool))
+    elif "Metadata_Role" not in table.column_names:
         raise ValueError("cell table has no Metadata_Role column: control cells cannot be found")
-    keep = pc.fill_null(pc.equal(table.column("Metadata_Role"), control_role), False)
+    else:
+        keep = pc.fill_null(pc.equal(table.column("Metadata_Role"), control_role), False)
     for c in qc_columns:
         if c not in table.column_names:
             raise ValueError(f"QC column {c!r} (config profiles.qc_columns) not in the cell table")
@@ -265,7 +273,8 @@ def negcon_sample(
     plate : str
         Plate name (part of the sample's seed; recorded).
     control_role : str
-        ``Metadata_Role`` of the control wells.
+        ``Metadata_Role`` of the control wells, or ``"all"`` for every cell of the plate (as
+        ``profiles.control_role: all`` fits the normalization on every well).
     max_cells : int
         Largest sample.
     seed : int
@@ -292,12 +301,17 @@ def negcon_sample(
     patterns = [re.compile(p) for p in blocklist]
     for path in paths:
         schema = pq.read_schema(path)
+        if control_role != "all" and "Metadata_Role" not in schema.names:
+            raise ValueError(
+                f"{path}: no Metadata_Role column, so the control cells (config "
+                f"profiles.control_role {control_role!r}) cannot be found"
+            )
         names = _feature_names(schema, qc_columns, patterns)
         if features is None:
             features = names
         elif names != features:
             raise ValueError(f"per-cell table {path} has different feature columns than {paths[0]}")
-        roles = pq.read_table(path, columns=["Metadata_Role", *qc_columns])
+        roles = pq.read_table(path, columns=[*_role_column(control_role), *qc_columns])
         try:
             counts.append(len(_control_rows(roles, control_role, qc_columns)))
         except ValueError as exc:
@@ -316,7 +330,7 @@ def negcon_sample(
         offset += n
         if len(take) == 0:
             continue
-        table = pq.read_table(path, columns=[*features, "Metadata_Role", *qc_columns])
+        table = pq.read_table(path, columns=[*features, *_role_column(control_role), *qc_columns])
         rows = _control_rows(table, control_role, qc_columns)[take]
         sub = table.select(features).take(pa.array(rows))
         parts.append(_to_matrix(sub, features))
