@@ -121,6 +121,11 @@ def campaign_config() -> dict:
     return camp["campaign"]
 
 
+#: Optics of a second imaging batch (``--second-batch``): another objective (0.60 instead of
+#: 0.65 um/px), elliptic instead of radial vignetting, 70 % of the cell density.
+SECOND_BATCH = {"image_mpp": 0.6, "vignetting": "elliptic", "density": 0.7}
+
+
 def simulate(
     workdir: Path,
     wells: int,
@@ -129,22 +134,34 @@ def simulate(
     sites: int,
     workers: int,
     first_seed: int = 1,
+    second_batch: bool = False,
 ):
     """Simulated plate folders (cached), their per-cell truth tables, the treatments and the
     tables' paths.
 
     Plate ``i`` (1-based) is simulated with seed ``first_seed + i - 1``; with the default
     ``first_seed`` 1 the plates are the demo's (``make demo``: seeds 1-4) at the same size.
+    With ``second_batch`` the plates are imaged as a second batch (:data:`SECOND_BATCH`) and
+    cached in a folder of their own.
     """
     from hcsflow.simulate import simulate_plate, truth_cell_table
 
+    optics = SECOND_BATCH if second_batch else {}
+    folder = f"{wells}w_{size}px_{sites}s" + ("_batchB" if second_batch else "")
     cells, treatments, tables = [], [], []
     for i in range(first_seed, first_seed + n_plates):
         plate = f"BENCH{wells}-P{i}"
-        out = workdir / f"{wells}w_{size}px_{sites}s" / plate
+        out = workdir / folder / plate
         if not (out / "truth" / "simulation.json").exists():
             simulate_plate(
-                out, plate=plate, n_wells=wells, sites=sites, size=size, seed=i, n_workers=workers
+                out,
+                plate=plate,
+                n_wells=wells,
+                sites=sites,
+                size=size,
+                seed=i,
+                n_workers=workers,
+                **optics,
             )
         table = out / "truth" / "cells.parquet"
         if table.exists():
@@ -308,8 +325,15 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     if args.second_batch is not None:
         # a second imaging batch (benchmarks/analysis.py --second-batch): other objective,
         # vignetting and density, same plate map
-        more, _, more_tables = simulate_second_batch(
-            Path(args.workdir), wells, n_plates, args.size, args.sites, args.second_batch
+        more, _, more_tables = simulate(
+            Path(args.workdir),
+            wells,
+            n_plates,
+            args.size,
+            args.sites,
+            args.workers,
+            args.second_batch,
+            second_batch=True,
         )
         cells += more
         tables += more_tables
@@ -327,38 +351,6 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             args, camp, prof, truth, screen, cell_variant, n_cells / n_wells, t_sim
         )
     return rows
-
-
-def simulate_second_batch(
-    workdir: Path, wells: int, n_plates: int, size: int, sites: int, first: int
-):
-    """Plates of a second imaging batch: 0.6 um/px instead of 0.65, elliptic vignetting, 70 %
-    of the cell density (cached beside the first batch's)."""
-    from hcsflow.simulate import simulate_plate, truth_cell_table
-
-    cells, tables = [], []
-    for seed in range(first, first + n_plates):
-        plate = f"BENCH{wells}-P{seed}"
-        out = workdir / f"{wells}w_{size}px_{sites}s_batchB" / plate
-        if not (out / "truth" / "simulation.json").exists():
-            simulate_plate(
-                out,
-                plate=plate,
-                n_wells=wells,
-                sites=sites,
-                size=size,
-                seed=seed,
-                image_mpp=0.6,
-                vignetting="elliptic",
-                density=0.7,
-                n_workers=1,
-            )
-        table = out / "truth" / "cells.parquet"
-        if not table.exists():
-            truth_cell_table(out, n_workers=1).to_parquet(table)
-        cells.append(pd.read_parquet(table))
-        tables.append(table)
-    return cells, None, tables
 
 
 def batch_retrieval(profiles: pd.DataFrame, truth: pd.DataFrame) -> dict:
