@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from hcsflow.profiling.columns import (
     METADATA_PREFIX,
+    arrow_float_column,
     metadata_columns,
+    parquet_feature_columns,
     require_columns,
     resolve_features,
 )
@@ -282,36 +284,6 @@ def _aggregate_arrays(
     return pd.concat(parts, axis=1)
 
 
-def _parquet_feature_columns(schema: Any) -> list[str]:
-    import pyarrow as pa
-
-    out = []
-    for field in schema:
-        if field.name.startswith(METADATA_PREFIX) or field.name.startswith("__"):
-            continue  # metadata, or a stored pandas index
-        t = field.type
-        if pa.types.is_floating(t) or pa.types.is_integer(t):
-            out.append(field.name)
-    return out
-
-
-def _arrow_column(col: Any) -> np.ndarray:
-    """A numeric Arrow column as a float array (float32 kept), NaN for nulls; no copy if possible."""
-    import pyarrow as pa
-
-    if col.num_chunks == 1:
-        col = col.chunk(0)
-    elif col.num_chunks == 0:
-        return np.empty(0, dtype=np.float64)
-    else:
-        col = col.combine_chunks()
-    if not pa.types.is_floating(col.type) or col.type == pa.float16():
-        col = col.cast(pa.float64())
-    if col.null_count:
-        return col.to_numpy(zero_copy_only=False)  # nulls become NaN (a copy)
-    return col.to_numpy(zero_copy_only=True)
-
-
 def _read_tables(
     paths: Sequence[str | os.PathLike[str]], prefetch: bool
 ) -> Iterable[tuple[str | os.PathLike[str], Any]]:
@@ -375,7 +347,7 @@ def aggregate_files(
     seen: dict[tuple, str] = {}
     ref_features: list[str] | None = None
     for path, table in _read_tables(paths, prefetch=threads > 1):
-        feats = _parquet_feature_columns(table.schema)
+        feats = parquet_feature_columns(table.schema)
         if ref_features is None:
             ref_features = [f for f in feats if f not in qc_columns and f != count_feature]
         elif set(feats) - set(qc_columns) - {count_feature} != set(ref_features):
@@ -392,7 +364,7 @@ def aggregate_files(
             require_columns(meta, strata, "aggregate: strata")
             # one array per feature: a view of the Arrow buffer when the column is one chunk
             # without nulls (no copy), else a float array with NaN for nulls
-            columns = [_arrow_column(table.column(f)) for f in ref_features]
+            columns = [arrow_float_column(table.column(f)) for f in ref_features]
             names = ref_features
             if cell_transform is not None:
                 columns, names = cell_transform(columns, ref_features)

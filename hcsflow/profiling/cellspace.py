@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hcsflow.profiling.columns import METADATA_PREFIX
+from hcsflow.profiling.columns import arrow_float_column, parquet_feature_columns
 from hcsflow.profiling.feature_select import DEFAULT_BLOCKLIST
 
 #: Scale of a normal distribution's MAD (1.4826 MAD estimates its standard deviation).
@@ -218,15 +218,12 @@ def standardize(
 def _feature_names(
     schema: pa.Schema, exclude: Sequence[str], patterns: Sequence[re.Pattern[str]]
 ) -> list[str]:
-    out = []
-    for field in schema:
-        if field.name.startswith(METADATA_PREFIX) or field.name.startswith("__"):
-            continue
-        if field.name in exclude or any(p.fullmatch(field.name) for p in patterns):
-            continue
-        if pa.types.is_floating(field.type) or pa.types.is_integer(field.type):
-            out.append(field.name)
-    return out
+    """The schema's feature columns, less ``exclude`` and names matching a pattern."""
+    return [
+        f
+        for f in parquet_feature_columns(schema)
+        if f not in exclude and not any(p.fullmatch(f) for p in patterns)
+    ]
 
 
 def _role_column(control_role: str) -> list[str]:
@@ -297,7 +294,7 @@ def negcon_sample(
     """
     if not paths:
         raise ValueError(f"plate {plate}: no per-cell tables given")
-    counts, features = [], None
+    controls, features = [], None
     patterns = [re.compile(p) for p in blocklist]
     for path in paths:
         schema = pq.read_schema(path)
@@ -313,10 +310,10 @@ def negcon_sample(
             raise ValueError(f"per-cell table {path} has different feature columns than {paths[0]}")
         roles = pq.read_table(path, columns=[*_role_column(control_role), *qc_columns])
         try:
-            counts.append(len(_control_rows(roles, control_role, qc_columns)))
+            controls.append(_control_rows(roles, control_role, qc_columns))
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-    total = int(sum(counts))
+    total = int(sum(len(rows) for rows in controls))
     if total == 0:
         raise ValueError(
             f"plate {plate}: no cell of a well with Metadata_Role {control_role!r} "
@@ -325,14 +322,12 @@ def negcon_sample(
     rng = np.random.default_rng([seed, zlib.crc32(plate.encode())])
     chosen = np.sort(rng.choice(total, size=min(max_cells, total), replace=False))
     parts, offset = [], 0
-    for path, n in zip(paths, counts, strict=True):
-        take = chosen[(chosen >= offset) & (chosen < offset + n)] - offset
-        offset += n
+    for path, rows in zip(paths, controls, strict=True):
+        take = chosen[(chosen >= offset) & (chosen < offset + len(rows))] - offset
+        offset += len(rows)
         if len(take) == 0:
             continue
-        table = pq.read_table(path, columns=[*features, *_role_column(control_role), *qc_columns])
-        rows = _control_rows(table, control_role, qc_columns)[take]
-        sub = table.select(features).take(pa.array(rows))
+        sub = pq.read_table(path, columns=features).take(pa.array(rows[take]))
         parts.append(_to_matrix(sub, features))
     x = np.concatenate(parts)
     center, scale = robust_units(x)
@@ -350,7 +345,7 @@ def _to_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray:
     """(n_rows, n_features) float64 of an Arrow table's numeric columns (NaN for nulls)."""
     out = np.empty((table.num_rows, len(features)), dtype=np.float64)
     for j, f in enumerate(features):
-        out[:, j] = table.column(f).to_numpy(zero_copy_only=False)
+        out[:, j] = arrow_float_column(table.column(f))
     return out
 
 

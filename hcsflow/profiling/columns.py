@@ -9,6 +9,7 @@ columns the workflow writes are defined here once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -111,3 +112,35 @@ def iter_columns(
         block = df[names[a : a + per]].to_numpy(dtype=np.float64, na_value=np.nan).T
         yield from block
         del block
+
+
+def parquet_feature_columns(schema: Any) -> list[str]:
+    """Names of the numeric (integer or float) non-``Metadata_*`` columns of an Arrow schema:
+    the feature columns of a Parquet file, read without its data."""
+    import pyarrow as pa
+
+    out = []
+    for field in schema:
+        if field.name.startswith(METADATA_PREFIX) or field.name.startswith("__"):
+            continue  # metadata, or a stored pandas index
+        t = field.type
+        if pa.types.is_floating(t) or pa.types.is_integer(t):
+            out.append(field.name)
+    return out
+
+
+def arrow_float_column(col: Any) -> np.ndarray:
+    """A numeric Arrow column as a float array (float32 kept), NaN for nulls; no copy if possible."""
+    import pyarrow as pa
+
+    if col.num_chunks == 1:
+        col = col.chunk(0)
+    elif col.num_chunks == 0:
+        return np.empty(0, dtype=np.float64)
+    else:
+        col = col.combine_chunks()
+    if not pa.types.is_floating(col.type) or col.type == pa.float16():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        return col.to_numpy(zero_copy_only=False)  # nulls become NaN (a copy)
+    return col.to_numpy(zero_copy_only=True)
