@@ -19,7 +19,11 @@ rule negcon_cells:
         disk_mb=DISK_MB,
         runtime=30,
     params:
-        profiles=config["profiles"],
+        # only the keys the sample depends on: another dispersion or aggregation setting
+        # does not refit the campaign's projection
+        projection=config["profiles"]["projection"],
+        control_role=config["profiles"]["control_role"],
+        qc_columns=config["profiles"]["qc_columns"],
         blocklist=config["campaign"]["feature_select"]["blocklist"],
     script:
         "../workflow_scripts/negcon_cells.py"
@@ -42,7 +46,7 @@ rule cell_projection:
         disk_mb=DISK_MB,
         runtime=60,
     params:
-        profiles=config["profiles"],
+        projection=config["profiles"]["projection"],
     script:
         "../workflow_scripts/cell_projection.py"
 

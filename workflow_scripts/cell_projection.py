@@ -5,7 +5,7 @@ from hcsflow.profiling import NegconSample, fit_cell_projection
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
 with log_to(sm.log[0]) as log:
-    proj = sm.params.profiles["projection"]
+    proj = sm.params.projection
     samples = [NegconSample.load(p) for p in sm.input.samples]
     model = fit_cell_projection(
         samples, method=proj["method"], n_components=proj["n_components"], seed=proj["seed"]

@@ -5,15 +5,14 @@ from hcsflow.profiling import negcon_sample
 
 sm = snakemake  # noqa: F821 - provided by Snakemake
 with log_to(sm.log[0]) as log:
-    opts = sm.params.profiles
-    proj = opts["projection"]
+    proj = sm.params.projection
     sample = negcon_sample(
         list(sm.input.cells),
         sm.wildcards.plate,
-        control_role=opts["control_role"],
+        control_role=sm.params.control_role,
         max_cells=proj["cells_per_plate"],
         seed=proj["seed"],
-        qc_columns=opts["qc_columns"],
+        qc_columns=sm.params.qc_columns,
         clip=proj["clip"],
         blocklist=sm.params.blocklist,
     )
