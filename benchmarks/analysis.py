@@ -25,8 +25,9 @@ Printed per screen and feature set:
 ``--cell-variants`` makes the well profiles in other ways than the well median (per-well MAD
 and percentiles, ``profiles.dispersion``; medians of cells projected on PCA or FA axes of the
 DMSO cells, ``profiles.projection``); ``--second-batch SEED`` adds as many plates of a second
-imaging batch (other pixel size, vignetting and density) and prints NSC and NSCB over per-batch
-consensus profiles.
+imaging batch (other pixel size, vignetting and density, and staining and camera drawn from
+SEED unless ``--batch-staining default``) and prints NSC and NSCB over per-batch consensus
+profiles.
 
 Then the activity and consistency of the real LINCS plate (``../shared/data/lincs_profiles``).
 
@@ -73,6 +74,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no_sphering": ({"sphering": {"enabled": False}}, {}),
     "sphering": ({"sphering": {"enabled": True}}, {}),
     "sphering_no_shrinkage": ({"sphering": {"enabled": True, "shrinkage": 0.0}}, {}),
+    "sphering_zca_cor": ({"sphering": {"enabled": True, "method": "ZCA-cor"}}, {}),
+    "no_feature_select": ({"feature_select": {"operations": []}}, {}),
+    "no_correlation_select": (
+        {"feature_select": {"operations": ["blocklist", "na", "variance", "outlier"]}},
+        {},
+    ),
+    "consensus_mean": ({"consensus": "mean"}, {}),
     "position": ({"position": {"enabled": True, "fit_on": "all"}}, {}),
     "position_negcon": ({"position": {"enabled": True, "fit_on": "negcon"}}, {}),
     "correlation": ({}, {"distance": "correlation"}),
@@ -85,11 +93,15 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-#: How well profiles are made from the cells (config ``profiles``): the well median alone, with
-#: dispersion features beside it, or medians of cells projected on components of the campaign's
-#: DMSO cells (``profiles.projection``).
+#: How well profiles are made from the cells (config ``profiles``): the well median or mean,
+#: normalized per plate by mad_robustize or standardize against DMSO or all wells, with
+#: dispersion features beside it, or medians of cells projected on components of the
+#: campaign's DMSO cells (``profiles.projection``).
 CELL_VARIANTS: dict[str, dict] = {
     "median": {},
+    "mean": {"aggregation": "mean"},
+    "median/standardize": {"normalization": "standardize"},
+    "median/all-wells": {"control_role": "all"},
     "median+mad": {"dispersion": ["mad"]},
     "median+q10,q90": {"dispersion": ["q10", "q90"]},
     "median+mad,q10,q90": {"dispersion": ["mad", "q10", "q90"]},
@@ -135,6 +147,7 @@ def simulate(
     workers: int,
     first_seed: int = 1,
     second_batch: bool = False,
+    staining_seed: int | None = None,
 ):
     """Simulated plate folders (cached), their per-cell truth tables, the treatments and the
     tables' paths.
@@ -142,12 +155,17 @@ def simulate(
     Plate ``i`` (1-based) is simulated with seed ``first_seed + i - 1``; with the default
     ``first_seed`` 1 the plates are the demo's (``make demo``: seeds 1-4) at the same size.
     With ``second_batch`` the plates are imaged as a second batch (:data:`SECOND_BATCH`) and
-    cached in a folder of their own.
+    cached in a folder of their own; with ``staining_seed`` as well, the batch's staining and
+    camera are drawn from it (:func:`hcsflow.simulate.batch_appearance`), the same for all
+    its plates.
     """
-    from hcsflow.simulate import simulate_plate, truth_cell_table
+    from hcsflow.simulate import batch_appearance, simulate_plate, truth_cell_table
 
-    optics = SECOND_BATCH if second_batch else {}
+    optics = dict(SECOND_BATCH) if second_batch else {}
     folder = f"{wells}w_{size}px_{sites}s" + ("_batchB" if second_batch else "")
+    if staining_seed is not None:
+        optics["appearance"] = batch_appearance(np.random.default_rng(staining_seed))
+        folder += f"_stain{staining_seed}"
     cells, treatments, tables = [], [], []
     for i in range(first_seed, first_seed + n_plates):
         plate = f"BENCH{wells}-P{i}"
@@ -203,6 +221,7 @@ def well_profiles(
     for i, t in enumerate(tables):
         prof = P.plate_profiles(
             [t],
+            aggregation=opts.get("aggregation", "median"),
             normalization="none",
             dispersion=opts.get("dispersion", ()),
             projection=None if model is None else (units[i], model),
@@ -211,7 +230,11 @@ def well_profiles(
             prof[prof["Metadata_Role"] != "empty"].drop(columns=["Metadata_Site"], errors="ignore")
         )
     prof = pd.concat(plates, ignore_index=True)
-    prof = P.normalize_plates(prof)
+    prof = P.normalize_plates(
+        prof,
+        normalization=opts.get("normalization", "mad_robustize"),
+        control_role=opts.get("control_role", "negcon"),
+    )
     if "Metadata_Batch" not in prof:
         prof["Metadata_Batch"] = "batch1"
     assert set(meta) <= set(prof.columns)
@@ -324,7 +347,7 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     )
     if args.second_batch is not None:
         # a second imaging batch (benchmarks/analysis.py --second-batch): other objective,
-        # vignetting and density, same plate map
+        # vignetting and density, and its own staining and camera, same plate map
         more, _, more_tables = simulate(
             Path(args.workdir),
             wells,
@@ -334,11 +357,14 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             args.workers,
             args.second_batch,
             second_batch=True,
+            staining_seed=args.second_batch if args.batch_staining == "drawn" else None,
         )
         cells += more
         tables += more_tables
         batches += ["batch2"] * len(more_tables)
         screen += f" + batch 2 seeds {args.second_batch}-{args.second_batch + n_plates - 1}"
+        if args.batch_staining == "drawn":
+            screen += f" (staining and camera drawn from {args.second_batch})"
     t_sim = time.perf_counter() - t0
     n_cells = sum(len(c) for c in cells)
     n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
@@ -531,6 +557,13 @@ def main() -> None:
         default=None,
         metavar="SEED",
         help="add a second imaging batch of as many plates, seeds SEED, SEED+1, ...",
+    )
+    ap.add_argument(
+        "--batch-staining",
+        choices=("drawn", "default"),
+        default="drawn",
+        help="the second batch's staining and camera: drawn from its SEED "
+        "(hcsflow.simulate.batch_appearance; default) or the first batch's",
     )
     ap.add_argument(
         "--variants",

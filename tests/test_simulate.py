@@ -18,6 +18,7 @@ from hcsflow.simulate import (
     MOA_PROFILES,
     VIGNETTING,
     background_level,
+    batch_appearance,
     default_platemap,
     make_illumination,
     random_appearance,
@@ -401,3 +402,67 @@ def test_random_optics_draws_wide_ranges():
     assert 5 <= min(backgrounds) < 10 and 1000 < max(backgrounds) <= 2000
     assert {d["vignetting"] for d in draws} == set(VIGNETTING)
     assert random_optics(np.random.default_rng(7)) == random_optics(np.random.default_rng(7))
+
+
+def _plate_signal(folder) -> np.ndarray:
+    """Mean flat-field-corrected signal above the dark-field per channel, shape (5,)."""
+    ill = np.load(folder / "truth" / "illumination.npz")
+    out = []
+    for c in range(5):
+        imgs = sorted((folder / "images").glob(f"*_w{c + 1}.tif"))
+        vals = [
+            ((tifffile.imread(p).astype(np.float64) - ill["darkfield"][c]) / ill["flatfield"][c])
+            for p in imgs
+        ]
+        out.append(np.mean(vals))
+    return np.array(out)
+
+
+def test_plate_appearance_scales_the_stains_it_names(tmp_path):
+    pm = default_platemap(96)
+    pm = pm[pm["role"] == "negcon"].head(2)
+    kw = dict(platemap=pm, sites=1, size=64, seed=4, n_workers=1)
+    simulate_plate(tmp_path / "a", **kw)
+    simulate_plate(
+        tmp_path / "b", appearance={"channel_brightness": (2.0, 1.0, 1.0, 1.0, 0.5)}, **kw
+    )
+    ratio = _plate_signal(tmp_path / "b") / _plate_signal(tmp_path / "a")
+    np.testing.assert_allclose(ratio, [2.0, 1.0, 1.0, 1.0, 0.5], rtol=0.05)
+    rec = json.loads((tmp_path / "b" / "truth" / "simulation.json").read_text())
+    assert rec["plate_appearance"]["channel_brightness"] == [2.0, 1.0, 1.0, 1.0, 0.5]
+    a = json.loads((tmp_path / "a" / "truth" / "simulation.json").read_text())
+    assert a["plate_appearance"] == {}
+
+
+def test_plate_appearance_rejects_bad_keys_and_values(tmp_path):
+    pm = default_platemap(96).head(1)
+    with pytest.raises(ValueError, match=r"unknown key.*cell_scale"):
+        simulate_plate(tmp_path, platemap=pm, sites=1, size=32, appearance={"cell_scale": 2})
+    with pytest.raises(ValueError, match="needs 5 values"):
+        simulate_plate(
+            tmp_path, platemap=pm, sites=1, size=32, appearance={"channel_brightness": (1, 2)}
+        )
+    with pytest.raises(ValueError, match=r"'gain'\] must be > 0"):
+        simulate_plate(tmp_path, platemap=pm, sites=1, size=32, appearance={"gain": 0})
+    assert not (tmp_path / "images").exists()
+
+
+def test_batch_appearance_is_seeded_and_within_its_ranges():
+    a = batch_appearance(np.random.default_rng(41))
+    assert a == batch_appearance(np.random.default_rng(41))
+    assert a != batch_appearance(np.random.default_rng(42))
+    draws = [batch_appearance(np.random.default_rng(s)) for s in range(200)]
+    cb = np.array([d["channel_brightness"] for d in draws])
+    assert cb.min() >= 0.7 and cb.max() <= 1.4 and cb.std(axis=0).min() > 0.1
+    assert 0.6 <= min(d["membrane"] for d in draws) and max(d["membrane"] for d in draws) <= 1.6
+
+
+def test_cli_batch_appearance(tmp_path):
+    pm = default_platemap(96).head(1)
+    pm.to_csv(tmp_path / "pm.csv", index=False)
+    args = ["simulate", str(tmp_path / "p"), "--platemap", str(tmp_path / "pm.csv")]
+    args += ["--sites", "1", "--size", "32", "--workers", "1", "--batch-appearance", "7"]
+    assert cli.main(args) == 0
+    rec = json.loads((tmp_path / "p" / "truth" / "simulation.json").read_text())
+    expected = batch_appearance(np.random.default_rng(7))
+    assert rec["plate_appearance"]["gain"] == pytest.approx(expected["gain"])

@@ -53,6 +53,7 @@ from hcsflow.simulate.field import simulate_field
 from hcsflow.simulate.illumination import background_level, make_illumination
 from hcsflow.simulate.params import (
     ACTIVE_THRESHOLD,
+    BATCH_APPEARANCE_KEYS,
     CELLS_PER_MM2,
     CHANNELS,
     DEFAULT_APPEARANCE,
@@ -63,6 +64,7 @@ from hcsflow.simulate.params import (
     WELL_NOISE,
     SimulatedField,
     SimulatedPlate,
+    batch_appearance,
     random_appearance,
 )
 from hcsflow.simulate.plate import simulate_plate
@@ -71,6 +73,7 @@ from hcsflow.simulate.truth import truth_cell_table
 
 __all__ = [
     "ACTIVE_THRESHOLD",
+    "BATCH_APPEARANCE_KEYS",
     "CELLS_PER_MM2",
     "CHANNELS",
     "DEFAULT_APPEARANCE",
@@ -82,6 +85,7 @@ __all__ = [
     "SimulatedField",
     "SimulatedPlate",
     "background_level",
+    "batch_appearance",
     "compound_parameters",
     "default_platemap",
     "effect_fraction",

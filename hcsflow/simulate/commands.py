@@ -6,9 +6,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from hcsflow.simulate.params import VIGNETTING
+from hcsflow.simulate.params import VIGNETTING, batch_appearance
 from hcsflow.simulate.plate import simulate_plate
 from hcsflow.simulate.truth import truth_cell_table
 
@@ -61,6 +62,14 @@ def add_arguments(parser) -> None:
         help="field-to-field CV of the background level within a well (default 0)",
     )
     parser.add_argument(
+        "--batch-appearance",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="image the plate as an imaging batch whose staining and camera are drawn from "
+        "SEED (hcsflow.simulate.batch_appearance); plates with one SEED share them",
+    )
+    parser.add_argument(
         "--cell-table",
         action="store_true",
         help="also write truth/cells.parquet (per-cell features measured in the true masks)",
@@ -90,6 +99,11 @@ def run(args) -> int:
         plate_effects=not args.no_plate_effects,
         background_cv=args.background_cv,
         background_jitter=args.background_jitter,
+        appearance=(
+            None
+            if args.batch_appearance is None
+            else batch_appearance(np.random.default_rng(args.batch_appearance))
+        ),
         n_workers=args.workers,
     )
     if args.cell_table:

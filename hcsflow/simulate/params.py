@@ -232,6 +232,95 @@ def random_appearance(rng: np.random.Generator) -> dict:
     }
 
 
+#: Keys of :data:`DEFAULT_APPEARANCE` that a plate-wide appearance (``simulate_plate``'s
+#: ``appearance``) may set: what differs between imaging batches of one screen (stain lots
+#: and staining protocol, camera, focus), not the biology (cell size, clustering).
+BATCH_APPEARANCE_KEYS = (
+    "brightness",
+    "channel_brightness",
+    "gain",
+    "read_noise",
+    "blur_um",
+    "texture",
+    "membrane",
+    "cytoplasm",
+    "background",
+)
+
+
+def batch_appearance(rng: np.random.Generator) -> dict:
+    """Draw the staining and camera of one imaging batch, within what batches of one screen
+    differ by.
+
+    Narrower than :func:`random_appearance` (which spans many labs for training a segmenter):
+    overall stain brightness 0.6-1.6x, each channel's stain 0.7-1.4x, membrane and
+    cytoplasm staining 0.6-1.6x and 0.7-1.4x (the AGP border-to-fill ratio changes), texture
+    contrast 0.75-1.3x, background 0.6-2x, blur 0.4-0.75 µm, gain 1.5-3.5 and read noise 3-6.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness (e.g. seeded with the batch's number).
+
+    Returns
+    -------
+    dict
+        Keys :data:`BATCH_APPEARANCE_KEYS`; ``simulate_plate(..., appearance=...)`` applies
+        it to every well of a plate.
+    """
+
+    def logu(lo: float, hi: float) -> float:
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    return {
+        "brightness": logu(0.6, 1.6),
+        "channel_brightness": tuple(logu(0.7, 1.4) for _ in CHANNELS),
+        "gain": logu(1.5, 3.5),
+        "read_noise": logu(3.0, 6.0),
+        "blur_um": logu(0.4, 0.75),
+        "texture": logu(0.75, 1.3),
+        "membrane": logu(0.6, 1.6),
+        "cytoplasm": logu(0.7, 1.4),
+        "background": logu(0.6, 2.0),
+    }
+
+
+def check_batch_appearance(appearance: Mapping[str, Any] | None) -> dict:
+    """Validate a plate-wide appearance; return it as a dict (empty for ``None``).
+
+    Raises
+    ------
+    ValueError
+        On a key outside :data:`BATCH_APPEARANCE_KEYS`, a value out of range (``read_noise``
+        and ``background`` >= 0, the others > 0), or a
+        ``channel_brightness`` without one value per channel.
+    """
+    out = dict(appearance or {})
+    unknown = set(out) - set(BATCH_APPEARANCE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"appearance: unknown key(s) {sorted(unknown)}; a plate-wide appearance sets "
+            f"{list(BATCH_APPEARANCE_KEYS)}"
+        )
+    if "channel_brightness" in out:
+        cb = tuple(float(x) for x in out["channel_brightness"])
+        if len(cb) != len(CHANNELS):
+            raise ValueError(
+                f"appearance['channel_brightness'] needs {len(CHANNELS)} values "
+                f"({', '.join(CHANNELS)}), got {len(cb)}"
+            )
+        out["channel_brightness"] = cb
+    for k, v in out.items():
+        vals = v if isinstance(v, tuple) else (v,)
+        lo_ok = (lambda x: x >= 0) if k in ("read_noise", "background") else (lambda x: x > 0)
+        if not all(np.isfinite(float(x)) and lo_ok(float(x)) for x in vals):
+            bound = ">= 0" if k in ("read_noise", "background") else "> 0"
+            raise ValueError(f"appearance[{k!r}] must be {bound}, got {v}")
+        if not isinstance(v, tuple):
+            out[k] = float(v)
+    return out
+
+
 def _check_appearance(appearance: Mapping[str, Any] | None) -> dict:
     app = dict(DEFAULT_APPEARANCE)
     if appearance is not None:

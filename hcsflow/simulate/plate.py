@@ -7,6 +7,7 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from hcsflow.simulate.params import (
     VIGNETTING,
     WELL_NOISE,
     SimulatedPlate,
+    check_batch_appearance,
 )
 from hcsflow.simulate.textures import _child
 
@@ -112,6 +114,7 @@ def simulate_plate(
     plate_effects: bool = True,
     background_cv: float = 0.0,
     background_jitter: float = 0.0,
+    appearance: Mapping[str, Any] | None = None,
     n_workers: int | None = None,
 ) -> SimulatedPlate:
     """Simulate a Cell Painting plate folder with its plate map and ground truth.
@@ -155,6 +158,12 @@ def simulate_plate(
         well the same level.
     background_jitter : float
         Field-to-field coefficient of variation of the background level within a well.
+    appearance : mapping, optional
+        The plate's staining and camera, for simulating imaging batches of one screen: keys
+        of :data:`~hcsflow.simulate.params.BATCH_APPEARANCE_KEYS` (e.g. drawn by
+        :func:`~hcsflow.simulate.params.batch_appearance`). ``channel_brightness`` and
+        ``background`` multiply the wells' own plate effects and background levels; the others
+        replace the defaults of :data:`DEFAULT_APPEARANCE`. Default: the default appearance.
     n_workers : int, optional
         Worker processes (default: number of CPUs). Results do not depend on it.
 
@@ -165,6 +174,7 @@ def simulate_plate(
     _check_plate_args(
         sites, size, out_of_focus_fraction, vignetting, background_cv, background_jitter
     )
+    plate_app = check_batch_appearance(appearance)
     t_start = time.perf_counter()
     out = Path(out_dir)
     images_dir, truth_dir = out / "images", out / "truth"
@@ -194,6 +204,7 @@ def simulate_plate(
         plate_effects=plate_effects,
         background_cv=background_cv,
         common=common,
+        appearance=plate_app,
     )
     n_workers = (os.cpu_count() or 1) if n_workers is None else int(n_workers)
     fields = pd.DataFrame(_run_tasks(tasks, n_workers))
@@ -213,6 +224,7 @@ def simulate_plate(
         "plate_effects": plate_effects,
         "background_cv": background_cv,
         "background_jitter": background_jitter,
+        "plate_appearance": plate_app,
     }
     _write_truth(truth_dir, fields, compounds, treat, settings)
     # the plate map comes last: its presence marks a complete plate folder
@@ -339,6 +351,7 @@ def _field_tasks(
     plate_effects: bool,
     background_cv: float,
     common: dict[str, Any],
+    appearance: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     """One task per field (:func:`_field_task`): the well's density, phenotype and appearance.
 
@@ -350,6 +363,8 @@ def _field_tasks(
         Compound parameters indexed by compound (:func:`_compounds_and_treatments`).
     common : dict
         Task entries shared by every field (size, paths, ...).
+    appearance : mapping
+        The plate-wide appearance (:func:`check_batch_appearance`; empty for the default).
     """
     wells = well_names(n_wells)
     n_rows, n_cols = (8, 12) if n_wells == 96 else (16, 24)
@@ -373,9 +388,11 @@ def _field_tasks(
             if edge:
                 cbr = cbr * 1.08
                 dens *= 0.8
-        app = dict(DEFAULT_APPEARANCE)
+        app = {**DEFAULT_APPEARANCE, **appearance}
+        cbr = cbr * np.asarray(app["channel_brightness"], dtype=float)
         app["channel_brightness"] = tuple(float(x) for x in cbr)
-        app["background"] = background_level([int(seed), plate_key, wi, 0xB6], background_cv)
+        bg = background_level([int(seed), plate_key, wi, 0xB6], background_cv)
+        app["background"] = float(app["background"]) * bg
         for site in range(1, sites + 1):
             tasks.append(
                 {
