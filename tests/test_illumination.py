@@ -738,3 +738,48 @@ def test_config_dark_errors_name_the_key(tmp_path):
     good = tmp_path / "dark.npy"
     np.save(good, np.full((4, 4), 100.0))
     assert check(str(good))[1] == []
+
+
+def test_surface_test_finds_a_weak_shading_in_the_lowest_rings():
+    from hcsflow.illumination.surfaces import (
+        LOW_RINGS,
+        _lowpass_mask,
+        _ring_index,
+        _surface_found,
+    )
+
+    shape = (64, 64)
+    sel = _lowpass_mask(shape, 4.0)
+    sel[0, 0] = False
+    ring = _ring_index(shape)
+    low = sel & (ring <= LOW_RINGS)
+    m, m_low = int(sel.sum()), int(low.sum())
+    z = np.where(sel, 1.0, 0.0)  # every coefficient at its noise level: no surface
+    assert not _surface_found(z, ring, sel)
+    # a shading in the lowest rings, too weak for the test over all coefficients
+    z_weak = z.copy()
+    z_weak[low] = 5.0
+    assert float(z_weak[sel].sum()) < m + 3 * np.sqrt(2 * m)
+    assert _surface_found(z_weak, ring, sel)
+    z_noise = z.copy()
+    z_noise[low] = 2.0  # twice the noise in m_low coefficients: within chance
+    assert 2.0 * m_low < 26.2 and not _surface_found(z_noise, ring, sel)
+
+
+def test_shrunk_mean_keeps_a_given_surface_decision():
+    from hcsflow.illumination.surfaces import _lowpass_mask, _shrunk_mean
+
+    rng = np.random.default_rng(0)
+    shape = (16, 16)
+    y, x = np.mgrid[-1:1:16j, -1:1:16j]
+    flat = 1.0 - 0.1 * (x**2 + y**2)
+    values = flat.ravel()[None, :] + rng.normal(0, 0.05, (40, 256))
+    w = np.ones_like(values)
+    mask = _lowpass_mask(shape, 4.0)
+    tested, found = _shrunk_mean(values, w, w, np.ones(256), mask, shape)
+    assert found and np.ptp(tested) > 0.1
+    const, kept = _shrunk_mean(values, w, w, np.ones(256), mask, shape, surface=False)
+    assert not kept and np.ptp(const) < 1e-9
+    forced, kept = _shrunk_mean(values, w, w, np.ones(256), mask, shape, surface=True)
+    assert kept
+    np.testing.assert_allclose(forced, tested)

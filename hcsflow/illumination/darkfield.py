@@ -220,7 +220,7 @@ def _noise_pattern(
         if not (wsum > 0).all():
             return None
     if adaptive:
-        P = _shrunk_mean(Q, Wq, Wv * dbw, np.zeros(Y.shape[1]), mask, shape, groups)
+        P = _shrunk_mean(Q, Wq, Wv * dbw, np.zeros(Y.shape[1]), mask, shape, groups)[0]
     else:
         P = _smooth((Wq * Q).sum(axis=0) / wsum, mask, shape)
     return P - P.mean()

@@ -12,10 +12,15 @@ import math
 
 import numpy as np
 from scipy import fft as sfft
+from scipy.stats import chi2
 
 #: Groups of fields (field ``n`` in group ``n % GROUPS``) of the reliability and jackknife
 #: estimates of the ``basic`` fit.
 GROUPS = 10
+#: Rings of cosine coefficients (half a cycle per field wide) tested on their own for a
+#: surface, and the level of that test (:func:`_surface_found`).
+LOW_RINGS = 2
+LOW_P = 1e-3
 
 
 def _lowpass_mask(shape: tuple[int, int], max_frequency: float) -> np.ndarray:
@@ -91,7 +96,8 @@ def _shrunk_mean(
     mask: np.ndarray,
     shape: tuple[int, int],
     groups: int = GROUPS,
-) -> np.ndarray:
+    surface: bool | None = None,
+) -> tuple[np.ndarray, bool]:
     """A weighted mean over fields, smoothed by shrinking each cosine coefficient to its reliability.
 
     The raw surface is the weighted mean ``m = sum(w X) / sum(w)`` over fields. Its cosine
@@ -109,12 +115,14 @@ def _shrunk_mean(
     is kept whole, one that is mostly noise drops out. The mean (``c_0``) is kept as is. The
     smoothness thus follows the data; ``mask`` is its upper bound.
 
-    Before the shrinkage, the surface as a whole is tested against a constant: under a
-    constant surface ``T = sum_k c_k^2 / v_k`` over the ``m`` coefficients besides the mean is
-    about chi-squared with ``m`` degrees of freedom, so ``T < m + 3 sqrt(2 m)`` means the fields
-    show no surface beyond their noise, and the constant ``c_0`` is returned (a uniform
-    illumination is then left exactly uniform, not shaded by the noise that survives the
-    coefficient-wise shrinkage).
+    Before the shrinkage, the surface is tested against a constant (:func:`_surface_found`);
+    when the fields show no surface beyond their noise, the constant ``c_0`` is returned (a
+    uniform illumination is then left exactly uniform, not shaded by the noise that survives
+    the coefficient-wise shrinkage). ``surface`` given (True or False) skips the test and
+    keeps that decision: a reweighting loop decides once, on its first pass, because later
+    passes weigh the fields by residuals from the surface of the pass before, so a constant
+    surface down-weights the very pixels (the dim corners) that show the shading, and the
+    evidence for a weak shading fades pass by pass.
 
     Parameters
     ----------
@@ -128,10 +136,15 @@ def _shrunk_mean(
         ``(h, w)`` with ``h * w == P``.
     groups : int
         Number of groups of fields ``K`` (at most ``N``; below 3 no shrinkage).
+    surface : bool, optional
+        The decision of the test, given: True keeps the shrunk surface, False returns the
+        constant. Default: test.
 
     Returns
     -------
-    ndarray of shape (P,)
+    smoothed : ndarray of shape (P,)
+    surface : bool
+        Whether a surface was kept (False: the constant ``c_0``).
     """
     n = values.shape[0]
     wsum = weights.sum(axis=0)
@@ -139,7 +152,7 @@ def _shrunk_mean(
     coef = _coeffs(raw.reshape(shape), mask)
     k = min(groups, n)
     if k < 3:
-        return _surface(coef).ravel()
+        return _surface(coef).ravel(), True
     # the sandwich's denominator, kept from vanishing where most values are outliers
     den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
     contrib = weights * (values - raw)
@@ -154,14 +167,50 @@ def _shrunk_mean(
     count = np.bincount(ring[sel], minlength=ring.max() + 1)
     vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
     c2 = coef * coef
-    m = int(sel.sum())
-    t = float((c2[sel] / np.maximum(vr[sel], 1e-300)).sum())
-    if t < m + 3.0 * math.sqrt(2.0 * m):
+    if surface is None:
+        z = np.zeros_like(c2)
+        z[sel] = c2[sel] / np.maximum(vr[sel], 1e-300)
+        surface = _surface_found(z, ring, sel)
+    if not surface:
         factor = np.zeros_like(coef)
     else:
         factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
     factor[0, 0] = 1.0
-    return _surface(coef * factor).ravel()
+    return _surface(coef * factor).ravel(), bool(surface)
+
+
+def _surface_found(z: np.ndarray, ring: np.ndarray, sel: np.ndarray) -> bool:
+    """Do the cosine coefficients show a surface beyond their noise?
+
+    Under a constant surface, ``T = sum_k c_k^2 / v_k`` over ``m`` coefficients is about
+    chi-squared with ``m`` degrees of freedom. Two tests, either of which finds a surface:
+    all ``m`` coefficients besides the mean (``T >= m + 3 sqrt(2 m)``, about p = 0.004), and
+    the coefficients of the lowest :data:`LOW_RINGS` rings alone (below 1.5 cycles per field,
+    where vignetting and tilts put nearly all their power; ``p < LOW_P``). The second keeps a
+    weak shading (a 10 % fall-off to the corners) that the first dilutes among the higher
+    frequencies' noise.
+
+    Parameters
+    ----------
+    z : ndarray of shape (h, w)
+        ``c_k^2 / v_k`` per coefficient.
+    ring : ndarray of shape (h, w), int
+        Ring of each coefficient (:func:`_ring_index`).
+    sel : ndarray of shape (h, w), bool
+        Coefficients tested (those kept, besides the mean).
+
+    Returns
+    -------
+    bool
+    """
+    m = int(sel.sum())
+    if m == 0:
+        return False
+    if float(z[sel].sum()) >= m + 3.0 * math.sqrt(2.0 * m):
+        return True
+    low = sel & (ring <= LOW_RINGS)
+    m_low = int(low.sum())
+    return m_low > 0 and float(z[low].sum()) >= float(chi2.isf(LOW_P, m_low))
 
 
 def _jackknife_variance(estimates: np.ndarray) -> float:
