@@ -755,18 +755,20 @@ def test_surface_test_finds_a_weak_shading_in_the_lowest_rings():
     low = sel & (ring <= LOW_RINGS)
     m, m_low = int(sel.sum()), int(low.sum())
     z = np.where(sel, 1.0, 0.0)  # every coefficient at its noise level: no surface
-    assert not _surface_found(z, ring, sel)
+    assert _surface_found(z, ring, sel) == (False, False)
     # a shading in the lowest rings, too weak for the test over all coefficients
     z_weak = z.copy()
     z_weak[low] = 5.0
     assert float(z_weak[sel].sum()) < m + 3 * np.sqrt(2 * m)
-    assert _surface_found(z_weak, ring, sel)
+    assert _surface_found(z_weak, ring, sel) == (True, True)
     z_noise = z.copy()
     z_noise[low] = 2.0  # twice the noise in m_low coefficients: within chance
-    assert 2.0 * m_low < 26.2 and not _surface_found(z_noise, ring, sel)
+    assert 2.0 * m_low < 26.2 and _surface_found(z_noise, ring, sel) == (False, False)
+    # a surface spread over all coefficients: found, but not by the lowest rings
+    assert _surface_found(np.where(sel, 2.0, 0.0), ring, sel) == (True, False)
 
 
-def test_shrunk_mean_keeps_a_given_surface_decision():
+def test_shrunk_mean_keeps_a_given_surface_decision_and_holds_a_low_frequency_one():
     from hcsflow.illumination.surfaces import _lowpass_mask, _shrunk_mean
 
     rng = np.random.default_rng(0)
@@ -776,8 +778,8 @@ def test_shrunk_mean_keeps_a_given_surface_decision():
     values = flat.ravel()[None, :] + rng.normal(0, 0.05, (40, 256))
     w = np.ones_like(values)
     mask = _lowpass_mask(shape, 4.0)
-    tested, found = _shrunk_mean(values, w, w, np.ones(256), mask, shape)
-    assert found and np.ptp(tested) > 0.1
+    tested, hold = _shrunk_mean(values, w, w, np.ones(256), mask, shape)
+    assert hold and np.ptp(tested) > 0.1  # a shading in the lowest rings: held
     const, kept = _shrunk_mean(values, w, w, np.ones(256), mask, shape, surface=False)
     assert not kept and np.ptp(const) < 1e-9
     forced, kept = _shrunk_mean(values, w, w, np.ones(256), mask, shape, surface=True)

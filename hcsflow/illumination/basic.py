@@ -103,7 +103,7 @@ def _rank1_sparse(
     Z = Y - D
     b = np.median(Z / S, axis=1)
     W = np.ones_like(Y)
-    surface = None  # decided on the first pass (see _shrunk_mean)
+    surface = None  # tested on each pass until the lowest rings show a surface (_shrunk_mean)
     for _ in range(iterations):
         ok = b > 0.05 * max(float(np.median(b)), 1e-12)
         bb = np.where(ok, b, 1.0)
@@ -117,9 +117,10 @@ def _rank1_sparse(
             W, dW = W * ok[:, None], dW * ok[:, None]
         wsum = W.sum(axis=0)
         if adaptive:
-            new, surface = _shrunk_mean(
+            new, hold = _shrunk_mean(
                 Z / bb[:, None], W, dW, S, mask, shape, groups, surface=surface
             )
+            surface = True if hold else None
         else:
             Sr = (W * Z / bb[:, None]).sum(axis=0) / np.maximum(wsum, 1e-12)
             Sr = np.where(wsum > 0, Sr, S)

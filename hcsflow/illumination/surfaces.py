@@ -119,10 +119,12 @@ def _shrunk_mean(
     when the fields show no surface beyond their noise, the constant ``c_0`` is returned (a
     uniform illumination is then left exactly uniform, not shaded by the noise that survives
     the coefficient-wise shrinkage). ``surface`` given (True or False) skips the test and
-    keeps that decision: a reweighting loop decides once, on its first pass, because later
-    passes weigh the fields by residuals from the surface of the pass before, so a constant
-    surface down-weights the very pixels (the dim corners) that show the shading, and the
-    evidence for a weak shading fades pass by pass.
+    keeps that decision. A reweighting loop keeps a surface that the lowest rings alone showed
+    on its first pass (the second value returned): later passes weigh the fields by residuals
+    from the surface of the pass before, so a constant surface down-weights the very pixels
+    (the dim corners) that show a weak shading, and the evidence for it fades pass by pass. A
+    surface found only by the test over all coefficients is tested again on every pass (a
+    first pass, weighted by the starting surface, is noisier than the later ones).
 
     Parameters
     ----------
@@ -143,8 +145,9 @@ def _shrunk_mean(
     Returns
     -------
     smoothed : ndarray of shape (P,)
-    surface : bool
-        Whether a surface was kept (False: the constant ``c_0``).
+    hold : bool
+        Whether later passes should keep the surface without testing: ``surface`` was given
+        True, or the lowest rings alone showed it.
     """
     n = values.shape[0]
     wsum = weights.sum(axis=0)
@@ -152,7 +155,7 @@ def _shrunk_mean(
     coef = _coeffs(raw.reshape(shape), mask)
     k = min(groups, n)
     if k < 3:
-        return _surface(coef).ravel(), True
+        return _surface(coef).ravel(), False
     # the sandwich's denominator, kept from vanishing where most values are outliers
     den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
     contrib = weights * (values - raw)
@@ -167,19 +170,20 @@ def _shrunk_mean(
     count = np.bincount(ring[sel], minlength=ring.max() + 1)
     vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
     c2 = coef * coef
+    hold = bool(surface)
     if surface is None:
         z = np.zeros_like(c2)
         z[sel] = c2[sel] / np.maximum(vr[sel], 1e-300)
-        surface = _surface_found(z, ring, sel)
+        surface, hold = _surface_found(z, ring, sel)
     if not surface:
         factor = np.zeros_like(coef)
     else:
         factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
     factor[0, 0] = 1.0
-    return _surface(coef * factor).ravel(), bool(surface)
+    return _surface(coef * factor).ravel(), hold
 
 
-def _surface_found(z: np.ndarray, ring: np.ndarray, sel: np.ndarray) -> bool:
+def _surface_found(z: np.ndarray, ring: np.ndarray, sel: np.ndarray) -> tuple[bool, bool]:
     """Do the cosine coefficients show a surface beyond their noise?
 
     Under a constant surface, ``T = sum_k c_k^2 / v_k`` over ``m`` coefficients is about
@@ -201,16 +205,19 @@ def _surface_found(z: np.ndarray, ring: np.ndarray, sel: np.ndarray) -> bool:
 
     Returns
     -------
-    bool
+    found : bool
+        Either test found a surface.
+    low : bool
+        The lowest rings' test found it.
     """
     m = int(sel.sum())
     if m == 0:
-        return False
-    if float(z[sel].sum()) >= m + 3.0 * math.sqrt(2.0 * m):
-        return True
+        return False, False
     low = sel & (ring <= LOW_RINGS)
     m_low = int(low.sum())
-    return m_low > 0 and float(z[low].sum()) >= float(chi2.isf(LOW_P, m_low))
+    by_low = m_low > 0 and float(z[low].sum()) >= float(chi2.isf(LOW_P, m_low))
+    by_all = float(z[sel].sum()) >= m + 3.0 * math.sqrt(2.0 * m)
+    return by_all or by_low, by_low
 
 
 def _jackknife_variance(estimates: np.ndarray) -> float:
