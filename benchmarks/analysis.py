@@ -24,8 +24,8 @@ Printed per screen and feature set:
 
 ``--cell-variants`` makes the well profiles in other ways than the well median (per-well MAD
 and percentiles, ``profiles.dispersion``; medians of cells projected on PCA or FA axes of the
-DMSO cells, ``profiles.projection``); ``--second-batch SEED`` adds as many plates of a second
-imaging batch (other pixel size, vignetting and density, and staining and camera drawn from
+DMSO cells, ``profiles.projection``); ``--second-batch SEED [SEED ...]`` adds as many plates of a second
+(third, ...) imaging batch (other pixel size, vignetting and density, and staining and camera drawn from
 SEED unless ``--batch-staining default``) and prints NSC and NSCB over per-batch consensus
 profiles.
 
@@ -345,8 +345,8 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
         f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), "
         f"seeds {args.first_seed}-{args.first_seed + n_plates - 1}"
     )
-    if args.second_batch is not None:
-        # a second imaging batch (benchmarks/analysis.py --second-batch): other objective,
+    for k, seed in enumerate(args.second_batch or ()):
+        # another imaging batch (benchmarks/analysis.py --second-batch): other objective,
         # vignetting and density, and its own staining and camera, same plate map
         more, _, more_tables = simulate(
             Path(args.workdir),
@@ -355,16 +355,16 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             args.size,
             args.sites,
             args.workers,
-            args.second_batch,
+            seed,
             second_batch=True,
-            staining_seed=args.second_batch if args.batch_staining == "drawn" else None,
+            staining_seed=seed if args.batch_staining == "drawn" else None,
         )
         cells += more
         tables += more_tables
-        batches += ["batch2"] * len(more_tables)
-        screen += f" + batch 2 seeds {args.second_batch}-{args.second_batch + n_plates - 1}"
+        batches += [f"batch{k + 2}"] * len(more_tables)
+        screen += f" + batch {k + 2} seeds {seed}-{seed + n_plates - 1}"
         if args.batch_staining == "drawn":
-            screen += f" (staining and camera drawn from {args.second_batch})"
+            screen += f" (staining and camera drawn from {seed})"
     t_sim = time.perf_counter() - t0
     n_cells = sum(len(c) for c in cells)
     n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
@@ -554,9 +554,11 @@ def main() -> None:
     ap.add_argument(
         "--second-batch",
         type=int,
+        nargs="+",
         default=None,
         metavar="SEED",
-        help="add a second imaging batch of as many plates, seeds SEED, SEED+1, ...",
+        help="add an imaging batch of as many plates per SEED, seeds SEED, SEED+1, ... "
+        "(several SEEDs: several batches)",
     )
     ap.add_argument(
         "--batch-staining",
