@@ -331,24 +331,15 @@ def evaluate(profiles: pd.DataFrame, consensus: pd.DataFrame, truth: pd.DataFram
 
 def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
     t0 = time.perf_counter()
-    cells, truth, tables = simulate(
-        Path(args.workdir),
-        wells,
-        n_plates,
-        args.size,
-        args.sites,
-        args.workers,
-        args.first_seed,
-    )
-    batches = ["batch1"] * len(tables)
-    screen = (
-        f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), "
-        f"seeds {args.first_seed}-{args.first_seed + n_plates - 1}"
-    )
-    for k, seed in enumerate(args.second_batch or ()):
-        # another imaging batch (benchmarks/analysis.py --second-batch): other objective,
-        # vignetting and density, and its own staining and camera, same plate map
-        more, _, more_tables = simulate(
+    # the first batch, then one more imaging batch per --second-batch seed (other objective,
+    # vignetting and density, and its own staining and camera), all of the same plate map
+    drawn = args.batch_staining == "drawn"
+    specs = [(args.first_seed, False, None)]
+    specs += [(seed, True, seed if drawn else None) for seed in args.second_batch or ()]
+    cells, tables, batches, parts = [], [], [], []
+    truth = None
+    for k, (seed, second, staining) in enumerate(specs):
+        more, more_truth, more_tables = simulate(
             Path(args.workdir),
             wells,
             n_plates,
@@ -356,15 +347,23 @@ def run_screen(args, wells: int, n_plates: int, camp: dict) -> list[dict]:
             args.sites,
             args.workers,
             seed,
-            second_batch=True,
-            staining_seed=seed if args.batch_staining == "drawn" else None,
+            second_batch=second,
+            staining_seed=staining,
         )
+        truth = more_truth if truth is None else truth
         cells += more
         tables += more_tables
-        batches += [f"batch{k + 2}"] * len(more_tables)
-        screen += f" + batch {k + 2} seeds {seed}-{seed + n_plates - 1}"
-        if args.batch_staining == "drawn":
-            screen += f" (staining and camera drawn from {seed})"
+        batches += [f"batch{k + 1}"] * len(more_tables)
+        seeds = f"seeds {seed}-{seed + n_plates - 1}"
+        if k == 0:
+            parts.append(
+                f"{n_plates} x {wells} wells, {args.size} px, {args.sites} site(s), {seeds}"
+            )
+        else:
+            parts.append(f"batch {k + 1} {seeds}")
+            if staining is not None:
+                parts[-1] += f" (staining and camera drawn from {seed})"
+    screen = " + ".join(parts)
     t_sim = time.perf_counter() - t0
     n_cells = sum(len(c) for c in cells)
     n_wells = sum(c.groupby("Metadata_Well").ngroups for c in cells)
