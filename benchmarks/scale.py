@@ -60,10 +60,9 @@ from _tables import markdown  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hcsflow.discover import QC_COLUMNS  # noqa: E402
+from hcsflow.discover import QC_COLUMNS, Channel, _manifest_row, _manifest_table  # noqa: E402
 from hcsflow.io import make_provenance, write_table  # noqa: E402
 from hcsflow.platemap import read_platemap  # noqa: E402
-from hcsflow.wells import split_well  # noqa: E402
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 #: the workflow's files copied into a benchmark folder (as the workflow tests do)
@@ -150,25 +149,20 @@ def write_plate(
     for well, site in written:
         for ch in range(1, 6):
             (images / f"{plate}_{well}_s{site}_w{ch}.tif").touch()
-    recs = []
-    for well, site in fields:
-        row, col = split_well(well)
-        rec: dict[str, Any] = {
-            "Metadata_Plate": plate,
-            "Metadata_Well": well,
-            "Metadata_Row": row,
-            "Metadata_Column": col,
-            "Metadata_Site": site,
-            "Metadata_Batch": batch,
-        }
-        for k, c in enumerate(CHANNELS, start=1):
-            rec[f"FileName_{c['name']}"] = f"{plate}_{well}_s{site}_w{k}.tif"
-            rec[f"PathName_{c['name']}"] = "."  # relative to the plate's image folder
-        recs.append(rec)
-    pm = read_platemap(pm_path)
-    manifest = pd.DataFrame(recs).merge(pm, on="Metadata_Well", how="left")
-    meta = [c for c in manifest.columns if c.startswith("Metadata_")]
-    manifest = manifest[meta + [c for c in manifest.columns if c not in meta]]
+    # the records discovery would make of these files (paths relative to the image folder)
+    chans = [Channel(**c) for c in CHANNELS]
+    recs = [
+        _manifest_row(
+            plate,
+            well,
+            site,
+            {c.name: ("", f"{plate}_{well}_s{site}_{c.id}.tif") for c in chans},
+            chans,
+            batch,
+        )
+        for well, site in fields
+    ]
+    manifest = _manifest_table(recs, read_platemap(pm_path))
     prov = make_provenance("discover", config={"synthetic": True}, inputs={})
     results = root / "results"
     write_table(manifest, results / "manifest" / f"{plate}.parquet", prov)
