@@ -189,6 +189,8 @@ def fit(
         working_size=working_size,
         saturation_value=screening.saturation_value,
         names=names,
+        # the noise's skewness serves only the dark level that basic estimates
+        cumulants=method == "basic" and auto and given is None and dark_pattern and centred,
     )
     n = small.shape[0]
     excluded = screen_fields(stats, screening) if screen else {}
