@@ -204,3 +204,6 @@ def test_negcon_sample_on_every_cell_or_without_roles(tmp_path):
     np.testing.assert_allclose(every.center, np.median(plate[list(every.features)], axis=0))
     with pytest.raises(ValueError, match="noroles.parquet.*profiles.control_role"):
         C.negcon_sample([path], "P1")
+    # a QC column the table lacks: named with the file and the config key, before any read
+    with pytest.raises(ValueError, match="noroles.parquet.*'Metadata_QC'.*profiles.qc_columns"):
+        C.negcon_sample([path], "P1", control_role="all", qc_columns=["Metadata_QC"])

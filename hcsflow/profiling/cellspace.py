@@ -231,17 +231,31 @@ def _role_column(control_role: str) -> list[str]:
     return [] if control_role == "all" else ["Metadata_Role"]
 
 
+def _check_schema(
+    path: str | os.PathLike[str], schema: pa.Schema, control_role: str, qc_columns: Sequence[str]
+) -> None:
+    """Raise ``ValueError`` naming ``path`` and the config key when a per-cell table lacks
+    ``Metadata_Role`` (unless ``control_role`` is ``"all"``) or a QC column."""
+    if control_role != "all" and "Metadata_Role" not in schema.names:
+        raise ValueError(
+            f"{path}: no Metadata_Role column, so the control cells (config "
+            f"profiles.control_role {control_role!r}) cannot be found"
+        )
+    for c in qc_columns:
+        if c not in schema.names:
+            raise ValueError(
+                f"{path}: QC column {c!r} (config profiles.qc_columns) not in the cell table"
+            )
+
+
 def _control_rows(table: pa.Table, control_role: str, qc_columns: Sequence[str]) -> np.ndarray:
-    """Indices of the unflagged control cells of a table (every cell for ``"all"``)."""
+    """Indices of the unflagged control cells of a table (every cell for ``"all"``); the
+    table holds the columns :func:`_check_schema` requires."""
     if control_role == "all":
         keep = pa.array(np.ones(table.num_rows, dtype=bool))
-    elif "Metadata_Role" not in table.column_names:
-        raise ValueError("cell table has no Metadata_Role column: control cells cannot be found")
     else:
         keep = pc.fill_null(pc.equal(table.column("Metadata_Role"), control_role), False)
     for c in qc_columns:
-        if c not in table.column_names:
-            raise ValueError(f"QC column {c!r} (config profiles.qc_columns) not in the cell table")
         flagged = pc.fill_null(pc.cast(table.column(c), pa.bool_()), False)
         keep = pc.and_(keep, pc.invert(flagged))
     return np.flatnonzero(keep.to_numpy(zero_copy_only=False))
@@ -298,21 +312,14 @@ def negcon_sample(
     patterns = [re.compile(p) for p in blocklist]
     for path in paths:
         schema = pq.read_schema(path)
-        if control_role != "all" and "Metadata_Role" not in schema.names:
-            raise ValueError(
-                f"{path}: no Metadata_Role column, so the control cells (config "
-                f"profiles.control_role {control_role!r}) cannot be found"
-            )
+        _check_schema(path, schema, control_role, qc_columns)
         names = _feature_names(schema, qc_columns, patterns)
         if features is None:
             features = names
         elif names != features:
             raise ValueError(f"per-cell table {path} has different feature columns than {paths[0]}")
         roles = pq.read_table(path, columns=[*_role_column(control_role), *qc_columns])
-        try:
-            controls.append(_control_rows(roles, control_role, qc_columns))
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        controls.append(_control_rows(roles, control_role, qc_columns))
     total = int(sum(len(rows) for rows in controls))
     if total == 0:
         raise ValueError(
