@@ -95,7 +95,7 @@ def _field_task(task: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-# Over 80 lines only through its 17 keyword parameters and the settings it records; the body
+# Over 80 lines only through its 18 keyword parameters and the settings it records; the body
 # is the plate's steps, one call each.
 def simulate_plate(
     out_dir: str | os.PathLike[str],
