@@ -311,11 +311,10 @@ def check_batch_appearance(appearance: Mapping[str, Any] | None) -> dict:
             )
         out["channel_brightness"] = cb
     for k, v in out.items():
-        vals = v if isinstance(v, tuple) else (v,)
-        lo_ok = (lambda x: x >= 0) if k in ("read_noise", "background") else (lambda x: x > 0)
-        if not all(np.isfinite(float(x)) and lo_ok(float(x)) for x in vals):
-            bound = ">= 0" if k in ("read_noise", "background") else "> 0"
-            raise ValueError(f"appearance[{k!r}] must be {bound}, got {v}")
+        vals = np.asarray(v, dtype=np.float64)
+        zero_ok = k in ("read_noise", "background")
+        if not (np.isfinite(vals).all() and (vals >= 0 if zero_ok else vals > 0).all()):
+            raise ValueError(f"appearance[{k!r}] must be {'>= 0' if zero_ok else '> 0'}, got {v}")
         if not isinstance(v, tuple):
             out[k] = float(v)
     return out
