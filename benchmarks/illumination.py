@@ -423,13 +423,16 @@ def centred_table(cases, n_seeds: int, size: int, mpp: float, big: bool) -> None
 #: gained its low-frequency test and its decision on the first pass, and scored once with it;
 #: the decision was then narrowed (held only when the lowest rings show the surface) after a
 #: uniform stack of the smoothing table turned out shaded, and ``sealed5`` (2100-2111) was drawn
-#: to score that once.
+#: to score that once. ``sealed6`` (2200-2211) was drawn when the test of the dark level
+#: came to weigh each estimate of the level as possibly biased (the hypotheses of
+#: ``DarkFit``) and the flat-field's own noise, and scored once with them.
 RANGE_TUNING_SEEDS = tuple(range(1600, 1612))
 RANGE_SEALED_SEEDS = tuple(range(1700, 1712))
 RANGE_SEALED2_SEEDS = tuple(range(1800, 1812))
 RANGE_SEALED3_SEEDS = tuple(range(1900, 1912))
 RANGE_SEALED4_SEEDS = tuple(range(2000, 2012))
 RANGE_SEALED5_SEEDS = tuple(range(2100, 2112))
+RANGE_SEALED6_SEEDS = tuple(range(2200, 2212))
 #: The issue's independently written case, one stack per offset (seeds 1650-1652): camera
 #: offset 90-150 with a 12-count top-to-bottom gradient, background 20-40 counts above it
 #: (mean 30, CV 0.2), vignetting down to 0.45 at the corners, Poisson noise (gain 2) plus
@@ -472,7 +475,7 @@ def range_stack(seed: int, optics: dict):
     return stack, flat, dark, npy
 
 
-def range_table(py, threads: int, sealed: bool) -> None:
+def range_table(py, threads: int, sealed: bool, groups: list[str] | None = None) -> None:
     """Flat-field error over optics and cameras drawn from wide ranges (and the issue's case).
 
     Each case is one plate's channel: :func:`hcsflow.simulate.random_optics` with the case's
@@ -481,7 +484,7 @@ def range_table(py, threads: int, sealed: bool) -> None:
     ``darkfield=False``, ``mean_smooth``, BaSiCPy with and without dark-field; ``goal``: the
     default is no worse (within 0.05 points) than the better of BaSiCPy (dark-field) and
     ``darkfield=False``, and at most 2 % where the background is at least 20 counts above
-    the offset.
+    the offset. ``groups``: only these sets (default all).
     """
     from hcsflow.simulate import random_optics
 
@@ -498,9 +501,15 @@ def range_table(py, threads: int, sealed: bool) -> None:
                 ("sealed3", RANGE_SEALED3_SEEDS),
                 ("sealed4", RANGE_SEALED4_SEEDS),
                 ("sealed5", RANGE_SEALED5_SEEDS),
+                ("sealed6", RANGE_SEALED6_SEEDS),
             )
             for s in seeds
         ]
+    if groups:
+        unknown = sorted(set(groups) - {g for g, _, _ in sets} - {"real"})
+        if unknown:
+            raise SystemExit(f"--sets: no such set {', '.join(unknown)} (with --sealed?)")
+        sets = [c for c in sets if c[0] in groups]
     data, jobs = [], []
     for group, seed, optics in sets:
         stack, flat, dark, npy = range_stack(seed, optics)
@@ -670,9 +679,16 @@ def main(argv=None) -> int:
         "real-data table",
     )
     ap.add_argument(
+        "--sets",
+        nargs="+",
+        metavar="SET",
+        help="with --range: only these sets of the table (issue, tuning, sealed ... sealed6; "
+        "real for the real stack)",
+    )
+    ap.add_argument(
         "--sealed",
         action="store_true",
-        help="with --range: also the sealed seeds, all five sets (score them once, choose nothing "
+        help="with --range: also the sealed seeds, all six sets (score them once, choose nothing "
         "with them)",
     )
     args = ap.parse_args(argv)
@@ -685,8 +701,9 @@ def main(argv=None) -> int:
         return 0
     if args.range:
         py = None if args.no_basicpy else ensure_basicpy()
-        range_table(py, args.threads, args.sealed)
-        real_table(py, args.threads)
+        range_table(py, args.threads, args.sealed, args.sets)
+        if not args.sets or "real" in args.sets:
+            real_table(py, args.threads)
         return 0
     py = None if args.no_basicpy or args.smoothing or args.centred else ensure_basicpy()
 

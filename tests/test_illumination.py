@@ -651,6 +651,70 @@ def test_dark_fit_errors_weigh_contrast_and_pattern():
     assert DarkFit(100.0, 0.01, None, "regression", 0.1, 0.0, 0.0).errors()[0] == np.inf
 
 
+def test_alternatives_where_one_estimate_is_biased():
+    from hcsflow.illumination.basic import _alternatives, _combine_all
+
+    # estimates that agree within their noise: no alternative
+    agree = [(1.0, 0.01), (1.05, 0.01), (0.98, 0.0004)]
+    value, _, pure = _combine_all(agree)
+    assert _alternatives(agree, value, pure) == []
+    # a precise estimate far from two that agree: if it is biased, the truth lies with the
+    # others (1.3); if one of the others is, with the precise one (about 1.0)
+    est = [(1.3, 0.01), (1.35, 0.05), (0.97, 0.001)]
+    value, var, pure = _combine_all(est)
+    assert value < 1.05 and pure < 0.002 < var  # the disagreement is not in the pure variance
+    alts = _alternatives(est, value, pure)
+    assert len(alts) == 3
+    far = max(alts, key=lambda a: a[0])
+    assert far[0] == pytest.approx(1.3, abs=0.03) and far[1] == pytest.approx(0.0083, rel=0.2)
+    assert all(abs(a[0] - value) < 0.05 for a in alts if a is not far)
+
+
+def test_dark_test_weighs_the_contrast_lost_at_each_hypothesis():
+    from hcsflow.illumination.basic import DarkFit, _test_dark_level
+
+    # a level of 100 (d h = 0.5, leaving it out loses a third of the contrast) that one
+    # estimate puts at 180 (d h = 0.9): keeping 100 is then wrong by a factor 0.4, more than
+    # the third, but leaving it out would lose 0.47 of the contrast there: keep
+    fit = DarkFit(100.0, 0.005, 0.02, "regression", 0.1, 0.0, 0.0, alternatives=((180.0, 0.0),))
+    (lvl0, sd0), (lvl1, sd1) = fit.hypotheses()
+    assert (lvl0, sd0) == (100.0, 0.02) and lvl1 == 180.0 and sd1 == pytest.approx(0.4)
+    assert fit.lost() == pytest.approx(1 / 3) and fit.lost(180.0) == pytest.approx(0.9 / 1.9)
+    info = {"dark_level": 100.0}
+    assert not _test_dark_level(info, fit, 1.0)
+    assert info["dark_determined"] and info["dark_level_alternatives"] == [[180.0, 0.4]]
+    # the same disagreement towards no level at all: leaving it out loses nothing there
+    fit = DarkFit(100.0, 0.005, 0.02, "regression", 0.1, 0.0, 0.0, alternatives=((0.0, 0.0),))
+    info = {"dark_level": 100.0}
+    assert _test_dark_level(info, fit, 1.0)
+    assert "if the level is 0" in info["dark_reason"] and info["dark_level"] == 0.0
+    # the flat-field's own noise counts against keeping a level under a dim background
+    quiet = DarkFit(100.0, 0.1, 0.01, "regression", 0.05, 0.0, 0.0)
+    noisy = DarkFit(100.0, 0.1, 0.01, "regression", 0.05, 0.0, 0.0, flat_sd=0.04)
+    assert noisy.errors()[0] > quiet.errors()[0] and noisy.errors()[1] < noisy.errors()[0]
+
+
+def test_surface_noise_matches_the_spread_of_independent_surfaces():
+    from hcsflow.illumination.surfaces import _shrunk_mean, _surface_noise
+
+    shape = (16, 16)
+    mask = np.zeros(shape, bool)
+    mask[:6, :6] = True
+    yy, xx = np.mgrid[:16, :16] / 15.0
+    truth = 1.0 + 0.2 * (xx - 0.5) + 0.1 * np.cos(np.pi * yy)
+    fits, predicted = [], []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        values = truth.ravel()[None, :] + rng.normal(0, 0.3, (40, 256))
+        w = np.ones_like(values)
+        surf, _ = _shrunk_mean(values, w, w, np.ones(256), mask, shape, surface=True)
+        fits.append(surf)
+        predicted.append(_surface_noise(values, w, w, surf, mask, shape))
+    actual = float(np.sqrt(np.mean((np.array(fits) - truth.ravel()) ** 2)))
+    assert np.mean(predicted) == pytest.approx(actual, rel=0.35)
+    assert 0.005 < np.mean(predicted) < 0.3 / np.sqrt(40)
+
+
 def test_dark_level_left_out_when_only_a_bound_under_a_dim_uniform_field():
     # no vignetting, background 7 counts above an offset of 328 with a dark gradient: the
     # contrast does not grow with brightness, the level is only the darkest value, and the

@@ -27,6 +27,7 @@ from hcsflow.illumination.surfaces import (
     _lowpass_mask,
     _shrunk_mean,
     _smooth,
+    _surface_noise,
 )
 
 #: ``dark="auto"``: the fitted dark level is kept when the SD of the flat-field contrast it
@@ -137,6 +138,43 @@ def _rank1_sparse(
     return S, b, W
 
 
+def _flat_noise(
+    Y: np.ndarray,
+    D: np.ndarray,
+    S: np.ndarray,
+    b: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    tune: float = 4.685,
+    groups: int = GROUPS,
+) -> float:
+    """RMS error of the flat-field :func:`_rank1_sparse` fitted with the dark-field ``D``.
+
+    The biweights of its last pass, and :func:`_surface_noise` of the fields divided by their
+    baselines (relative units: the flat-field has mean 1).
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+    D, S : ndarray of shape (P,)
+        The dark-field and the flat-field fitted with it.
+    b : ndarray of shape (N,)
+        The baselines.
+    mask, shape, tune, groups
+        As in :func:`_rank1_sparse`.
+    """
+    Z = Y - D
+    ok = b > 0.05 * max(float(np.median(b)), 1e-12)
+    bb = np.where(ok, b, 1.0)
+    R = Z / bb[:, None] - S
+    scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
+    if not scale > 0:
+        return 0.0
+    W, dW = _biweight(R / (tune * scale))
+    W, dW = W * ok[:, None], dW * ok[:, None]
+    return _surface_noise(Z / bb[:, None], W, dW, S, mask, shape, groups)
+
+
 def _fit_basic(
     small: np.ndarray,
     *,
@@ -185,11 +223,15 @@ def _fit_basic(
     6. with a dark-field and ``dark_test``: is the dark level determined? An error ``delta``
        in the level scales the flat-field's contrast by ``1 / (1 - delta h)``, while leaving
        the dark-field out scales it by ``1 / (1 + d h)`` (``d`` the level): the level is kept
-       when the uncertainty of the contrast it implies, ``sigma`` (the jackknife SD of the
-       combined contrast factor of step 5, plus the disagreement of its two estimates beyond
-       their variances), is at most ``dark_tolerance`` times the part of the contrast that
-       leaving it out would lose, ``d h / (1 + d h)``. Otherwise the fit falls back to a flat-field without dark-field (``D = 0``),
-       and the record says why (``dark_determined``, ``dark_reason``).
+       when the uncertainty of the contrast it implies, ``sigma`` (the SD of the combined
+       contrast factor of step 5 from the jackknife variances of its estimates), is at most
+       ``dark_tolerance`` times the part of the contrast that leaving it out would lose,
+       ``d h / (1 + d h)``, and the flat-field's predicted error with the level (with its
+       own noise, :func:`_flat_noise`) is at most that without it; both under every
+       hypothesis that one of the estimates is biased (:func:`_alternatives`), each with the
+       contrast its own level would lose (:func:`_test_dark_level`). Otherwise the fit falls
+       back to a flat-field without dark-field (``D = 0``), and the record says why
+       (``dark_determined``, ``dark_reason``, ``dark_level_alternatives``).
 
     ``cumulants`` (shape (N, 4, h, w)) are the noise cumulants of the fields
     (:func:`hcsflow.illumination.screening._noise_cumulants`).
@@ -324,7 +366,7 @@ def _fit_with_dark(
             Y, M, noise, D, S, b, W, how, mask, shape, adaptive, cv >= min_baseline_cv
         )
     anchor = float(D.mean())
-    D, S, b, W, contrast, weight, sigma, h_mean, skew_sd = _centre_contrast(
+    D, S, b, W, contrast, weight, sigma, alternatives, h_mean, skew_sd = _centre_contrast(
         Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants
     )
     # a move of the level changes the flat-field, and with it the estimates of the move:
@@ -333,7 +375,7 @@ def _fit_with_dark(
     for _ in range(CENTRE_PASSES - 1):
         if abs(move - 1.0) < 1e-3:
             break
-        D, S, b, W, move, _, sigma, h_mean, skew_sd = _centre_contrast(
+        D, S, b, W, move, _, sigma, alternatives, h_mean, skew_sd = _centre_contrast(
             Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, anchor
         )
     info: dict[str, Any] = {}
@@ -354,6 +396,8 @@ def _fit_with_dark(
         pattern_rms=float(np.std(D)),
         pattern_sd=pattern_sd,
         skew_sd=skew_sd,
+        alternatives=alternatives,
+        flat_sd=_flat_noise(Y, D, S, b, mask, shape) if adaptive else 0.0,
     )
     if dark_test and _test_dark_level(info, fit, dark_tolerance):
         D = np.zeros(p)
@@ -443,7 +487,16 @@ def _centre_contrast(
     cumulants: np.ndarray | None = None,
     anchor: float | None = None,
 ) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float | None, float, float | None
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    float,
+    float,
+    float | None,
+    tuple[tuple[float, float], ...],
+    float,
+    float | None,
 ]:
     """Step 5 of :func:`_fit_basic`: the dark level moved to the combined contrast.
 
@@ -467,7 +520,11 @@ def _centre_contrast(
     weight : float
         Weight of the centred fields' contrast.
     sigma : float or None
-        SD of the contrast factor the dark level implies (``None`` with too few fields).
+        SD of the contrast factor the dark level implies, from the estimates' own variances
+        (``None`` with too few fields).
+    alternatives : tuple of (float, float)
+        ``(level, variance of the contrast factor)`` where the level lies if one of the
+        estimates is biased (:func:`_alternatives`); raw units.
     h_mean : float
         Mean inverse baseline.
     skew_sd : float or None
@@ -477,6 +534,7 @@ def _centre_contrast(
     n = Y.shape[0]
     contrast, weight = 1.0, 0.0
     sigma: float | None = None
+    alternatives: tuple[tuple[float, float], ...] = ()
     skew_sd: float | None = None
     h_mean = 0.0
     if n >= 8:
@@ -487,7 +545,7 @@ def _centre_contrast(
             ((Wk * inv_b[:, None]).sum(axis=0) / np.maximum(Wk.sum(axis=0), 1e-12)).mean()
         )
     if not h_mean > 0:
-        return D, S, b, W, contrast, weight, sigma, h_mean, skew_sd
+        return D, S, b, W, contrast, weight, sigma, alternatives, h_mean, skew_sd
     pattern = D - float(D.mean())
     m_pattern = _smooth(M - pattern, mask, shape)
     kg = min(GROUPS, n)
@@ -507,18 +565,23 @@ def _centre_contrast(
                 est_k = None
     if anchor is not None:
         contrast = 1.0 + (anchor - float(D.mean())) * h_mean
+    estimates = [(contrast, var0)]
     if est_c is not None:
-        contrast, weight, var = _combine(contrast, var0, *est_c)
-        sigma = math.sqrt(var)
+        estimates.append(est_c)
+        weight = _combine(contrast, var0, *est_c)[1]
     if est_k is not None:
         # the photon noise's skewness: a move of the level by delta scales the contrast by
         # 1 + delta h
-        contrast, _, var = _combine(
-            contrast, sigma**2, 1.0 + est_k[0] * h_mean, est_k[1] * h_mean**2
-        )
-        sigma = math.sqrt(var)
+        estimates.append((1.0 + est_k[0] * h_mean, est_k[1] * h_mean**2))
+    contrast, _, pure = _combine_all(estimates)
+    sigma = math.sqrt(pure)
+    level = float(D.mean())
+    # where the level lies if one of the estimates is biased (raw units)
+    alternatives = tuple(
+        (level + (value - 1.0) / h_mean, var)
+        for value, var in _alternatives(estimates, contrast, pure)
+    )
     if est_c is not None or est_k is not None:
-        level = float(D.mean())
         delta = (contrast - 1.0) / h_mean
         # the dark-field stays below the (smoothed) median of the fields everywhere: a bound
         # free of the noise that puts the darkest single value below the dark level
@@ -529,7 +592,7 @@ def _centre_contrast(
             S, b, W = _rank1_sparse(
                 Y, D, 1.0 + contrast * (S - 1.0), mask, shape, adaptive=adaptive
             )
-    return D, S, b, W, contrast, weight, sigma, h_mean, skew_sd
+    return D, S, b, W, contrast, weight, sigma, alternatives, h_mean, skew_sd
 
 
 @dataclass(frozen=True)
@@ -543,8 +606,8 @@ class DarkFit:
     h_mean : float
         Mean inverse baseline (1 / raw units).
     sigma : float or None
-        SD of the flat-field's contrast factor that the level implies (``None``: too few
-        fields to measure it).
+        SD of the flat-field's contrast factor that the level implies, from the estimates'
+        own variances (``None``: too few fields to measure it).
     how : str
         How the level was found (:func:`_dark_level_fit`).
     contrast_rms : float
@@ -556,6 +619,12 @@ class DarkFit:
     skew_sd : float or None
         SD of the contrast factor implied by the photon noise's skewness (``None``: not
         measured).
+    alternatives : tuple of (float, float)
+        ``(level, variance of the contrast factor)`` where the true level lies if one of its
+        estimates is biased (:func:`_alternatives`).
+    flat_sd : float
+        RMS error of the flat-field fitted with the dark-field (:func:`_flat_noise`; its
+        noise and its smoothing's shrinkage), relative to its mean 1.
     """
 
     level: float
@@ -566,33 +635,70 @@ class DarkFit:
     pattern_rms: float
     pattern_sd: float
     skew_sd: float | None = None
+    alternatives: tuple[tuple[float, float], ...] = ()
+    flat_sd: float = 0.0
 
     @property
     def level_signal(self) -> float:
         """The fields' signal above the dark level, ``1 / h`` (raw units; inf when ``h`` is 0)."""
         return 1.0 / self.h_mean if self.h_mean > 0 else math.inf
 
-    def errors(self) -> tuple[float, float]:
+    def hypotheses(self) -> list[tuple[float, float]]:
+        """Where the true level may lie: ``(level, SD of the contrast factor)`` per hypothesis.
+
+        First the fitted level with ``sigma``; then each alternative, whose SD adds the
+        contrast factor of its distance from the fitted level (``(level_i - level) h``) to its
+        own variance. Empty when ``sigma`` is ``None``.
+        """
+        if self.sigma is None:
+            return []
+        out = [(self.level, self.sigma)]
+        for level, var in self.alternatives:
+            shift = (level - self.level) * self.h_mean
+            out.append((max(level, 0.0), math.sqrt(shift * shift + var)))
+        return out
+
+    def lost(self, level: float | None = None) -> float:
+        """The part ``d h / (1 + d h)`` of the contrast that leaving a level ``d`` out loses."""
+        dh = (self.level if level is None else level) * self.h_mean
+        return dh / (1.0 + dh) if dh > 0 else 0.0
+
+    def errors(self, level: float | None = None, sd: float | None = None) -> tuple[float, float]:
         """Predicted RMS error of the flat-field with the dark-field kept and left out.
 
         An error ``delta`` in the level scales the flat-field's contrast ``C`` by
         ``1 + delta h``, and the pattern's noise adds ``pattern_sd * h`` (the fields divided by
         baselines of mean inverse ``h``); leaving the dark-field out loses the part
         ``d h / (1 + d h)`` of the contrast and adds the whole pattern divided by the baselines
-        plus the level, ``pattern_rms * h / (1 + d h)``. ``C`` is the fitted contrast less the
-        part the pattern's noise accounts for (in quadrature).
+        plus the level, ``pattern_rms * h / (1 + d h)``. The flat-field's own error
+        ``flat_sd`` adds to keeping, and divided by ``1 + d h`` to leaving out (the fields
+        lie ``1 + d h`` times as far above 0 as above the level). ``C`` is the fitted contrast
+        less the parts the pattern's noise and the flat-field's error account for (in
+        quadrature).
+
+        Parameters
+        ----------
+        level, sd : float, optional
+            A hypothesis of :meth:`hypotheses`: the true level ``d`` and the SD of the contrast
+            factor that keeping the fitted level leaves; default the fitted level and
+            ``sigma``.
 
         Returns
         -------
         keep, drop : float
-            Relative RMS errors (``keep`` is infinite when ``sigma`` is ``None``).
+            Relative RMS errors (``keep`` is infinite when the SD is ``None``).
         """
-        dh = self.level * self.h_mean
-        lost = dh / (1.0 + dh) if dh > 0 else 0.0
+        level = self.level if level is None else level
+        sd = self.sigma if sd is None else sd
+        dh = level * self.h_mean
         noise = self.pattern_sd * self.h_mean
-        contrast = math.sqrt(max(self.contrast_rms**2 - noise**2, 0.0))
-        keep = math.inf if self.sigma is None else math.hypot(self.sigma * contrast, noise)
-        drop = math.hypot(lost * contrast, self.pattern_rms * self.h_mean / (1.0 + max(dh, 0.0)))
+        contrast = math.sqrt(max(self.contrast_rms**2 - noise**2 - self.flat_sd**2, 0.0))
+        keep = math.inf if sd is None else math.hypot(sd * contrast, noise, self.flat_sd)
+        drop = math.hypot(
+            self.lost(level) * contrast,
+            self.pattern_rms * self.h_mean / (1.0 + max(dh, 0.0)),
+            self.flat_sd / (1.0 + max(dh, 0.0)),
+        )
         return keep, drop
 
 
@@ -604,6 +710,50 @@ def _combine(a: float, var_a: float, b: float, var_b: float) -> tuple[float, flo
     return a + weight * (b - a), weight, weight * var_b + excess
 
 
+def _combine_all(estimates: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Estimates ``(value, variance)`` combined in turn by :func:`_combine`.
+
+    Returns
+    -------
+    value : float
+        The combined estimate.
+    var : float
+        Its variance plus the estimates' disagreement beyond their variances.
+    pure : float
+        Its variance from the estimates' own variances alone (the same weights).
+    """
+    value, var = estimates[0]
+    pure = var
+    for b, var_b in estimates[1:]:
+        value, weight, var = _combine(value, var, b, var_b)
+        pure = (1.0 - weight) ** 2 * pure + weight**2 * var_b
+    return value, var, pure
+
+
+def _alternatives(
+    estimates: list[tuple[float, float]], value: float, pure: float
+) -> list[tuple[float, float]]:
+    """Where the truth lies if one of the estimates is biased: ``(value, variance)`` each.
+
+    For every estimate that disagrees with the combination of the others beyond both their
+    variances, that combination, drawn towards the combination of all (``value``, variance
+    ``pure``) by how little of the disagreement exceeds the noise, ``rho = sqrt(excess /
+    gap^2)`` (no excess: the combination of all), with a variance between the two in the same
+    proportion.
+    """
+    out = []
+    if len(estimates) < 2:
+        return out
+    for j, (x, var_x) in enumerate(estimates):
+        rest, _, rest_pure = _combine_all(estimates[:j] + estimates[j + 1 :])
+        gap2 = (x - rest) ** 2
+        excess = gap2 - var_x - rest_pure
+        if excess > 0:
+            rho = math.sqrt(excess / gap2)
+            out.append((value + rho * (rest - value), (1.0 - rho) * pure + rho * rest_pure))
+    return out
+
+
 def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) -> bool:
     """Step 6 of :func:`_fit_basic`: is the dark level determined? Records the answer in ``info``.
 
@@ -613,7 +763,11 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
     ``dark_tolerance`` times the error without it (:meth:`DarkFit.errors`): the pattern's
     noise counts against keeping a level that leaves little signal above it (a dark-field
     pattern uncertain by half a count under a background of 10 counts shades the flat-field
-    by 5 %), the pattern itself against leaving it out. On dim fields, less than
+    by 5 %), the pattern itself against leaving it out. Both tests hold under every hypothesis
+    of :meth:`DarkFit.hypotheses`: where two estimates of the level disagree beyond their
+    variances, the true level may lie at either, and leaving the dark-field out loses the
+    contrast of the true level, not of the fitted one (a level the biased estimates put
+    higher makes leaving it out costlier, one they put lower cheaper). On dim fields, less than
     :data:`DIM_SIGNAL` raw units above the level (``1 / h``), the contrast, the centred fields
     and the pattern are all weak, and the predicted errors rest on a flat-field fitted with the
     doubtful level: there, when the skewness was measured, the level is kept only if the skewness
@@ -626,19 +780,34 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
     bool
         True when the level is rejected (``info`` then says why and records no dark-field).
     """
-    dh = fit.level * fit.h_mean
-    lost = dh / (1.0 + dh) if dh > 0 else 0.0
-    keep, drop = fit.errors()
+    lost = fit.lost()
+    hypotheses = fit.hypotheses()
+    errors = [fit.errors(level, sd) for level, sd in hypotheses] or [fit.errors()]
+    # the binding hypothesis of each test: the largest ratio of keeping to leaving out
+    i_c = max(
+        range(len(hypotheses)),
+        key=lambda i: _ratio(hypotheses[i][1], fit.lost(hypotheses[i][0])),
+        default=0,
+    )
+    i_e = max(range(len(errors)), key=lambda i: _ratio(*errors[i]))
+    keep, drop = errors[i_e]
+    spread = max((sd for _, sd in hypotheses[1:]), default=0.0)
     reason = ""
     if fit.sigma is None:
         reason = "too few fields to measure the level's uncertainty"
     elif not lost > 0:
         reason = "the fitted dark level is 0"
-    elif fit.sigma > dark_tolerance * lost:
+    elif hypotheses[i_c][1] > dark_tolerance * fit.lost(hypotheses[i_c][0]):
+        level_c, sd_c = hypotheses[i_c]
+        where = (
+            ""
+            if i_c == 0
+            else f" if the level is {level_c:.4g} (where its estimates' disagreement puts it)"
+        )
         reason = (
-            f"the level leaves the flat-field's contrast uncertain by {fit.sigma:.3g} "
-            f"(factor SD), more than {dark_tolerance:g} x the {lost:.3g} that leaving "
-            "it out loses"
+            f"the level leaves the flat-field's contrast uncertain by {sd_c:.3g} "
+            f"(factor SD){where}, more than {dark_tolerance:g} x the "
+            f"{fit.lost(level_c):.3g} that leaving it out loses"
         )
     elif (
         fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL and not fit.skew_sd <= SKEW_SD_MAX
@@ -648,21 +817,37 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
             f"noise's skewness does not determine it (contrast factor SD {fit.skew_sd:.3g}, "
             f"more than {SKEW_SD_MAX:g})"
         )
+    elif fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL and spread > SKEW_SD_MAX:
+        reason = (
+            f"the fields lie {fit.level_signal:.3g} units above the level, and its estimates "
+            f"disagree (contrast factor SD {spread:.3g} if one of them is biased, more than "
+            f"{SKEW_SD_MAX:g})"
+        )
     elif keep > dark_tolerance * drop:
+        level_e, sd_e = hypotheses[i_e]
+        where = (
+            ""
+            if i_e == 0
+            else f" if the level is {level_e:.4g} (where its estimates' disagreement puts it)"
+        )
         reason = (
             f"with the level the flat-field is uncertain by {keep:.3g} (RMS; contrast factor SD "
-            f"{fit.sigma:.3g}, pattern noise {fit.pattern_sd:.3g} units), more than "
-            f"{dark_tolerance:g} x the {drop:.3g} of leaving it out (the {lost:.3g} of the "
-            "contrast it would lose, and the pattern)"
+            f"{sd_e:.3g}, pattern noise {fit.pattern_sd:.3g} units){where}, more than "
+            f"{dark_tolerance:g} x the {drop:.3g} of leaving it out (the "
+            f"{fit.lost(level_e):.3g} of the contrast it would lose, and the pattern)"
         )
     info.update(
         dark_level_from=fit.how,
         dark_determined=not reason,
         dark_contrast_sd=None if fit.sigma is None else round(fit.sigma, 4),
         dark_contrast_lost=round(lost, 4),
-        dark_error_kept=None if fit.sigma is None else round(keep, 5),
-        dark_error_left_out=round(drop, 5),
+        dark_error_kept=None if fit.sigma is None else round(errors[0][0], 5),
+        dark_error_left_out=round(errors[0][1], 5),
     )
+    if len(hypotheses) > 1:
+        info["dark_level_alternatives"] = [
+            [round(level, 2), round(sd, 4)] for level, sd in hypotheses[1:]
+        ]
     if reason:
         info.update(
             dark_reason=reason,
@@ -673,6 +858,13 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
             dark_pattern_shrinkage=0.0,
         )
     return bool(reason)
+
+
+def _ratio(keep: float, drop: float) -> float:
+    """``keep / drop``, infinite when ``drop`` is 0 and ``keep`` is not."""
+    if drop > 0:
+        return keep / drop
+    return math.inf if keep > 0 else 0.0
 
 
 def _fit_mean_smooth(

@@ -149,26 +149,12 @@ def _shrunk_mean(
         Whether later passes should keep the surface without testing: ``surface`` was given
         True, or the lowest rings alone showed it.
     """
-    n = values.shape[0]
-    wsum = weights.sum(axis=0)
-    raw = np.where(wsum > 0, (weights * values).sum(axis=0) / np.maximum(wsum, 1e-12), fallback)
-    coef = _coeffs(raw.reshape(shape), mask)
-    k = min(groups, n)
-    if k < 3:
+    coef, vr = _coefficients_and_variances(values, weights, slopes, fallback, mask, shape, groups)
+    if vr is None:
         return _surface(coef).ravel(), False
-    # the sandwich's denominator, kept from vanishing where most values are outliers
-    den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
-    contrib = weights * (values - raw)
-    infl = np.stack([contrib[j::k].sum(axis=0) for j in range(k)])
-    infl = np.where(den > 0, infl / np.maximum(den, 1e-12), 0.0)
-    ic = sfft.dctn(infl.reshape(k, *shape), axes=(1, 2), norm="ortho") * mask
-    var = k / (k - 1) * ((ic - ic.mean(axis=0)) ** 2).sum(axis=0)
     ring = _ring_index(shape)
     sel = mask.copy()
     sel[0, 0] = False
-    pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
-    count = np.bincount(ring[sel], minlength=ring.max() + 1)
-    vr = np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
     c2 = coef * coef
     hold = bool(surface)
     if surface is None:
@@ -181,6 +167,92 @@ def _shrunk_mean(
         factor = np.where(c2 > 0, np.clip(1.0 - vr / np.where(c2 > 0, c2, 1.0), 0.0, 1.0), 0.0)
     factor[0, 0] = 1.0
     return _surface(coef * factor).ravel(), hold
+
+
+def _coefficients_and_variances(
+    values: np.ndarray,
+    weights: np.ndarray,
+    slopes: np.ndarray,
+    fallback: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    groups: int = GROUPS,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The cosine coefficients of a weighted mean over fields and their sampling variances.
+
+    As described in :func:`_shrunk_mean` (group influences, the M-estimator's sandwich,
+    pooled over rings of equal frequency); the arguments are its own.
+
+    Returns
+    -------
+    coef : ndarray of shape (h, w)
+        Coefficients of the raw weighted mean (0 outside ``mask``).
+    var : ndarray of shape (h, w) or None
+        Pooled sampling variance of each coefficient (``None`` with fewer than 3 groups).
+    """
+    n = values.shape[0]
+    wsum = weights.sum(axis=0)
+    raw = np.where(wsum > 0, (weights * values).sum(axis=0) / np.maximum(wsum, 1e-12), fallback)
+    coef = _coeffs(raw.reshape(shape), mask)
+    k = min(groups, n)
+    if k < 3:
+        return coef, None
+    # the sandwich's denominator, kept from vanishing where most values are outliers
+    den = np.maximum(slopes.sum(axis=0), 0.1 * wsum)
+    contrib = weights * (values - raw)
+    infl = np.stack([contrib[j::k].sum(axis=0) for j in range(k)])
+    infl = np.where(den > 0, infl / np.maximum(den, 1e-12), 0.0)
+    ic = sfft.dctn(infl.reshape(k, *shape), axes=(1, 2), norm="ortho") * mask
+    var = k / (k - 1) * ((ic - ic.mean(axis=0)) ** 2).sum(axis=0)
+    ring = _ring_index(shape)
+    sel = mask.copy()
+    sel[0, 0] = False
+    pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
+    count = np.bincount(ring[sel], minlength=ring.max() + 1)
+    return coef, np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
+
+
+def _surface_noise(
+    values: np.ndarray,
+    weights: np.ndarray,
+    slopes: np.ndarray,
+    smoothed: np.ndarray,
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    groups: int = GROUPS,
+) -> float:
+    """RMS error per pixel of a surface :func:`_shrunk_mean` made from these fields.
+
+    Each coefficient ``c_k`` of the raw mean beyond the mean keeps the share ``f_k`` in
+    ``smoothed``: its noise variance is ``f_k^2 v_k`` (``v_k`` from
+    :func:`_coefficients_and_variances`) and its shrinkage bias ``(1 - f_k) c_true``, with
+    ``c_true^2`` estimated by ``max(c_k^2 - v_k, 0)``; the cosine basis is orthonormal, so the
+    RMS per pixel is ``sqrt(sum (f_k^2 v_k + (1 - f_k)^2 max(c_k^2 - v_k, 0)) / P)``.
+
+    Parameters
+    ----------
+    values, weights, slopes : ndarray of shape (N, P)
+        As in :func:`_shrunk_mean`.
+    smoothed : ndarray of shape (P,)
+        The surface it returned from them.
+    mask, shape, groups
+        As in :func:`_shrunk_mean`.
+
+    Returns
+    -------
+    float
+        In the units of ``values``; 0 with fewer than 3 groups.
+    """
+    coef, vr = _coefficients_and_variances(values, weights, slopes, smoothed, mask, shape, groups)
+    if vr is None:
+        return 0.0
+    kept = _coeffs(smoothed.reshape(shape), mask)
+    factor = np.where(coef != 0, kept / np.where(coef != 0, coef, 1.0), 0.0).clip(0.0, 1.0)
+    sel = mask.copy()
+    sel[0, 0] = False
+    f, v, c2 = factor[sel], vr[sel], coef[sel] ** 2
+    mse = f * f * v + (1.0 - f) ** 2 * np.maximum(c2 - v, 0.0)
+    return float(np.sqrt(mse.sum() / smoothed.size))
 
 
 def _surface_found(z: np.ndarray, ring: np.ndarray, sel: np.ndarray) -> tuple[bool, bool]:
