@@ -106,16 +106,7 @@ def _rank1_sparse(
     W = np.ones_like(Y)
     surface = None  # tested on each pass until the lowest rings show a surface (_shrunk_mean)
     for _ in range(iterations):
-        ok = b > 0.05 * max(float(np.median(b)), 1e-12)
-        bb = np.where(ok, b, 1.0)
-        R = Z / bb[:, None] - S
-        scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
-        if not scale > 0:
-            W = ok[:, None] * np.ones_like(Y)
-            dW = W
-        else:
-            W, dW = _biweight(R / (tune * scale))
-            W, dW = W * ok[:, None], dW * ok[:, None]
+        bb, W, dW, _ = _biweights(Z, S, b, tune)
         wsum = W.sum(axis=0)
         if adaptive:
             new, hold = _shrunk_mean(
@@ -164,15 +155,50 @@ def _flat_noise(
         As in :func:`_rank1_sparse`.
     """
     Z = Y - D
+    bb, W, dW, scale = _biweights(Z, S, b, tune)
+    if not scale > 0:
+        return 0.0
+    return _surface_noise(Z / bb[:, None], W, dW, S, mask, shape, groups)
+
+
+def _biweights(
+    Z: np.ndarray, S: np.ndarray, b: np.ndarray, tune: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Tukey biweights of the fields above the dark-field on the fit ``b_n S``.
+
+    Fields whose baseline is below 5 % of the median get weight 0; the residuals
+    ``Z_n / b_n - S`` are cut off at ``tune`` times their scaled MAD (all weights 1 when it
+    is 0).
+
+    Parameters
+    ----------
+    Z : ndarray of shape (N, P)
+        The fields minus the dark-field.
+    S : ndarray of shape (P,)
+        The flat-field.
+    b : ndarray of shape (N,)
+        The baselines.
+    tune : float
+        Cut-off in scaled MADs.
+
+    Returns
+    -------
+    bb : ndarray of shape (N,)
+        The baselines, 1 where left out.
+    W, dW : ndarray of shape (N, P)
+        The weights and the slopes of the influence function (:func:`_biweight`).
+    scale : float
+        The scaled MAD of the residuals.
+    """
     ok = b > 0.05 * max(float(np.median(b)), 1e-12)
     bb = np.where(ok, b, 1.0)
     R = Z / bb[:, None] - S
     scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
     if not scale > 0:
-        return 0.0
+        W = ok[:, None] * np.ones_like(Z)
+        return bb, W, W, scale
     W, dW = _biweight(R / (tune * scale))
-    W, dW = W * ok[:, None], dW * ok[:, None]
-    return _surface_noise(Z / bb[:, None], W, dW, S, mask, shape, groups)
+    return bb, W * ok[:, None], dW * ok[:, None], scale
 
 
 def _fit_basic(
