@@ -425,7 +425,9 @@ def centred_table(cases, n_seeds: int, size: int, mpp: float, big: bool) -> None
 #: uniform stack of the smoothing table turned out shaded, and ``sealed5`` (2100-2111) was drawn
 #: to score that once. ``sealed6`` (2200-2211) was drawn when the test of the dark level
 #: came to weigh each estimate of the level as possibly biased (the hypotheses of
-#: ``DarkFit``) and the flat-field's own noise, and scored once with them.
+#: ``DarkFit``) and the flat-field's own noise, and scored once with them. ``sealed7``
+#: (2300-2311) was drawn when the flat-field's adaptive smoothing came to count the noise of
+#: the dark-field's pattern, and scored once with it.
 RANGE_TUNING_SEEDS = tuple(range(1600, 1612))
 RANGE_SEALED_SEEDS = tuple(range(1700, 1712))
 RANGE_SEALED2_SEEDS = tuple(range(1800, 1812))
@@ -433,6 +435,7 @@ RANGE_SEALED3_SEEDS = tuple(range(1900, 1912))
 RANGE_SEALED4_SEEDS = tuple(range(2000, 2012))
 RANGE_SEALED5_SEEDS = tuple(range(2100, 2112))
 RANGE_SEALED6_SEEDS = tuple(range(2200, 2212))
+RANGE_SEALED7_SEEDS = tuple(range(2300, 2312))
 #: The issue's independently written case, one stack per offset (seeds 1650-1652): camera
 #: offset 90-150 with a 12-count top-to-bottom gradient, background 20-40 counts above it
 #: (mean 30, CV 0.2), vignetting down to 0.45 at the corners, Poisson noise (gain 2) plus
@@ -502,6 +505,7 @@ def range_table(py, threads: int, sealed: bool, groups: list[str] | None = None)
                 ("sealed4", RANGE_SEALED4_SEEDS),
                 ("sealed5", RANGE_SEALED5_SEEDS),
                 ("sealed6", RANGE_SEALED6_SEEDS),
+                ("sealed7", RANGE_SEALED7_SEEDS),
             )
             for s in seeds
         ]
@@ -682,13 +686,13 @@ def main(argv=None) -> int:
         "--sets",
         nargs="+",
         metavar="SET",
-        help="with --range: only these sets of the table (issue, tuning, sealed ... sealed6; "
+        help="with --range: only these sets of the table (issue, tuning, sealed ... sealed7; "
         "real for the real stack)",
     )
     ap.add_argument(
         "--sealed",
         action="store_true",
-        help="with --range: also the sealed seeds, all six sets (score them once, choose nothing "
+        help="with --range: also the sealed seeds, all seven sets (score them once, choose nothing "
         "with them)",
     )
     args = ap.parse_args(argv)

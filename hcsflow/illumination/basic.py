@@ -22,6 +22,7 @@ from hcsflow.illumination.darkfield import (
 from hcsflow.illumination.surfaces import (
     GROUPS,
     _biweight,
+    _coefficient_noise,
     _coeffs,
     _jackknife_variance,
     _lowpass_mask,
@@ -58,6 +59,7 @@ def _rank1_sparse(
     tune: float = 4.685,
     adaptive: bool = True,
     groups: int = GROUPS,
+    pattern_var: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Low-rank + sparse fit ``Y_n(x) = b_n S(x) + D(x) + E_n(x)`` with ``D`` held fixed.
 
@@ -91,6 +93,12 @@ def _rank1_sparse(
         ``groups`` groups of fields) rather than by keeping every coefficient of ``mask``.
     groups : int
         Groups of fields of the reliability estimate.
+    pattern_var : ndarray of shape (h, w), optional
+        Noise variance of each cosine coefficient of the dark-field's pattern in ``D`` (raw
+        units squared). Its error is subtracted from every field alike, so the groups of
+        fields do not see it; divided by the baselines (mean inverse ``h``), it adds
+        ``pattern_var h^2`` to the flat-field's coefficient variances in the adaptive
+        smoothing (:func:`_shrunk_mean`'s ``extra``).
 
     Returns
     -------
@@ -109,8 +117,11 @@ def _rank1_sparse(
         bb, W, dW, _ = _biweights(Z, S, b, tune)
         wsum = W.sum(axis=0)
         if adaptive:
+            extra = None
+            if pattern_var is not None and (b > 0).any():
+                extra = pattern_var * float(np.mean(1.0 / b[b > 0])) ** 2
             new, hold = _shrunk_mean(
-                Z / bb[:, None], W, dW, S, mask, shape, groups, surface=surface
+                Z / bb[:, None], W, dW, S, mask, shape, groups, surface=surface, extra=extra
             )
             surface = True if hold else None
         else:
@@ -387,13 +398,14 @@ def _fit_with_dark(
     S, b, W = _rank1_sparse(Y, D, start / start.mean(), mask, shape, adaptive=adaptive)
     cv = float(np.std(b) / np.mean(b)) if np.mean(b) > 0 else 0.0
     shrink, source, pattern_sd = 0.0, "none", 0.0
+    pattern_var = None
     if dark_pattern and n >= 8:
-        D, S, b, W, shrink, source, how, pattern_sd = _add_dark_pattern(
+        D, S, b, W, shrink, source, how, pattern_sd, pattern_var = _add_dark_pattern(
             Y, M, noise, D, S, b, W, how, mask, shape, adaptive, cv >= min_baseline_cv
         )
     anchor = float(D.mean())
     D, S, b, W, contrast, weight, sigma, alternatives, h_mean, skew_sd = _centre_contrast(
-        Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants
+        Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, pattern_var=pattern_var
     )
     # a move of the level changes the flat-field, and with it the estimates of the move:
     # repeat until they agree with the level (each pass from the regression's level)
@@ -402,7 +414,7 @@ def _fit_with_dark(
         if abs(move - 1.0) < 1e-3:
             break
         D, S, b, W, move, _, sigma, alternatives, h_mean, skew_sd = _centre_contrast(
-            Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, anchor
+            Y, M, D, S, b, W, mask, shape, adaptive, centred, cumulants, anchor, pattern_var
         )
     info: dict[str, Any] = {}
     info.update(contrast_factor=round(contrast, 4), contrast_weight=round(weight, 4))
@@ -444,7 +456,9 @@ def _add_dark_pattern(
     shape: tuple[int, int],
     adaptive: bool,
     baselines_vary: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str, float]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str, float, np.ndarray | None
+]:
     """Step 3 of :func:`_fit_basic`: the dark-field's spatial pattern, shrunk to its reliability.
 
     The noise law when the fields follow it (``V`` given), else the baselines' variation (when
@@ -465,9 +479,14 @@ def _add_dark_pattern(
     pattern_sd : float
         Noise SD per pixel of the pattern kept (raw units; shrinkage times the split-half
         SD of :func:`_reliable`), 0 when none is kept.
+    pattern_var : ndarray of shape (h, w) or None
+        Noise variance of each cosine coefficient of the pattern kept
+        (:func:`_coefficient_noise` of the split-half noise, shrunk alike); ``None`` when none
+        is kept. The flat-field refitted with the pattern counts it (:func:`_rank1_sparse`).
     """
     n = Y.shape[0]
     shrink, source, pattern_sd = 0.0, "none", 0.0
+    pattern_var = None
     for _ in range(4):
         est = None
         if V is not None and source != "baseline":
@@ -484,19 +503,20 @@ def _add_dark_pattern(
             source = "baseline" if est is not None else "none"
         if est is None:
             break
-        P, var = est
+        P, var, half = est
         power = float(np.mean(P * P))
         shrink = max(0.0, 1.0 - var / power) if power > 0 else 0.0
         if shrink <= 0:
             break
         P = shrink * P
         pattern_sd = shrink * math.sqrt(var)
+        pattern_var = _coefficient_noise(shrink * half, mask, shape)
         d0, how = _dark_level_fit(Y - P, _smooth(M - P, mask, shape))
         D = np.maximum(d0 + P, 0.0)
-        S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive)
+        S, b, W = _rank1_sparse(Y, D, S, mask, shape, adaptive=adaptive, pattern_var=pattern_var)
         if source == "noise":
             break
-    return D, S, b, W, shrink, source, how, pattern_sd
+    return D, S, b, W, shrink, source, how, pattern_sd, pattern_var
 
 
 def _centre_contrast(
@@ -512,6 +532,7 @@ def _centre_contrast(
     centred: bool,
     cumulants: np.ndarray | None = None,
     anchor: float | None = None,
+    pattern_var: np.ndarray | None = None,
 ) -> tuple[
     np.ndarray,
     np.ndarray,
@@ -535,7 +556,8 @@ def _centre_contrast(
     regression's estimate is then the factor ``1 + (anchor - level) h``). The skewness's
     estimate enters only when the SD of the contrast factor it implies is at most
     :data:`SKEW_SD_MAX` (an estimate within its noise of any level neither moves nor confirms
-    it).
+    it). ``pattern_var``: the noise of the dark-field's pattern per cosine coefficient, which
+    the refitted flat-field counts (:func:`_rank1_sparse`).
 
     Returns
     -------
@@ -616,7 +638,13 @@ def _centre_contrast(
         if delta != 0.0:
             D = np.maximum(D + delta, 0.0)
             S, b, W = _rank1_sparse(
-                Y, D, 1.0 + contrast * (S - 1.0), mask, shape, adaptive=adaptive
+                Y,
+                D,
+                1.0 + contrast * (S - 1.0),
+                mask,
+                shape,
+                adaptive=adaptive,
+                pattern_var=pattern_var,
             )
     return D, S, b, W, contrast, weight, sigma, alternatives, h_mean, skew_sd
 

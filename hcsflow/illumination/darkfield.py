@@ -228,19 +228,21 @@ def _noise_pattern(
 
 def _reliable(
     estimator: Callable[[np.ndarray], np.ndarray | None], n: int
-) -> tuple[np.ndarray, float] | None:
-    """A pattern estimate and its noise variance per pixel, from even versus odd fields.
+) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """A pattern estimate and its noise, from even versus odd fields.
 
-    ``estimator(index)`` estimates the pattern from the fields ``index``. The variance of the
-    full-sample estimate is a quarter of the mean squared difference of the two half-sample
-    estimates.
+    ``estimator(index)`` estimates the pattern from the fields ``index``. Half the difference
+    of the two half-sample estimates is a realisation of the full-sample estimate's noise
+    (returned, shape (P,)); its variance per pixel is a quarter of their mean squared
+    difference (returned as a float).
     """
     idx = np.arange(n)
     full = estimator(idx)
     halves = [estimator(idx[k::2]) for k in (0, 1)]
     if full is None or halves[0] is None or halves[1] is None:
         return None
-    return full, float(np.mean((halves[0] - halves[1]) ** 2)) / 4.0
+    half = (halves[0] - halves[1]) / 2.0
+    return full, float(np.mean((halves[0] - halves[1]) ** 2)) / 4.0, half
 
 
 def _centred_contrast(

@@ -97,6 +97,7 @@ def _shrunk_mean(
     shape: tuple[int, int],
     groups: int = GROUPS,
     surface: bool | None = None,
+    extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """A weighted mean over fields, smoothed by shrinking each cosine coefficient to its reliability.
 
@@ -141,6 +142,10 @@ def _shrunk_mean(
     surface : bool, optional
         The decision of the test, given: True keeps the shrunk surface, False returns the
         constant. Default: test.
+    extra : ndarray of shape (h, w), optional
+        Variance added to each coefficient's: noise common to all fields, which their groups
+        do not see (the error of a dark-field pattern subtracted from every field, divided by
+        the baselines), counts in the test and the shrinkage.
 
     Returns
     -------
@@ -152,6 +157,8 @@ def _shrunk_mean(
     coef, vr = _coefficients_and_variances(values, weights, slopes, fallback, mask, shape, groups)
     if vr is None:
         return _surface(coef).ravel(), False
+    if extra is not None:
+        vr = vr + extra
     ring = _ring_index(shape)
     sel = mask.copy()
     sel[0, 0] = False
@@ -204,12 +211,53 @@ def _coefficients_and_variances(
     infl = np.where(den > 0, infl / np.maximum(den, 1e-12), 0.0)
     ic = sfft.dctn(infl.reshape(k, *shape), axes=(1, 2), norm="ortho") * mask
     var = k / (k - 1) * ((ic - ic.mean(axis=0)) ** 2).sum(axis=0)
-    ring = _ring_index(shape)
+    return coef, _pool_rings(var, mask)
+
+
+def _pool_rings(var: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-coefficient variances averaged over each ring of equal spatial frequency.
+
+    Parameters
+    ----------
+    var : ndarray of shape (h, w)
+        A variance per cosine coefficient.
+    mask : ndarray of shape (h, w), bool
+        Coefficients kept; the mean (``[0, 0]``) and those outside take no part.
+
+    Returns
+    -------
+    ndarray of shape (h, w)
+        Each coefficient's ring mean (0 for a ring with no coefficient kept).
+    """
+    ring = _ring_index(var.shape)
     sel = mask.copy()
     sel[0, 0] = False
     pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
     count = np.bincount(ring[sel], minlength=ring.max() + 1)
-    return coef, np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
+    return np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
+
+
+def _coefficient_noise(noise: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Noise variance of each cosine coefficient of a surface, from one noise realisation.
+
+    Parameters
+    ----------
+    noise : ndarray of shape (P,)
+        A surface's error (e.g. half the difference of two half-sample estimates).
+    mask : ndarray of shape (h, w), bool
+        Coefficients kept.
+    shape : tuple of int
+        ``(h, w)`` with ``h * w == P``.
+
+    Returns
+    -------
+    ndarray of shape (h, w)
+        The squared coefficients of ``noise`` pooled over rings (:func:`_pool_rings`); 0 for
+        the mean and outside ``mask``.
+    """
+    sel = mask.copy()
+    sel[0, 0] = False
+    return _pool_rings(_coeffs(noise.reshape(shape), mask) ** 2, mask) * sel
 
 
 def _surface_noise(
