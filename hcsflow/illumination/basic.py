@@ -818,14 +818,15 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
     noise counts against keeping a level that leaves little signal above it (a dark-field
     pattern uncertain by half a count under a background of 10 counts shades the flat-field
     by 5 %), the pattern itself against leaving it out. Both tests hold under every hypothesis
-    of :meth:`DarkFit.hypotheses`: where two estimates of the level disagree beyond their
-    variances, the true level may lie at either, and leaving the dark-field out loses the
-    contrast of the true level, not of the fitted one (a level the biased estimates put
-    higher makes leaving it out costlier, one they put lower cheaper). On dim fields, less than
+    of :meth:`DarkFit.hypotheses`: where one estimate of the level disagrees with the others
+    beyond their variances, the true level may lie where the others put it, and leaving the
+    dark-field out loses the contrast of the true level, not of the fitted one (a higher
+    level makes leaving it out costlier, a lower one cheaper). On dim fields, less than
     :data:`DIM_SIGNAL` raw units above the level (``1 / h``), the contrast, the centred fields
     and the pattern are all weak, and the predicted errors rest on a flat-field fitted with the
     doubtful level: there, when the skewness was measured, the level is kept only if the skewness
-    determines it (``skew_sd`` at most :data:`SKEW_SD_MAX`). Where the skewness was not
+    determines it (``skew_sd`` at most :data:`SKEW_SD_MAX`) and no hypothesis of a biased
+    estimate leaves the contrast factor more uncertain than that. Where the skewness was not
     measured (every cell within a few noise SDs of 0, where the camera clips) the test is as
     without it.
 
@@ -846,6 +847,16 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
     i_e = max(range(len(errors)), key=lambda i: _ratio(*errors[i]))
     keep, drop = errors[i_e]
     spread = max((sd for _, sd in hypotheses[1:]), default=0.0)
+    # on dim fields with the skewness measured, the level must be determined
+    dim = fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL
+
+    def where(i: int) -> str:
+        if i == 0:
+            return ""
+        return (
+            f" if the level is {hypotheses[i][0]:.4g} (where its estimates' disagreement puts it)"
+        )
+
     reason = ""
     if fit.sigma is None:
         reason = "too few fields to measure the level's uncertainty"
@@ -853,25 +864,18 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
         reason = "the fitted dark level is 0"
     elif hypotheses[i_c][1] > dark_tolerance * fit.lost(hypotheses[i_c][0]):
         level_c, sd_c = hypotheses[i_c]
-        where = (
-            ""
-            if i_c == 0
-            else f" if the level is {level_c:.4g} (where its estimates' disagreement puts it)"
-        )
         reason = (
             f"the level leaves the flat-field's contrast uncertain by {sd_c:.3g} "
-            f"(factor SD){where}, more than {dark_tolerance:g} x the "
+            f"(factor SD){where(i_c)}, more than {dark_tolerance:g} x the "
             f"{fit.lost(level_c):.3g} that leaving it out loses"
         )
-    elif (
-        fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL and not fit.skew_sd <= SKEW_SD_MAX
-    ):
+    elif dim and not fit.skew_sd <= SKEW_SD_MAX:
         reason = (
             f"the fields lie {fit.level_signal:.3g} units above the level, and the photon "
             f"noise's skewness does not determine it (contrast factor SD {fit.skew_sd:.3g}, "
             f"more than {SKEW_SD_MAX:g})"
         )
-    elif fit.skew_sd is not None and fit.level_signal < DIM_SIGNAL and spread > SKEW_SD_MAX:
+    elif dim and spread > SKEW_SD_MAX:
         reason = (
             f"the fields lie {fit.level_signal:.3g} units above the level, and its estimates "
             f"disagree (contrast factor SD {spread:.3g} if one of them is biased, more than "
@@ -879,14 +883,9 @@ def _test_dark_level(info: dict[str, Any], fit: DarkFit, dark_tolerance: float) 
         )
     elif keep > dark_tolerance * drop:
         level_e, sd_e = hypotheses[i_e]
-        where = (
-            ""
-            if i_e == 0
-            else f" if the level is {level_e:.4g} (where its estimates' disagreement puts it)"
-        )
         reason = (
             f"with the level the flat-field is uncertain by {keep:.3g} (RMS; contrast factor SD "
-            f"{sd_e:.3g}, pattern noise {fit.pattern_sd:.3g} units){where}, more than "
+            f"{sd_e:.3g}, pattern noise {fit.pattern_sd:.3g} units){where(i_e)}, more than "
             f"{dark_tolerance:g} x the {drop:.3g} of leaving it out (the "
             f"{fit.lost(level_e):.3g} of the contrast it would lose, and the pattern)"
         )

@@ -242,7 +242,7 @@ def _reliable(
     if full is None or halves[0] is None or halves[1] is None:
         return None
     half = (halves[0] - halves[1]) / 2.0
-    return full, float(np.mean((halves[0] - halves[1]) ** 2)) / 4.0, half
+    return full, float(np.mean(half * half)), half
 
 
 def _centred_contrast(

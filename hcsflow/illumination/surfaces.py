@@ -160,8 +160,7 @@ def _shrunk_mean(
     if extra is not None:
         vr = vr + extra
     ring = _ring_index(shape)
-    sel = mask.copy()
-    sel[0, 0] = False
+    sel = _beyond_mean(mask)
     c2 = coef * coef
     hold = bool(surface)
     if surface is None:
@@ -214,6 +213,13 @@ def _coefficients_and_variances(
     return coef, _pool_rings(var, mask)
 
 
+def _beyond_mean(mask: np.ndarray) -> np.ndarray:
+    """The coefficients of ``mask`` (shape (h, w), bool) besides the mean ``[0, 0]``."""
+    sel = mask.copy()
+    sel[0, 0] = False
+    return sel
+
+
 def _pool_rings(var: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-coefficient variances averaged over each ring of equal spatial frequency.
 
@@ -230,8 +236,7 @@ def _pool_rings(var: np.ndarray, mask: np.ndarray) -> np.ndarray:
         Each coefficient's ring mean (0 for a ring with no coefficient kept).
     """
     ring = _ring_index(var.shape)
-    sel = mask.copy()
-    sel[0, 0] = False
+    sel = _beyond_mean(mask)
     pooled = np.bincount(ring[sel], var[sel], minlength=ring.max() + 1)
     count = np.bincount(ring[sel], minlength=ring.max() + 1)
     return np.where(count > 0, pooled / np.maximum(count, 1), 0.0)[ring]
@@ -255,9 +260,7 @@ def _coefficient_noise(noise: np.ndarray, mask: np.ndarray, shape: tuple[int, in
         The squared coefficients of ``noise`` pooled over rings (:func:`_pool_rings`); 0 for
         the mean and outside ``mask``.
     """
-    sel = mask.copy()
-    sel[0, 0] = False
-    return _pool_rings(_coeffs(noise.reshape(shape), mask) ** 2, mask) * sel
+    return _pool_rings(_coeffs(noise.reshape(shape), mask) ** 2, mask) * _beyond_mean(mask)
 
 
 def _surface_noise(
@@ -296,8 +299,7 @@ def _surface_noise(
         return 0.0
     kept = _coeffs(smoothed.reshape(shape), mask)
     factor = np.where(coef != 0, kept / np.where(coef != 0, coef, 1.0), 0.0).clip(0.0, 1.0)
-    sel = mask.copy()
-    sel[0, 0] = False
+    sel = _beyond_mean(mask)
     f, v, c2 = factor[sel], vr[sel], coef[sel] ** 2
     mse = f * f * v + (1.0 - f) ** 2 * np.maximum(c2 - v, 0.0)
     return float(np.sqrt(mse.sum() / smoothed.size))
