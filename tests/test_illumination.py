@@ -547,6 +547,52 @@ def test_noise_cumulants_of_poisson_gaussian_noise():
     assert abs(float(np.average(cg[:, 3], weights=cg[:, 0]))) < 12.0
 
 
+@pytest.mark.parametrize("m", [1, 2, 25, 26, 129600])
+def test_lower_median_is_torch_median(m):
+    import torch
+
+    from hcsflow.illumination.screening import _lower_median
+
+    rng = np.random.default_rng(m)
+    # ties included: values on a coarse grid
+    x = torch.from_numpy(np.round(rng.normal(0, 3, (3, m)), 1).astype(np.float32))
+    assert torch.equal(_lower_median(x), x.median(dim=1).values)
+    # a strided view (the unfolded patches are taken along their middle axis)
+    y = torch.from_numpy(rng.normal(0, 1, (2, m, 7)).astype(np.float32))
+    assert torch.equal(_lower_median(y.transpose(1, 2)), y.median(dim=1).values)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_field_means_equal_the_float64_mean_of_the_float32_copy(dtype):
+    import torch
+
+    from hcsflow.illumination.screening import _field_means
+
+    rng = np.random.default_rng(3)
+    hi = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 60000.0
+    chunk = rng.uniform(0, hi, (3, 67, 45)).astype(dtype)
+    flat = torch.from_numpy(chunk.astype(np.float32)).view(3, -1)
+    got = _field_means(chunk, flat)
+    assert got.dtype == np.float64
+    assert np.array_equal(got, flat.mean(dim=1, dtype=torch.float64).numpy())
+
+
+def test_downsample_saturation_only_at_the_level():
+    from hcsflow.illumination.screening import downsample
+
+    rng = np.random.default_rng(4)
+    fields = rng.integers(100, 200, (4, 64, 64)).astype(np.uint16)
+    fields[2, :8, :8] = 65535  # 64 of 4096 pixels at the uint16 maximum
+    _, stats, _ = downsample(fields, cumulants=False)
+    assert np.array_equal(stats.saturated, [0.0, 0.0, 64 / 4096, 0.0])
+    # a saturation level above every value: none saturated, as counting would give
+    _, stats, _ = downsample(fields.astype(np.float32), cumulants=False, saturation_value=7e4)
+    assert np.array_equal(stats.saturated, np.zeros(4))
+    _, stats, _ = downsample(fields, cumulants=False, saturation_value=150)
+    expected = (fields.reshape(4, -1) >= 150).mean(axis=1)
+    assert np.allclose(stats.saturated, expected, rtol=0, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def stack_dim_background():
     # the dim case: offset 120 with a 12-count gradient, background 30 counts above it
