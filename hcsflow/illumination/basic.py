@@ -13,9 +13,9 @@ import torch
 from hcsflow.illumination.darkfield import (
     _centred_contrast,
     _cumulant_level,
-    _dark_level,
     _dark_level_fit,
     _dark_pattern,
+    _jackknife_levels,
     _noise_pattern,
     _reliable,
 )
@@ -204,7 +204,11 @@ def _biweights(
     ok = b > 0.05 * max(float(np.median(b)), 1e-12)
     bb = np.where(ok, b, 1.0)
     R = Z / bb[:, None] - S
-    scale = 1.4826 * float(np.median(np.abs(R[ok]))) if ok.any() else 0.0
+    scale = 0.0
+    if ok.any():
+        dev = R[ok]
+        np.abs(dev, out=dev)
+        scale = 1.4826 * float(np.median(dev, overwrite_input=True))
     if not scale > 0:
         W = ok[:, None] * np.ones_like(Z)
         return bb, W, W, scale
@@ -599,7 +603,7 @@ def _centre_contrast(
     kg = min(GROUPS, n)
     groups = np.arange(n) % kg
     y_flat = Y - pattern
-    levels = np.array([_dark_level(y_flat[groups != g], m_pattern) for g in range(kg)])
+    levels = _jackknife_levels(y_flat, m_pattern, groups)
     # a level error delta scales the contrast by 1 + delta * h_mean
     var0 = _jackknife_variance(levels) * h_mean**2
     sigma = math.sqrt(var0)

@@ -10,7 +10,6 @@ The fields centred on their mean carry the flat-field's contrast free of the dar
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -31,12 +30,118 @@ from hcsflow.illumination.surfaces import (
 CLIP_SD = 5.0
 
 
-def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
+def _median_and_mad(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median across fields and median absolute deviation from it (unscaled).
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+
+    Returns
+    -------
+    med, mad : ndarray of shape (P,)
+        The values of ``np.median(Y, axis=0)`` and ``np.median(np.abs(Y - med), axis=0)``.
+    """
+    t = np.ascontiguousarray(Y.T, dtype=np.float64)
+    t.sort(axis=1)
+    return _sorted_median_and_mad(t)
+
+
+def _sorted_median_and_mad(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_median_and_mad` of pixels whose values across fields are sorted.
+
+    The ``k + 1`` values of a pixel closest to its median are ``k + 1`` consecutive sorted
+    values, so the ``k``-th smallest absolute deviation is the least, over the windows of
+    ``k + 1`` consecutive values, of the window's largest deviation (its first or last value).
+    Even counts give the mean of the two middle order statistics, as ``np.median`` does.
+
+    Parameters
+    ----------
+    t : ndarray of shape (P, N)
+        Each row sorted ascending.
+
+    Returns
+    -------
+    med, mad : ndarray of shape (P,)
+    """
+    m = t.shape[1]
+    ranks = (m // 2,) if m % 2 else (m // 2 - 1, m // 2)
+    med = t[:, ranks[0]] if m % 2 else (t[:, ranks[0]] + t[:, ranks[1]]) / 2.0
+    c = med[:, None]
+    dev = [np.minimum.reduce(np.maximum(c - t[:, : m - k], t[:, k:] - c), axis=1) for k in ranks]
+    mad = dev[0] if m % 2 else (dev[0] + dev[1]) / 2.0
+    return med, mad
+
+
+def _masked_median(Q: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-pixel median across fields of the valid values; NaN where none is valid.
+
+    The values of ``np.nanmedian(np.where(valid, Q, np.nan), axis=0)`` (the mean of the two
+    middle values for an even count), from one sort of the contiguous rows of the transposed
+    stack.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (N, P)
+        Finite where ``valid``.
+    valid : ndarray of shape (N, P), bool
+
+    Returns
+    -------
+    ndarray of shape (P,)
+    """
+    t = np.where(valid, Q, np.inf).T.copy()
+    t.sort(axis=1)
+    count = valid.sum(axis=0)
+    high = count // 2
+    low = np.where(count % 2 == 1, high, high - 1)
+    rows = np.arange(t.shape[0])
+    last = t.shape[1] - 1
+    med = (t[rows, np.clip(low, 0, last)] + t[rows, np.clip(high, 0, last)]) / 2.0
+    med[count == 0] = np.nan
+    return med
+
+
+def _dark_level(
+    Y: np.ndarray, M: np.ndarray, spread: tuple[np.ndarray, np.ndarray] | None = None
+) -> float:
     """Constant dark level from the fields' own variation; :func:`_dark_level_fit`'s level."""
-    return _dark_level_fit(Y, M)[0]
+    return _dark_level_fit(Y, M, spread)[0]
 
 
-def _dark_level_fit(Y: np.ndarray, M: np.ndarray) -> tuple[float, str]:
+def _jackknife_levels(Y: np.ndarray, M: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """:func:`_dark_level` of the fields without each group, from one sort of the pixels.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, P)
+    M : ndarray of shape (P,)
+        As in :func:`_dark_level_fit`.
+    groups : ndarray of shape (N,), int
+        Group of each field, ``0 .. k - 1``.
+
+    Returns
+    -------
+    ndarray of shape (k,)
+        The level without group ``g`` at index ``g``.
+    """
+    t = np.ascontiguousarray(Y.T, dtype=np.float64)
+    order = np.argsort(t, axis=1, kind="stable")
+    t = np.take_along_axis(t, order, axis=1)
+    labels = groups[order]
+    p = t.shape[0]
+    levels = []
+    for g in range(int(groups.max()) + 1):
+        keep = groups != g
+        # a pixel's sorted values less those of group g, still sorted
+        rest = t[labels != g].reshape(p, int(keep.sum()))
+        levels.append(_dark_level(Y[keep], M, _sorted_median_and_mad(rest)))
+    return np.array(levels)
+
+
+def _dark_level_fit(
+    Y: np.ndarray, M: np.ndarray, spread: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[float, str]:
     """Constant dark level from the fields' own variation (BaSiC's contrast regression).
 
     The contrast of field ``n`` along the shading pattern ``u = S - 1`` grows linearly with
@@ -52,6 +157,8 @@ def _dark_level_fit(Y: np.ndarray, M: np.ndarray) -> tuple[float, str]:
         The downsampled stack, one flattened field per row.
     M : ndarray of shape (P,)
         Smoothed per-pixel median across fields.
+    spread : (ndarray of shape (P,), ndarray of shape (P,)), optional
+        :func:`_median_and_mad` of ``Y`` when already known.
 
     Returns
     -------
@@ -67,9 +174,8 @@ def _dark_level_fit(Y: np.ndarray, M: np.ndarray) -> tuple[float, str]:
     # bright objects reach the field edges less often than the centre, so they add more
     # shading contrast per unit of brightness than the background: clip every value at its
     # pixel's median + 2 MAD across fields, which bounds their share of both quantities
-    med = np.median(Y, axis=0)
-    mad = 1.4826 * np.median(np.abs(Y - med), axis=0)
-    Y = np.minimum(Y, med + 2.0 * mad)
+    med, mad = _median_and_mad(Y) if spread is None else spread
+    Y = np.minimum(Y, med + 2.0 * (1.4826 * mad))
     m_n = Y.mean(axis=1)
     d0 = upper  # without a shading pattern to regress on, the darkest value is the best bound
     how = "no_slope"
@@ -204,9 +310,7 @@ def _noise_pattern(
         Q = Y - Vf * (var / cov)
         # the specimen's texture and the edges of objects raise the local variance:
         # down-weight values of Q far from their pixel's median (Tukey biweight)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(Wv > 0, Q, np.nan), axis=0)
+        med = _masked_median(Q, Wv > 0)
         if not np.isfinite(med).any():
             return None
         med = np.where(np.isfinite(med), med, np.nanmedian(med))
@@ -374,13 +478,16 @@ def _cumulant_level(
     w = np.where(ok, C[:, 0], 0.0)
     y, k2, k3 = (np.where(ok, C[:, j], 0.0) for j in (1, 2, 3))
 
+    # each field's baseline (and signal) is its own: fitted once, taken by every subset
+    den_all = (w * S * S).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_all = ((w * (y - D) * S).sum(axis=1) / den_all)[:, None] * S
+
     def estimate(idx: np.ndarray) -> float:
         wi, yi, k2i, k3i = w[idx], y[idx], k2[idx], k3[idx]
-        den_b = (wi * S * S).sum(axis=1)
-        if not (den_b > 0).all():
+        if not (den_all[idx] > 0).all():
             return np.nan
-        b = (wi * (yi - D) * S).sum(axis=1) / den_b
-        x = b[:, None] * S
+        x = x_all[idx]
         sw = wi.sum(axis=0)
         swc = np.maximum(sw, 1e-12)
         xc = x - (wi * x).sum(axis=0) / swc

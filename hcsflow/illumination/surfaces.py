@@ -83,8 +83,10 @@ def _biweight(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     inside = np.abs(u) < 1.0
     u2 = u * u
-    w = np.where(inside, (1.0 - u2) ** 2, 0.0)
-    dw = np.where(inside, (1.0 - u2) * (1.0 - 5.0 * u2), 0.0)
+    t = 1.0 - u2
+    w = np.where(inside, t * t, 0.0)
+    t *= 1.0 - 5.0 * u2
+    dw = np.where(inside, t, 0.0)
     return w, dw
 
 
