@@ -128,7 +128,8 @@ def _jackknife_levels(Y: np.ndarray, M: np.ndarray, groups: np.ndarray) -> np.nd
     t = np.ascontiguousarray(Y.T, dtype=np.float64)
     order = np.argsort(t, axis=1, kind="stable")
     t = np.take_along_axis(t, order, axis=1)
-    labels = groups[order]
+    labels = groups.astype(np.min_scalar_type(int(groups.max())))[order]
+    del order
     p = t.shape[0]
     levels = []
     for g in range(int(groups.max()) + 1):
