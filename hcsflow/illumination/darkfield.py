@@ -102,11 +102,9 @@ def _masked_median(Q: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return med
 
 
-def _dark_level(
-    Y: np.ndarray, M: np.ndarray, spread: tuple[np.ndarray, np.ndarray] | None = None
-) -> float:
+def _dark_level(Y: np.ndarray, M: np.ndarray) -> float:
     """Constant dark level from the fields' own variation; :func:`_dark_level_fit`'s level."""
-    return _dark_level_fit(Y, M, spread)[0]
+    return _dark_level_fit(Y, M)[0]
 
 
 def _jackknife_levels(Y: np.ndarray, M: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -136,7 +134,7 @@ def _jackknife_levels(Y: np.ndarray, M: np.ndarray, groups: np.ndarray) -> np.nd
         keep = groups != g
         # a pixel's sorted values less those of group g, still sorted
         rest = t[labels != g].reshape(p, int(keep.sum()))
-        levels.append(_dark_level(Y[keep], M, _sorted_median_and_mad(rest)))
+        levels.append(_dark_level_fit(Y[keep], M, _sorted_median_and_mad(rest))[0])
     return np.array(levels)
 
 
