@@ -13,6 +13,11 @@ import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: the real Broad-layout field of shared/data (beside the checkout in CI)
+EXAMPLE_HUMAN = SHARED_DATA / "example_human"
+needs_example_human = pytest.mark.skipif(
+    not EXAMPLE_HUMAN.is_dir(), reason=f"{EXAMPLE_HUMAN} not present"
+)
 
 # Limit threads in every test: CI has 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

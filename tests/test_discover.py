@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import CHANNELS3, SHARED_DATA, write_platemap, write_tif
+from conftest import CHANNELS3, EXAMPLE_HUMAN, needs_example_human, write_platemap, write_tif
 from hcsflow.discover import DiscoveryError, discover_plate, probe_channels
 from hcsflow.io import field_paths, resolve_paths
 from hcsflow.platemap import PlatemapError, make_shards, read_platemap
@@ -145,8 +145,9 @@ def test_phenix_planes(tmp_path):
     assert len(m) == 1 and m.loc[0, "FileName_DNA"] == "r02c03f01p02-ch1sk1fk1fl1.tiff"
 
 
+@needs_example_human
 def test_real_broad_folder(tmp_path):
-    folder = SHARED_DATA / "example_human"
+    folder = EXAMPLE_HUMAN
     pm = write_platemap(tmp_path / "pm.csv", ["D03"])
     chans = [
         {"name": "DNA", "id": "d0", "role": "nuclear"},

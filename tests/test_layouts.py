@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import EXAMPLE_HUMAN, needs_example_human
 from hcsflow.layouts import (
     ImageKey,
     LayoutError,
@@ -67,8 +67,9 @@ def test_matches_layout_agrees_with_parse_filename(name, layout):
     assert matches_layout(name, layout) is (parse_filename(name, layout) is not None)
 
 
+@needs_example_human
 def test_broad_on_real_files():
-    files = sorted(p.name for p in (SHARED_DATA / "example_human").glob("*.tif"))
+    files = sorted(p.name for p in EXAMPLE_HUMAN.glob("*.tif"))
     assert len(files) == 3
     keys = [parse_filename(f, "broad") for f in files]
     assert [k.channel for k in keys] == ["d0", "d1", "d2"]
